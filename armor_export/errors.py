@@ -1,0 +1,34 @@
+"""Error types.
+
+`UserError` and its subclasses are problems with the user's input (bad path, bad shape,
+unknown architecture...): the CLI prints their one-line message and exits 1. Anything
+else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; shown as one line, exit code 1."""
+
+
+class ConfigError(UserError):
+    """An invalid or unknown configuration value."""
+
+
+class ShapeError(UserError):
+    """A layer's shape does not fit the requested sparsity/block structure."""
+
+
+class UnsupportedModelError(UserError):
+    """The model's architecture has no registered adapter."""
+
+
+class CorruptFileError(UserError):
+    """A file on disk is missing, truncated or not what it claims to be."""
+
+
+class StatisticsError(UserError):
+    """Calibration statistics are unusable (NaN/Inf, no tokens seen)."""
+
+
+class AssetError(UserError):
+    """A default asset (model, corpus) could not be fetched or prepared."""

@@ -1,0 +1,442 @@
+"""The ARMOR optimiser: ``w_bar ≈ A · S · B`` with a 2:4 core ``S`` (armor-spec §1-§6).
+
+All work happens in NoWag-normalised coordinates on the calibration-weighted proxy loss
+
+    L = ||(A S B − w_bar) diag(γ)||² / ||w_bar diag(γ)||²,   γ_j = sqrt(h_j).
+
+Because ``A`` and ``B`` are block diagonal, the loss splits into independent ``b x b``
+tiles ``(p, q)``: ``A_p S_pq B_q``. Every step below is vectorised over all tiles.
+
+One iteration (``continuous_step="exact"``, the default) is a round of block coordinate
+descent in which **every step is an exact or safeguarded minimisation, so the loss never
+increases**:
+
+1. sparse-core step: for every 2:4 group the exact best support and values with the rest
+   fixed (spec §5.2, the closed form over the 6 supports); several groups per tile are
+   applied together, and a tile whose joint update is not at least as good as its single
+   best group falls back to that group alone;
+2. core values on the fixed mask: a few conjugate-gradient steps per tile;
+3. ``A`` step: each block ``A_p`` solves its least-squares problem exactly (spec §6);
+4. ``B`` step: likewise for each ``B_q`` (its columns decouple, so γ drops out).
+
+``continuous_step="adam"`` follows the authors: one joint Adam step on (A, B, W') per
+iteration, then the sparse step with one group per tile; the best iterate is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from armor_export.prune import blockdiag
+from armor_export.prune.masks import GROUP, SUPPORT_MASKS, SUPPORTS, mask_from_scores
+from armor_export.prune.proxy import Normalized, normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SolverSettings:
+    """Numerical settings of one ARMOR solve (a subset of the user-facing ArmorConfig)."""
+
+    block_size: int = 64
+    iterations: int = 200
+    continuous_step: str = "exact"  # "exact" | "adam"
+    lr: float = 1e-4
+    cg_steps: int = 4
+    groups_per_tile: int = 0  # initial number of groups per tile per step; 0 -> block_size // 4
+    patience: int = 20
+    tolerance: float = 1e-6
+
+
+@dataclass
+class ArmorFactors:
+    """Result of one solve, in original coordinates (normalisation scales folded in)."""
+
+    a_blocks: torch.Tensor  # [d_out/b, b, b]  = diag(r) A
+    core: torch.Tensor  # [d_out, d_in], zeros outside the mask
+    mask: torch.Tensor  # [d_out, d_in] bool, 2:4 along d_in
+    b_blocks: torch.Tensor  # [d_in/b, b, b]  = B diag(c)
+    nowag_loss: float
+    final_loss: float
+    history: list[float] = field(default_factory=list)
+    iterations: int = 0
+    seconds: float = 0.0
+
+    def dense(self) -> torch.Tensor:
+        """The reconstructed dense weight ``A S B``."""
+        return blockdiag.left_mul(self.a_blocks, blockdiag.right_mul(self.core, self.b_blocks))
+
+
+class _Problem:
+    """Fixed data of one solve: target, weights, tile geometry."""
+
+    def __init__(self, w_bar: torch.Tensor, hdiag: torch.Tensor, block_size: int):
+        self.w = w_bar
+        self.gamma = hdiag.to(w_bar.dtype).sqrt()
+        self.w_weighted = w_bar * self.gamma
+        self.den = float(self.w_weighted.double().pow(2).sum())
+        self.b = block_size
+        self.m, self.n = w_bar.shape
+        self.p, self.q = self.m // block_size, self.n // block_size
+        self.gamma_blocks = self.gamma.reshape(self.q, 1, block_size)
+
+    def error(self, a: torch.Tensor, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Weighted error ``(A S B − w_bar) diag(γ)``."""
+        return (blockdiag.left_mul(a, blockdiag.right_mul(s, b)) - self.w) * self.gamma
+
+    def loss(self, err: torch.Tensor) -> float:
+        return float(err.double().pow(2).sum()) / self.den
+
+    def tile_losses(self, err: torch.Tensor) -> torch.Tensor:
+        return blockdiag.to_tiles(err, self.b).pow(2).sum((-1, -2))
+
+
+# ---------------------------------------------------------------------------------------
+# sparse-core (mask) step
+
+
+@dataclass
+class _GroupProposal:
+    """Per group: the best 2:4 values (4-vector, zeros off-support) and the loss decrease."""
+
+    values: torch.Tensor  # [P, Q, b, b/4, 4]
+    mask: torch.Tensor  # [P, Q, b, b/4, 4] bool
+    gain: torch.Tensor  # [P, Q, b, b/4]  >= 0 where an update helps
+
+
+def propose_groups(
+    prob: _Problem, a: torch.Tensor, s: torch.Tensor, b: torch.Tensor, err: torch.Tensor
+) -> _GroupProposal:
+    """Exact minimiser of the tile loss over each 2:4 group, everything else fixed (spec §5.2).
+
+    For group g (row r, columns c) of tile (p, q), with ``a = A_p[:, r]``,
+    ``Bg = (B_q diag γ_q)[c, :]`` and ``G = Bg Bgᵀ``, the tile loss as a function of the
+    group's values v is ``const + 2 uᵀv + α vᵀ G v`` with ``α = ||a||²`` and
+    ``u = (A_pᵀ E B̃_qᵀ)[r, c] − α G s_g`` (E the current weighted error, s_g the current
+    values). Each of the 6 supports is a 2x2 least-squares problem.
+    """
+    bs, ng = prob.b, prob.b // GROUP
+    bt = b * prob.gamma_blocks  # B̃_q = B_q diag(γ_q), [Q, b, b]
+    e_t = blockdiag.to_tiles(err, bs)  # [P, Q, b, b]
+    v = a.transpose(-1, -2)[:, None] @ e_t @ bt.transpose(-1, -2)[None]  # A_pᵀ E B̃_qᵀ
+    alpha = a.pow(2).sum(1)[:, None, :, None]  # [P, 1, b, 1]
+    gram = bt @ bt.transpose(-1, -2)  # [Q, b, b]
+    # Layout [4, P, Q, b, b/4] (position in group first) keeps every slice contiguous.
+    g4 = torch.diagonal(gram.reshape(prob.q, ng, GROUP, ng, GROUP), dim1=1, dim2=3)
+    g4 = g4.permute(1, 2, 0, 3).reshape(GROUP, GROUP, 1, prob.q, 1, ng).contiguous()
+
+    def grouped(x: torch.Tensor) -> torch.Tensor:  # [P, Q, b, b] -> [4, P, Q, b, b/4]
+        return x.reshape(prob.p, prob.q, bs, ng, GROUP).permute(4, 0, 1, 2, 3).contiguous()
+
+    def gmul(x: torch.Tensor) -> torch.Tensor:  # G x for every group
+        return torch.stack([sum(g4[i, j] * x[j] for j in range(GROUP)) for i in range(GROUP)])
+
+    s_g = grouped(blockdiag.to_tiles(s, bs))
+    u = grouped(v) - alpha * gmul(s_g)
+    tiny = torch.finfo(u.dtype).tiny
+    safe_alpha = alpha.clamp_min(tiny)  # [P, 1, b, 1]
+    best_cost = torch.full_like(u[0], float("inf"))
+    best = torch.zeros(u.shape[1:], dtype=torch.long, device=u.device)
+    values = torch.zeros_like(s_g)
+    sols = []
+    # the 6 supports {i, j}: 2x2 ridge-regularised solves in closed form, elementwise;
+    # a running minimum (argmin over a stacked axis is slow on CPU)
+    for idx, (i, j) in enumerate(SUPPORTS.tolist()):
+        gii, gjj, gij = g4[i, i], g4[j, j], g4[i, j]
+        ridge = 1e-7 * (gii + gjj) + tiny
+        gii, gjj = gii + ridge, gjj + ridge
+        scale = (gii * gjj - gij * gij) * safe_alpha
+        ui, uj = u[i], u[j]
+        vi = (gij * uj - gjj * ui) / scale  # v = −G⁻¹u/α
+        vj = (gij * ui - gii * uj) / scale
+        cost = ui * vi + uj * vj  # = −uᵀG⁻¹u/α
+        hit = cost < best_cost
+        best_cost = torch.where(hit, cost, best_cost)
+        best = torch.where(hit, idx, best)
+        sols.append((vi, vj))
+    for idx, ((i, j), (vi, vj)) in enumerate(zip(SUPPORTS.tolist(), sols)):
+        chosen = (best == idx).to(u.dtype)
+        values[i] += chosen * vi
+        values[j] += chosen * vj
+
+    def quad(x: torch.Tensor) -> torch.Tensor:  # 2 uᵀx + α xᵀ G x, the group's own loss share
+        return ((2 * u + alpha * gmul(x)) * x).sum(0)
+
+    gain = quad(s_g) - quad(values)
+    gain = torch.where(alpha > torch.finfo(u.dtype).eps, gain, torch.zeros_like(gain))
+    values = values.permute(1, 2, 3, 4, 0)
+    new_mask = SUPPORT_MASKS.to(u.device)[best]
+    return _GroupProposal(values, new_mask, gain)
+
+
+def _write_groups(
+    s: torch.Tensor, mask: torch.Tensor, prop: _GroupProposal, select: torch.Tensor, bs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of (s, mask) with the selected groups ([P, Q, b, b/4] bool) replaced."""
+    sel = select[..., None]
+    s_t = blockdiag.to_tiles(s, bs).reshape(prop.values.shape)
+    m_t = blockdiag.to_tiles(mask, bs).reshape(prop.mask.shape)
+    s_new = torch.where(sel, prop.values, s_t)
+    m_new = torch.where(sel, prop.mask, m_t)
+    p, q, b, ng, _ = s_new.shape
+    return (
+        blockdiag.from_tiles(s_new.reshape(p, q, b, ng * GROUP)),
+        blockdiag.from_tiles(m_new.reshape(p, q, b, ng * GROUP)),
+    )
+
+
+def sparse_step(
+    prob: _Problem,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    mask: torch.Tensor,
+    b: torch.Tensor,
+    err: torch.Tensor,
+    groups_per_tile: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One monotone sparse-core step. Returns (s, mask, err, fraction of tiles taking the
+    multi-group update).
+
+    In each tile the best group of each row is a candidate; the ``groups_per_tile`` rows
+    with the largest gains are updated together. Groups of one tile interact through
+    ``A_pᵀA_p`` and ``B̃ B̃ᵀ``, so the joint update is checked: a tile keeps it only when it
+    beats the single best group, else it takes that group alone (exact, never worse).
+    """
+    bs = prob.b
+    prop = propose_groups(prob, a, s, b, err)
+    row_gain, row_group = prop.gain.max(-1)  # [P, Q, b]
+    k = max(1, min(groups_per_tile, bs))
+    top_gain, top_rows = row_gain.topk(k, dim=-1)  # [P, Q, k]
+    ng = bs // GROUP
+    one_hot_group = torch.nn.functional.one_hot(row_group, ng).bool()  # [P, Q, b, b/4]
+    chosen_rows = torch.zeros_like(row_gain, dtype=torch.bool).scatter_(-1, top_rows, top_gain > 0)
+    multi_sel = one_hot_group & chosen_rows[..., None]
+
+    best_row = top_rows[..., :1]  # [P, Q, 1]
+    single_rows = torch.zeros_like(chosen_rows).scatter_(-1, best_row, top_gain[..., :1] > 0)
+    single_sel = one_hot_group & single_rows[..., None]
+    single_gain = top_gain[..., 0].clamp_min(0)
+
+    old_tiles = prob.tile_losses(err)
+    if k > 1:
+        s_multi, m_multi = _write_groups(s, mask, prop, multi_sel, bs)
+        err_multi = prob.error(a, s_multi, b)
+        multi_ok = prob.tile_losses(err_multi) <= old_tiles - single_gain
+    else:
+        multi_ok = torch.zeros_like(old_tiles, dtype=torch.bool)
+    select = torch.where(multi_ok[..., None, None], multi_sel, single_sel)
+    s_new, m_new = _write_groups(s, mask, prop, select, bs)
+    err_new = prob.error(a, s_new, b)
+    # exact arithmetic guarantees no increase; guard against round-off in low precision
+    worse = prob.tile_losses(err_new) > old_tiles
+    if bool(worse.any()):
+        keep = worse.repeat_interleave(bs, 0).repeat_interleave(bs, 1)
+        s_new = torch.where(keep, s, s_new)
+        m_new = torch.where(keep, mask, m_new)
+        err_new = prob.error(a, s_new, b)
+    active = single_gain > 0
+    frac = float(multi_ok[active].float().mean()) if bool(active.any()) else 1.0
+    return s_new, m_new, err_new, frac
+
+
+# ---------------------------------------------------------------------------------------
+# continuous steps
+
+
+def values_step(
+    prob: _Problem,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    mask: torch.Tensor,
+    b: torch.Tensor,
+    err: torch.Tensor,
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conjugate gradient on the kept values of every tile (mask fixed); monotone."""
+    if steps <= 0:
+        return s, err
+    bs = prob.b
+    bt = b * prob.gamma_blocks
+    ata = (a.transpose(-1, -2) @ a)[:, None]  # [P, 1, b, b]
+    gram = (bt @ bt.transpose(-1, -2))[None]  # [1, Q, b, b]
+    m_t = blockdiag.to_tiles(mask, bs).to(s.dtype)
+    x = blockdiag.to_tiles(s, bs).clone()
+    e_t = blockdiag.to_tiles(err, bs)
+    r = -(a.transpose(-1, -2)[:, None] @ e_t @ bt.transpose(-1, -2)[None]) * m_t
+    p = r.clone()
+    rr = r.pow(2).sum((-1, -2), keepdim=True)
+    tiny = torch.finfo(s.dtype).tiny
+    for _ in range(steps):
+        hp = (ata @ p @ gram) * m_t
+        php = (p * hp).sum((-1, -2), keepdim=True)
+        step = torch.where(php > tiny, rr / php.clamp_min(tiny), torch.zeros_like(php))
+        x = x + step * p
+        r = r - step * hp
+        rr_new = r.pow(2).sum((-1, -2), keepdim=True)
+        p = r + torch.where(rr > tiny, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr)) * p
+        rr = rr_new
+    s_new = blockdiag.from_tiles(x)
+    err_new = prob.error(a, s_new, b)
+    # CG decreases a convex quadratic monotonically; guard against round-off anyway
+    worse = prob.tile_losses(err_new) > prob.tile_losses(err)
+    if bool(worse.any()):
+        keep = worse.repeat_interleave(bs, 0).repeat_interleave(bs, 1)
+        s_new = torch.where(keep, s, s_new)
+        err_new = prob.error(a, s_new, b)
+    return s_new, err_new
+
+
+def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    diag_mean = torch.diagonal(gram, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    return torch.linalg.solve(gram + 1e-7 * diag_mean[:, None, None] * eye, rhs)
+
+
+def a_step(
+    prob: _Problem, a: torch.Tensor, s: torch.Tensor, b: torch.Tensor, err: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact least squares for every block ``A_p`` (rows decouple); monotone per block."""
+    z = blockdiag.right_mul(s, b) * prob.gamma  # S B diag(γ)
+    zp = z.reshape(prob.p, prob.b, prob.n)
+    wp = prob.w_weighted.reshape(prob.p, prob.b, prob.n)
+    gram = zp @ zp.transpose(-1, -2)
+    cross = wp @ zp.transpose(-1, -2)  # [P, b, b]
+    a_new = _ridge_solve(gram, cross.transpose(-1, -2)).transpose(-1, -2)
+    err_new = blockdiag.left_mul(a_new, z) - prob.w_weighted
+    old = err.reshape(prob.p, -1).pow(2).sum(-1)
+    new = err_new.reshape(prob.p, -1).pow(2).sum(-1)
+    keep_new = (new <= old) & torch.isfinite(new)
+    a_new = torch.where(keep_new[:, None, None], a_new, a)
+    rows = keep_new.repeat_interleave(prob.b)[:, None]
+    return a_new, torch.where(rows, err_new, err)
+
+
+def b_step(
+    prob: _Problem, a: torch.Tensor, s: torch.Tensor, b: torch.Tensor, err: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact least squares for every block ``B_q`` (columns decouple, γ drops out)."""
+    y = blockdiag.left_mul(a, s)  # A S
+    yq = y.reshape(prob.m, prob.q, prob.b).transpose(0, 1)  # [Q, m, b]
+    wq = prob.w.reshape(prob.m, prob.q, prob.b).transpose(0, 1)
+    gram = yq.transpose(-1, -2) @ yq
+    cross = yq.transpose(-1, -2) @ wq
+    b_new = _ridge_solve(gram, cross)
+    err_new = (blockdiag.right_mul(y, b_new) - prob.w) * prob.gamma
+    old = err.reshape(prob.m, prob.q, prob.b).pow(2).sum((0, 2))
+    new = err_new.reshape(prob.m, prob.q, prob.b).pow(2).sum((0, 2))
+    keep_new = (new <= old) & torch.isfinite(new)
+    b_new = torch.where(keep_new[:, None, None], b_new, b)
+    cols = keep_new.repeat_interleave(prob.b)[None, :]
+    return b_new, torch.where(cols, err_new, err)
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+
+
+def nowag_p_mask(w_bar: torch.Tensor, hdiag: torch.Tensor) -> torch.Tensor:
+    """NoWag-P: keep the top-2 of ``w_bar² · h`` in each group of 4 (spec §4)."""
+    return mask_from_scores(w_bar.pow(2) * hdiag)
+
+
+def solve(
+    weight: torch.Tensor,
+    hdiag: torch.Tensor,
+    settings: SolverSettings,
+    progress: Callable[[int, float], None] | None = None,
+) -> ArmorFactors:
+    """Run ARMOR on one weight matrix ``[d_out, d_in]`` with input statistics ``hdiag``."""
+    start = time.perf_counter()
+    norm = normalize(weight)
+    prob = _Problem(norm.w_bar, hdiag, settings.block_size)
+    bs = settings.block_size
+    mask = nowag_p_mask(norm.w_bar, hdiag)
+    s = norm.w_bar * mask
+    a = blockdiag.identity(prob.p, bs, weight.dtype)
+    b = blockdiag.identity(prob.q, bs, weight.dtype)
+    err = prob.error(a, s, b)
+    nowag = prob.loss(err)
+    history = [nowag]
+    best = (nowag, a, s, mask, b)
+    if settings.continuous_step == "exact":
+        step_fn = _ExactIteration(settings)
+    elif settings.continuous_step == "adam":
+        step_fn = _AdamIteration(settings, a, s, b)
+    else:
+        raise ValueError(f"unknown continuous_step {settings.continuous_step!r}")
+    stale = 0
+    it = 0
+    for it in range(1, settings.iterations + 1):
+        a, s, mask, b, err = step_fn(prob, a, s, mask, b, err)
+        loss = prob.loss(err)
+        history.append(loss)
+        if not math.isfinite(loss):
+            log.warning("non-finite proxy loss at iteration %d; keeping the best iterate", it)
+            break
+        if loss < best[0] * (1 - settings.tolerance):
+            stale = 0
+        else:
+            stale += 1
+        if loss < best[0]:
+            best = (loss, a, s, mask, b)
+        if progress is not None:
+            progress(it, loss)
+        if stale >= settings.patience:
+            break
+    loss, a, s, mask, b = best
+    return _fold(norm, a, s, mask, b, nowag, loss, history, it, time.perf_counter() - start)
+
+
+def _fold(norm: Normalized, a, s, mask, b, nowag, loss, history, iters, secs) -> ArmorFactors:
+    """Fold the NoWag scales into the wrappers: ``(diag(r) A) S (B diag(c))``."""
+    bs = a.shape[-1]
+    a_out = a * norm.row_scale.reshape(-1, bs, 1)
+    b_out = b * norm.col_scale.reshape(-1, 1, bs)
+    return ArmorFactors(a_out, s * mask, mask, b_out, nowag, loss, history, iters, secs)
+
+
+class _ExactIteration:
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
+        self.k = settings.groups_per_tile or max(1, settings.block_size // GROUP)
+
+    def __call__(self, prob, a, s, mask, b, err):
+        s, mask, err, frac = sparse_step(prob, a, s, mask, b, err, self.k)
+        # adapt how many groups per tile are moved together
+        if frac < 0.5:
+            self.k = max(1, self.k // 2)
+        elif frac > 0.9:
+            self.k = min(prob.b, self.k * 2)
+        s, err = values_step(prob, a, s, mask, b, err, self.settings.cg_steps)
+        a, err = a_step(prob, a, s, b, err)
+        b, err = b_step(prob, a, s, b, err)
+        return a, s, mask, b, err
+
+
+class _AdamIteration:
+    """The authors' continuous step: one joint Adam step on (A, B, W'), then one group/tile."""
+
+    def __init__(self, settings: SolverSettings, a, s, b):
+        self.params = [t.clone().requires_grad_(True) for t in (a, s, b)]
+        self.opt = torch.optim.Adam(self.params, lr=settings.lr)
+        self.k = settings.groups_per_tile or 1
+
+    def __call__(self, prob, a, s, mask, b, err):
+        pa, pw, pb = self.params
+        self.opt.zero_grad(set_to_none=True)
+        e = prob.error(pa, pw * mask, pb)
+        (e.pow(2).sum() / prob.den).backward()
+        self.opt.step()
+        with torch.no_grad():
+            a, b = pa.detach().clone(), pb.detach().clone()
+            s = pw.detach() * mask
+            err = prob.error(a, s, b)
+            s, mask, err, _ = sparse_step(prob, a, s, mask, b, err, self.k)
+            pw.copy_(torch.where(mask, s, pw))
+        return a, s, mask, b, err
