@@ -1,0 +1,3 @@
+from armor_export.eval.perplexity import perplexity
+
+__all__ = ["perplexity"]

@@ -1,0 +1,1 @@
+"""Pruning: ArmorLinear, 2:4 masks, statistics, the ARMOR optimiser, baselines, jobs."""

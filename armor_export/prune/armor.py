@@ -160,7 +160,7 @@ def propose_groups(
         best_cost = torch.where(hit, cost, best_cost)
         best = torch.where(hit, idx, best)
         sols.append((vi, vj))
-    for idx, ((i, j), (vi, vj)) in enumerate(zip(SUPPORTS.tolist(), sols)):
+    for idx, ((i, j), (vi, vj)) in enumerate(zip(SUPPORTS.tolist(), sols, strict=False)):
         chosen = (best == idx).to(u.dtype)
         values[i] += chosen * vi
         values[j] += chosen * vj

@@ -50,7 +50,7 @@ def is_two_four(mask: torch.Tensor) -> bool:
 
 
 def pack(core: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact form of a 2:4 sparse matrix: (values [d_out, d_in/2], positions uint8 [d_out, d_in/8]).
+    """Compact 2:4 form: (values ``[d_out, d_in/2]``, positions uint8 ``[d_out, d_in/8]``).
 
     ``positions`` holds, for each kept value in order, its 2-bit index inside its group,
     four per byte (first value in the low bits). ``d_in`` must be a multiple of 8.

@@ -1,0 +1,38 @@
+"""``armor-export eval``: perplexity of a dense model or a pruned checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="perplexity of a model or pruned checkpoint")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default="smollm2-135m",
+        help="pruned checkpoint dir, model dir, hub id or 'smollm2-135m'",
+    )
+    p.add_argument("--text", default="wikipedia", help="wikipedia | botchan | FILE | datasets:...")
+    p.add_argument("--windows", type=int, default=64, help="number of windows")
+    p.add_argument("--seqlen", type=int, default=1024, help="tokens per window")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
+    return p
+
+
+def run(args) -> int:
+    import dataclasses
+
+    from armor_export.config import EvalConfig
+    from armor_export.eval.api import evaluate
+    from armor_export.io import write_json
+    from armor_export.progress import RichReporter
+
+    cfg = EvalConfig(args.text, args.windows, args.seqlen, args.batch_size)
+    result = evaluate(args.model, cfg, RichReporter())
+    data = dataclasses.asdict(result)
+    if args.json_out:
+        write_json(args.json_out, data)
+    print(json.dumps(data, indent=2))
+    return 0

@@ -1,0 +1,72 @@
+"""``armor-export <verb>``: parse arguments into configs, call the verbs, report.
+
+Imports of torch/transformers happen inside the verbs so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from armor_export import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--log-file", help="also write the log to this file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from armor_export.cli import env, evaluate, prune
+
+    parser = argparse.ArgumentParser(
+        prog="armor-export",
+        description="ARMOR 2:4 pruning of Hugging Face causal LMs, evaluation and export.",
+    )
+    parser.add_argument("--version", action="version", version=f"armor-export {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="<verb>")
+    for module in (prune, evaluate, env):
+        p = module.add_parser(sub)
+        _common(p)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def _setup_logging(args) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
+    handlers: list[logging.Handler] = [RichHandler(show_path=False, show_time=False)]
+    if args.log_file:
+        fh = logging.FileHandler(args.log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(fh)
+    logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from armor_export.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    _setup_logging(args)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"armor-export {args.verb}: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"armor-export {args.verb}: interrupted (finished work is kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""``armor-export prune``: prune a model; optionally report dense vs pruned perplexity."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub):
+    p = sub.add_parser("prune", help="prune a causal LM to 2:4 (ARMOR or a baseline)")
+    p.add_argument("--config", help="TOML recipe (see prune/*.toml); flags override it")
+    p.add_argument("--model", help="model dir, hub id or 'smollm2-135m' (default)")
+    p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
+    p.add_argument("-o", "--output-dir", help="where the checkpoint and job results go")
+    p.add_argument("--block-size", type=int, help="ARMOR block size b (4 | b, b | dims)")
+    p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
+    p.add_argument("--continuous-step", choices=["exact", "adam"], help="ARMOR continuous step")
+    p.add_argument("--calib-text", help="botchan | wikipedia | FILE | datasets:NAME[:CFG]:SPLIT")
+    p.add_argument("--calib-samples", type=int, help="number of calibration sequences")
+    p.add_argument("--calib-seqlen", type=int, help="tokens per calibration sequence")
+    p.add_argument("--seed", type=int, help="calibration sampling seed")
+    p.add_argument("--include", action="append", help="glob of linear names to prune (repeat)")
+    p.add_argument("--exclude", action="append", help="glob of linear names to keep dense")
+    p.add_argument(
+        "--skip-incompatible",
+        action="store_true",
+        default=None,
+        help="leave layers whose shape does not fit the block size dense",
+    )
+    p.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
+    p.add_argument("--eval-text", default="wikipedia", help="evaluation text (default wikipedia)")
+    p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows")
+    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
+    return p
+
+
+def config_from_args(args):
+    from armor_export.config import PruneConfig
+
+    cfg = PruneConfig.from_toml(args.config) if args.config else PruneConfig()
+    simple = {
+        "model": "model",
+        "method": "method",
+        "output_dir": "output_dir",
+        "skip_incompatible": "skip_incompatible",
+    }
+    for attr, key in simple.items():
+        if getattr(args, attr) is not None:
+            setattr(cfg, key, getattr(args, attr))
+    if args.output_dir is None and not args.config:
+        cfg.output_dir = f"runs/{cfg.method}"
+    nested = {
+        "block_size": (cfg.armor, "block_size"),
+        "iterations": (cfg.armor, "iterations"),
+        "continuous_step": (cfg.armor, "continuous_step"),
+        "calib_text": (cfg.calibration, "text"),
+        "calib_samples": (cfg.calibration, "n_samples"),
+        "calib_seqlen": (cfg.calibration, "seqlen"),
+        "seed": (cfg.calibration, "seed"),
+    }
+    for attr, (obj, key) in nested.items():
+        if getattr(args, attr) is not None:
+            setattr(obj, key, getattr(args, attr))
+    if args.include:
+        cfg.include = args.include
+    if args.exclude:
+        cfg.exclude = args.exclude
+    cfg.validate()
+    return cfg
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from armor_export.config import EvalConfig
+    from armor_export.progress import RichReporter
+    from armor_export.prune.api import prune
+
+    cfg = config_from_args(args)
+    console = Console(stderr=True)
+    reporter = RichReporter(console)
+    dense_ppl = None
+    eval_cfg = EvalConfig(args.eval_text, args.eval_windows, args.eval_seqlen)
+    if args.eval:
+        eval_cfg.validate()
+        from armor_export.eval.api import evaluate
+
+        dense_ppl = evaluate(cfg.model, eval_cfg, reporter).perplexity
+    result = prune(cfg, reporter)
+    summary = {
+        "output_dir": str(result.output_dir),
+        "method": cfg.method,
+        "matrices": len(result.results),
+        "skipped": len(result.skipped),
+        "seconds": round(result.seconds, 1),
+    }
+    if cfg.method == "armor":
+        summary.update(result.armor_summary)
+    if args.eval:
+        from armor_export.eval.api import evaluate
+
+        pruned_ppl = evaluate(str(result.output_dir), eval_cfg, reporter).perplexity
+        summary.update(dense_ppl=round(dense_ppl, 3), pruned_ppl=round(pruned_ppl, 3))
+    print(json.dumps(summary, indent=2))
+    if args.eval:
+        print(
+            f"perplexity on {eval_cfg.text}: dense {dense_ppl:.2f} -> "
+            f"{cfg.method} 2:4 {summary['pruned_ppl']:.2f}"
+        )
+    return 0

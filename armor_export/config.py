@@ -1,0 +1,168 @@
+"""Strict, versioned, serialisable configurations.
+
+Every config is a dataclass; ``from_dict`` rejects unknown keys and wrong types with a
+``ConfigError`` naming the key, so a typo in a recipe never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import tomllib
+
+from armor_export.errors import ConfigError
+
+CONFIG_VERSION = 1
+METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
+
+T = TypeVar("T")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclass
+class ArmorConfig:
+    """ARMOR optimiser settings (armor-spec §5; defaults tuned for CPU minutes, see README)."""
+
+    block_size: int = 64
+    iterations: int = 100
+    continuous_step: str = "exact"  # "exact" (block least squares) | "adam" (authors)
+    lr: float = 1e-4
+    cg_steps: int = 4
+    groups_per_tile: int = 0  # 0: block_size // 4, adapted as it runs
+    patience: int = 20
+    tolerance: float = 1e-6
+
+    def validate(self) -> None:
+        _check_choice("armor.continuous_step", self.continuous_step, ("exact", "adam"))
+        if self.block_size <= 0 or self.block_size % 4:
+            raise ConfigError(
+                f"armor.block_size must be a positive multiple of 4, got {self.block_size}"
+            )
+        if self.iterations < 0:
+            raise ConfigError("armor.iterations must be >= 0")
+
+
+@dataclass
+class SparseGPTConfig:
+    block_size: int = 128
+    damp: float = 0.01
+    sequential: bool = True  # propagate pruned outputs to the next layer
+
+    def validate(self) -> None:
+        if self.block_size <= 0 or self.block_size % 4:
+            raise ConfigError("sparsegpt.block_size must be a positive multiple of 4")
+
+
+@dataclass
+class CalibrationConfig:
+    text: str = "botchan"
+    n_samples: int = 128
+    seqlen: int = 512
+    batch_size: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("n_samples", "seqlen", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"calibration.{name} must be positive")
+
+
+@dataclass
+class EvalConfig:
+    text: str = "wikipedia"
+    n_windows: int = 64
+    seqlen: int = 1024
+    batch_size: int = 4
+
+    def validate(self) -> None:
+        for name in ("n_windows", "seqlen", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"eval.{name} must be positive")
+
+
+@dataclass
+class PruneConfig:
+    """Everything one ``prune`` run needs; saved into the checkpoint manifest."""
+
+    model: str = "smollm2-135m"
+    method: str = "armor"
+    output_dir: str = "runs/armor"
+    include: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=lambda: ["*lm_head*", "*embed*"])
+    skip_incompatible: bool = False
+    device: str = "cpu"
+    armor: ArmorConfig = field(default_factory=ArmorConfig)
+    sparsegpt: SparseGPTConfig = field(default_factory=SparseGPTConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    version: int = CONFIG_VERSION
+
+    def validate(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {self.version} is not supported (expected {CONFIG_VERSION})"
+            )
+        self.armor.validate()
+        self.sparsegpt.validate()
+        self.calibration.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> PruneConfig:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a table/dict")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
+            continue
+        kwargs[key] = _coerce(value, hint, where + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,301 @@
+"""The ``prune`` verb and the in-place ``armorize_`` API.
+
+Layout of an output directory::
+
+    <out>/run_config.json      the PruneConfig of the run (a resume must match it)
+    <out>/work/stats.safetensors   dense calibration statistics (diag XXᵀ / N per linear)
+    <out>/work/jobs/<name>.safetensors   one finished job each (compact 2:4 + factors)
+    <out>/model.safetensors, armor_manifest.json, config.json, tokenizer files
+
+A killed run started again with the same config reuses the statistics and every finished
+job; only unfinished matrices are solved.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from armor_export.config import PruneConfig
+from armor_export.errors import ShapeError, UserError
+from armor_export.io import read_json, read_tensors, write_json, write_tensors
+from armor_export.models.registry import Adapter, adapter_for
+from armor_export.progress import NullReporter, Reporter
+from armor_export.prune.calibrate import calibrate_layerwise
+from armor_export.prune.checkpoint import apply_result, save_checkpoint
+from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
+
+log = logging.getLogger(__name__)
+
+NEEDS_STATS = {"wanda", "nowag-p", "armor", "sparsegpt"}
+
+
+@dataclass
+class PruneResult:
+    output_dir: Path
+    results: dict[str, MatrixResult]
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def armor_summary(self) -> dict:
+        armor = [r for r in self.results.values() if r.is_armor]
+        return {
+            "matrices_total": len(armor),
+            "matrices_at_or_below_nowag": sum(
+                r.metrics["proxy_loss"] <= r.metrics["nowag_loss"] for r in armor
+            ),
+        }
+
+
+def valid_block_sizes(d_out: int, d_in: int) -> list[int]:
+    """Block sizes b with 4 | b, b | d_out and b | d_in."""
+    return [b for b in range(4, min(d_out, d_in) + 1, 4) if d_out % b == 0 and d_in % b == 0]
+
+
+def select_linears(
+    model: nn.Module,
+    adapter: Adapter,
+    cfg: PruneConfig,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> tuple[dict[str, nn.Linear], list[str]]:
+    """The decoder linears to prune (glob rules, then shape checks); returns (chosen, skipped)."""
+    chosen, skipped = {}, []
+    for name, mod in adapter.linears(model).items():
+        if not any(fnmatch.fnmatch(name, pat) for pat in cfg.include):
+            continue
+        if any(fnmatch.fnmatch(name, pat) for pat in cfg.exclude):
+            continue
+        if filter_fn is not None and not filter_fn(name, mod):
+            continue
+        problem = _shape_problem(name, mod, cfg)
+        if problem:
+            if not cfg.skip_incompatible:
+                raise ShapeError(
+                    problem + " (or pass --skip-incompatible to leave such layers dense)"
+                )
+            log.warning("%s; left dense", problem)
+            skipped.append(name)
+            continue
+        chosen[name] = mod
+    if not chosen:
+        raise UserError("no linear layer selected for pruning (check --include/--exclude)")
+    return chosen, skipped
+
+
+def _shape_problem(name: str, mod: nn.Module, cfg: PruneConfig) -> str | None:
+    d_out, d_in = mod.out_features, mod.in_features
+    if d_in % 8:
+        return f"{name}: input dimension {d_in} is not divisible by 8 (2:4 groups, packed storage)"
+    if cfg.method == "armor":
+        b = cfg.armor.block_size
+        if d_out % b or d_in % b:
+            sizes = ", ".join(map(str, valid_block_sizes(d_out, d_in))) or "none"
+            return (
+                f"{name}: shape {d_out}x{d_in} is not divisible by block size {b}; "
+                f"valid block sizes for this layer: {sizes}"
+            )
+    return None
+
+
+def calibration_batches(tokenizer, cfg: PruneConfig) -> list[torch.Tensor]:
+    from armor_export.data.text import calibration_samples, load_text
+
+    c = cfg.calibration
+    samples = calibration_samples(tokenizer, load_text(c.text), c.n_samples, c.seqlen, c.seed)
+    return list(samples.split(c.batch_size))
+
+
+def _check_run_dir(out: Path, cfg: PruneConfig) -> None:
+    """A resume must use the same config: finished jobs of another config would be mixed in."""
+    path = out / "run_config.json"
+    current = cfg.to_dict()
+    if path.exists():
+        previous = read_json(path)
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
+            raise UserError(
+                f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
+                "use another --output-dir or delete it"
+            )
+    else:
+        write_json(path, current)
+
+
+def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
+    """Prune ``cfg.model`` with ``cfg.method``; write a checkpoint into ``cfg.output_dir``."""
+    from armor_export.data.models import load_model_and_tokenizer
+
+    cfg.validate()
+    reporter = reporter or NullReporter()
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(out, cfg)
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    model.eval()
+    adapter = adapter_for(model)
+    targets, skipped = select_linears(model, adapter, cfg)
+    store = JobStore(out / "work" / "jobs")
+    runner = _JobLoop(cfg, store, reporter, len(targets))
+    with torch.no_grad():
+        if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
+            _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
+        else:
+            stats = _dense_statistics(model, adapter, tokenizer, targets, cfg, out, reporter)
+            for name, mod in targets.items():
+                job = MatrixJob(
+                    name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram")
+                )
+                runner.run(model, job)
+    runner.close()
+    results = runner.results
+    manifest = {
+        "method": cfg.method,
+        "base_model": cfg.model,
+        "prune_config": cfg.to_dict(),
+        "skipped": skipped,
+    }
+    save_checkpoint(out, model, tokenizer, results, manifest)
+    return PruneResult(out, results, skipped, time.perf_counter() - start)
+
+
+class _JobLoop:
+    """Runs (or reloads) jobs one after another and applies each result to the model."""
+
+    def __init__(self, cfg: PruneConfig, store: JobStore, reporter: Reporter, total: int):
+        self.cfg, self.store = cfg, store
+        self.results: dict[str, MatrixResult] = {}
+        self._task_cm = reporter.task(f"prune ({cfg.method})", total)
+        self._task = self._task_cm.__enter__()
+
+    def run(self, model: nn.Module, job: MatrixJob) -> MatrixResult:
+        if self.store.is_done(job.name):
+            result = self.store.load(job.name)
+            log.info("%s: reusing finished job", job.name)
+        else:
+            result = run_job(job, self.cfg)
+            self.store.save(result)
+        apply_result(model, result)
+        self.results[job.name] = result
+        info = {}
+        if "proxy_loss" in result.metrics:
+            info["loss"] = f"{result.metrics['proxy_loss']:.4f}"
+        self._task.advance(1, **info)
+        return result
+
+    def close(self) -> None:
+        self._task_cm.__exit__(None, None, None)
+
+
+def _dense_statistics(model, adapter, tokenizer, targets, cfg, out: Path, reporter):
+    """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``."""
+    if cfg.method not in NEEDS_STATS:
+        return {}
+    path = out / "work" / "stats.safetensors"
+    if path.exists():
+        stats = read_tensors(path)
+        if all(f"{n}.hdiag" in stats for n in targets) and (
+            cfg.method != "sparsegpt" or all(f"{n}.gram" in stats for n in targets)
+        ):
+            log.info("reusing calibration statistics from %s", path)
+            return stats
+    gram = cfg.method == "sparsegpt"
+    batches = calibration_batches(tokenizer, cfg)
+    collected: dict[str, torch.Tensor] = {}
+
+    def on_layer(_i, layer_stats):
+        for name, st in layer_stats.items():
+            collected[f"{name}.hdiag"] = st.hdiag(name)
+            if gram:
+                collected[f"{name}.gram"] = st.gram(name)
+
+    with reporter.task("calibration", len(adapter.layers(model))) as task:
+        calibrate_layerwise(
+            model,
+            adapter,
+            batches,
+            targets,
+            on_layer,
+            gram=gram,
+            progress=lambda i, n: task.advance(1),
+        )
+    write_tensors(path, collected)
+    return collected
+
+
+def _prune_sequential(model, adapter, tokenizer, targets, cfg, runner: _JobLoop, reporter):
+    """SparseGPT's mode: each layer is calibrated on the outputs of the pruned layers before."""
+    batches = calibration_batches(tokenizer, cfg)
+
+    def on_layer(_i, layer_stats):
+        for name, st in layer_stats.items():
+            mod = targets[name]
+            runner.run(model, MatrixJob(name, mod.weight, st.hdiag(name), st.gram(name)))
+
+    with reporter.task("calibration (sequential)", len(adapter.layers(model))) as task:
+        calibrate_layerwise(
+            model,
+            adapter,
+            batches,
+            targets,
+            on_layer,
+            gram=True,
+            sequential=True,
+            progress=lambda i, n: task.advance(1),
+        )
+
+
+@torch.no_grad()
+def armorize_(
+    model: nn.Module,
+    cfg: PruneConfig,
+    batches: list[torch.Tensor] | None = None,
+    filter_fn: Callable[[str, nn.Module], bool] | None = None,
+) -> dict[str, MatrixResult]:
+    """In place: prune the selected decoder linears of ``model`` with ``cfg.method``.
+
+    ``batches`` (token id tensors) are the calibration data; needed by every method but
+    magnitude. ARMOR layers become :class:`ArmorLinear`; other methods mask the weight.
+    Nothing is written to disk (use :func:`prune` for resumable runs).
+    """
+    cfg.validate()
+    adapter = adapter_for(model)
+    targets, _ = select_linears(model, adapter, cfg, filter_fn)
+    sequential = cfg.method == "sparsegpt" and cfg.sparsegpt.sequential
+    if cfg.method in NEEDS_STATS and not batches:
+        raise UserError(f"method {cfg.method!r} needs calibration batches")
+    results: dict[str, MatrixResult] = {}
+
+    def solve_layer(_i, layer_stats):
+        for name, st in layer_stats.items():
+            gram = st.gram(name) if cfg.method == "sparsegpt" else None
+            job = MatrixJob(name, targets[name].weight, st.hdiag(name), gram)
+            results[name] = run_job(job, cfg)
+            if sequential:
+                apply_result(model, results[name])
+
+    if cfg.method == "magnitude":
+        for name, mod in targets.items():
+            results[name] = run_job(MatrixJob(name, mod.weight), cfg)
+    else:
+        calibrate_layerwise(
+            model,
+            adapter,
+            batches,
+            targets,
+            solve_layer,
+            gram=cfg.method == "sparsegpt",
+            sequential=sequential,
+        )
+    if not sequential:
+        for res in results.values():
+            apply_result(model, res)
+    return results

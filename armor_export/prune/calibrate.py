@@ -1,0 +1,101 @@
+"""Layer-by-layer calibration: statistics of every prunable linear, one decoder layer at a time.
+
+The inputs of the first decoder layer are captured once; then each layer runs on them,
+its linears' inputs are summed by hooks, and its outputs become the next layer's inputs.
+Between statistics and outputs a callback may replace the layer's linears (sequential
+mode: pruned outputs propagate, as SparseGPT does). Without it the statistics are those of
+the dense model (ARMOR, NoWag-P, Wanda). Only one layer's activations are alive at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from armor_export.models.registry import Adapter
+from armor_export.prune.statistics import InputStatistics, collect_inputs
+
+
+@dataclass
+class _Captured:
+    hidden: list[torch.Tensor]
+    kwargs: list[dict]
+
+
+class _InputCatcher(nn.Module):
+    """Stands in for the first decoder layer: records its inputs and passes them through."""
+
+    def __init__(self, layer: nn.Module, store: _Captured):
+        super().__init__()
+        self.store = store
+        self.attention_type = getattr(layer, "attention_type", None)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.store.hidden.append(hidden_states.detach())
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+        self.store.kwargs.append(kwargs)
+        return hidden_states
+
+
+@torch.no_grad()
+def capture_layer_inputs(
+    model: nn.Module, adapter: Adapter, batches: list[torch.Tensor]
+) -> _Captured:
+    """Inputs (hidden states and keyword arguments) of decoder layer 0 for every batch."""
+    layers = adapter.layers(model)
+    store = _Captured([], [])
+    parent_path, _, attr = adapter.layers_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, nn.ModuleList([_InputCatcher(layers[0], store)]))
+    try:
+        for ids in batches:
+            parent(input_ids=ids, use_cache=False)
+    finally:
+        setattr(parent, attr, layers)
+    return store
+
+
+def _layer_forward(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = layer(hidden, use_cache=False, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+LayerCallback = Callable[[int, dict[str, InputStatistics]], None]
+
+
+@torch.no_grad()
+def calibrate_layerwise(
+    model: nn.Module,
+    adapter: Adapter,
+    batches: list[torch.Tensor],
+    targets: dict[str, nn.Linear],
+    on_layer: LayerCallback,
+    gram: bool = False,
+    sequential: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Run the calibration batches layer by layer; call ``on_layer(i, stats)`` for each layer.
+
+    ``targets`` maps full module names to the linears whose inputs are summed. With
+    ``sequential=True`` the layer's outputs are computed after ``on_layer`` returns (so a
+    callback that prunes the layer propagates pruned outputs); otherwise before.
+    """
+    captured = capture_layer_inputs(model, adapter, batches)
+    hidden = captured.hidden
+    layers = adapter.layers(model)
+    for i, layer in enumerate(layers):
+        prefix = adapter.layer_prefix(i) + "."
+        mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
+        with collect_inputs(mine, gram=gram) as stats:
+            outs = [_layer_forward(layer, h, kw) for h, kw in zip(hidden, captured.kwargs, strict=False)]
+        if sequential:
+            on_layer(i, stats)
+            outs = [_layer_forward(layer, h, kw) for h, kw in zip(hidden, captured.kwargs, strict=False)]
+        else:
+            on_layer(i, stats)
+        hidden = outs
+        if progress is not None:
+            progress(i + 1, len(layers))
