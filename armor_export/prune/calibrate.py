@@ -63,6 +63,10 @@ def _layer_forward(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torc
     return out[0] if isinstance(out, tuple) else out
 
 
+def _run_layer(layer: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict]):
+    return [_layer_forward(layer, h, kw) for h, kw in zip(hidden, kwargs, strict=True)]
+
+
 LayerCallback = Callable[[int, dict[str, InputStatistics]], None]
 
 
@@ -90,10 +94,10 @@ def calibrate_layerwise(
         prefix = adapter.layer_prefix(i) + "."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
         with collect_inputs(mine, gram=gram) as stats:
-            outs = [_layer_forward(layer, h, kw) for h, kw in zip(hidden, captured.kwargs, strict=False)]
+            outs = _run_layer(layer, hidden, captured.kwargs)
         if sequential:
             on_layer(i, stats)
-            outs = [_layer_forward(layer, h, kw) for h, kw in zip(hidden, captured.kwargs, strict=False)]
+            outs = _run_layer(layer, hidden, captured.kwargs)
         else:
             on_layer(i, stats)
         hidden = outs
