@@ -1,0 +1,90 @@
+"""Finding and loading the causal LM to prune: the default SmolLM2, a local folder or a hub id."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from armor_export.data import assets
+from armor_export.errors import CorruptFileError, UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, assets.MODEL_NAME.lower()}
+# Pickle-based checkpoints can run code when loaded: they are never loaded.
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map a model argument to what ``from_pretrained`` should get.
+
+    The default alias (``smollm2-135m`` or ``SmolLM2-135M-Instruct``, any case) becomes the
+    cached SmolLM2 folder (prepared on first use); an existing folder must hold a
+    ``config.json``; anything else is returned unchanged as a Hugging Face hub id.
+    """
+    if name_or_path.strip().lower() in _DEFAULT_ALIASES:
+        return str(assets.default_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CorruptFileError(f"{path} has no config.json: not a Hugging Face model folder")
+        return str(path)
+    if path.exists():
+        raise UserError(f"{path} is a file; pass the model folder (with config.json) instead")
+    if _looks_like_path(name_or_path):
+        raise UserError(f"model folder not found: {path}")
+    return name_or_path
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a bad path."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+        or name.endswith("/")
+    )
+
+
+def _check_local_weights(folder: Path) -> None:
+    """Refuse folders whose weights are not safetensors (pickle files are never loaded)."""
+    names = [p.name for p in folder.iterdir() if p.is_file()]
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickles = sorted(name for name in names if Path(name).suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(
+            f"{folder} has only pickle weights ({', '.join(pickles[:3])}); armor-export loads "
+            "safetensors only: convert the checkpoint to safetensors first"
+        )
+    raise CorruptFileError(f"{folder} has no model weights (*.safetensors)")
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM (safetensors weights only, eval mode) and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    is_local = Path(path).is_dir()
+    if is_local:
+        _check_local_weights(Path(path))
+    logger.info("loading model %s (%s)", path, str(dtype).removeprefix("torch."))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:300] if lines else type(exc).__name__
+        hint = "" if is_local else " (no network? pass a local directory)"
+        raise UserError(f"could not load model {name_or_path!r}: {reason}{hint}") from exc
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny models of every registered family, a tiny tokenizer, text files.
+
+Nothing here touches the network (HF_HUB_OFFLINE is set so a stray hub call fails fast).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TEXT = " ".join(
+    [
+        "The quick brown fox jumps over the lazy dog while the calibration text flows.",
+        "A journey of a thousand miles begins with a single step on a sparse road.",
+        "Perplexity is measured on consecutive windows of tokens from plain text.",
+        "Every group of four weights keeps exactly two entries in a semi structured mask.",
+    ]
+    * 40
+)
+
+# hidden 64, intermediate 128, head_dim 16: every dimension divisible by 16 and 32
+TINY_DIMS = dict(
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+def tiny_config(family: str):
+    """A tiny random-weight config of a registered family."""
+    import transformers
+
+    cls = {
+        "llama": transformers.LlamaConfig,
+        "mistral": transformers.MistralConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+        "gemma": transformers.GemmaConfig,
+    }[family]
+    extra = {"head_dim": 16} if family in ("qwen3", "gemma") else {}
+    return cls(**TINY_DIMS, **extra, tie_word_embeddings=True)
+
+
+def tiny_model(family: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE tokenizer trained on TEXT (vocab <= 300), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<eos>"],
+        show_progress=False,
+    )
+    tok.train_from_iterator([TEXT], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT)
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tokenizer):
+    """A saved tiny Llama (safetensors) with its tokenizer."""
+    model = tiny_model("llama")
+    path = tmp_path / "tiny-llama"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def calib_batches():
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randint(0, 300, (4, 32), generator=gen) for _ in range(2)]

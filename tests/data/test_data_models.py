@@ -1,0 +1,100 @@
+"""Resolving and loading models (armor_export.data.models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armor_export.data import assets, models
+from armor_export.data.models import load_model_and_tokenizer, resolve_model_path
+from armor_export.errors import CorruptFileError, UserError
+
+
+@pytest.mark.parametrize("alias", ["smollm2-135m", "SmolLM2-135M", "SmolLM2-135M-Instruct"])
+def test_default_alias_resolves_to_cached_folder(monkeypatch, tmp_path, alias):
+    monkeypatch.setattr(assets, "default_model_dir", lambda: tmp_path / "smol")
+    assert resolve_model_path(alias) == str(tmp_path / "smol")
+
+
+def test_local_folder_needs_config(tmp_path):
+    with pytest.raises(CorruptFileError, match="config.json"):
+        resolve_model_path(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+
+
+def test_hub_id_passes_through_and_bad_paths_do_not():
+    assert resolve_model_path("HuggingFaceTB/SmolLM2-360M") == "HuggingFaceTB/SmolLM2-360M"
+    assert resolve_model_path("gpt2") == "gpt2"
+    with pytest.raises(UserError, match="model folder not found"):
+        resolve_model_path("./no/such/model")
+
+
+def test_file_is_not_a_model_folder(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match="is a file"):
+        resolve_model_path(str(path))
+
+
+def test_pickle_only_folder_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UserError, match="only pickle weights"):
+        load_model_and_tokenizer(str(tmp_path))
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(CorruptFileError, match="no model weights"):
+        load_model_and_tokenizer(str(tmp_path))
+
+
+def test_unreachable_hub_id_is_a_user_error(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nmore detail")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", offline)
+    with pytest.raises(UserError, match=r"could not load model 'gpt2'.*no network") as info:
+        load_model_and_tokenizer("gpt2")
+    assert "\n" not in str(info.value)
+
+
+def test_loads_tiny_local_safetensors_model(tmp_path, tiny_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model, tokenizer = load_model_and_tokenizer(str(tmp_path), dtype=torch.bfloat16)
+    assert not model.training
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert tokenizer("fox")["input_ids"] == tiny_tokenizer("fox")["input_ids"]
+
+
+@pytest.mark.slow
+def test_default_model_prepares_and_runs():
+    """Uses the real cache: converts the GGUF once (about a minute), then reuses the folder."""
+    from transformers import LlamaForCausalLM
+
+    folder = assets.default_model_dir()
+    assert (folder / "CREDITS.md").read_text().count("Apache-2.0") == 1
+    model, tokenizer = load_model_and_tokenizer(models.DEFAULT_MODEL)
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 49152)
+    assert torch.isfinite(logits).all()
+    assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"

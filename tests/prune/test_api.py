@@ -1,0 +1,155 @@
+"""The prune verb end to end on a tiny model: methods, checkpoints, resume, armorize_."""
+
+import json
+
+import pytest
+import torch
+
+from armor_export.config import PruneConfig
+from armor_export.errors import UserError
+from armor_export.prune import api, jobs
+from armor_export.prune.checkpoint import load_checkpoint
+from armor_export.prune.linear import ArmorLinear
+from armor_export.prune.masks import is_two_four
+
+N_LINEARS = 14  # 2 layers x 7
+
+
+def make_config(model_dir, text_file, out, method="armor", **armor):
+    return PruneConfig.from_dict(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "output_dir": str(out),
+            "armor": {"block_size": 16, "iterations": 8, **armor},
+            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "nowag-p", "sparsegpt", "armor"])
+def test_prune_writes_a_checkpoint_that_loads_back(method, tiny_model_dir, text_file, tmp_path):
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "out", method)
+    result = api.prune(cfg)
+    assert len(result.results) == N_LINEARS
+    model, manifest = load_checkpoint(result.output_dir)
+    assert manifest["method"] == method
+    assert len(manifest["matrices"]) == N_LINEARS
+    for name, res in result.results.items():
+        mod = model.get_submodule(name)
+        if method == "armor":
+            assert isinstance(mod, ArmorLinear)
+            assert torch.equal(mod.mask, res.mask)
+            assert res.metrics["proxy_loss"] <= res.metrics["nowag_loss"]
+        else:
+            assert is_two_four(mod.weight != 0) or is_two_four(res.mask)
+            assert torch.equal(mod.weight * ~res.mask, torch.zeros_like(mod.weight))
+    # weights are compact: no dense [d_out, d_in] float core is stored
+    from safetensors import safe_open
+
+    with safe_open(str(result.output_dir / "model.safetensors"), "pt") as fh:
+        keys = set(fh.keys())
+    assert not any(k.endswith((".core", ".mask")) for k in keys)
+    assert "model.layers.0.mlp.up_proj.core_positions" in keys
+
+
+def test_checkpoint_roundtrip_gives_equal_outputs(tiny_model_dir, text_file, tmp_path):
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "out")
+    api.prune(cfg)
+    # in-memory: the same jobs applied to a fresh copy of the dense model
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    store = jobs.JobStore(tmp_path / "out" / "work" / "jobs")
+    from armor_export.prune.checkpoint import apply_result
+
+    for name in api.adapter_for(reference).linears(reference):
+        apply_result(reference, store.load(name))
+    loaded, _ = load_checkpoint(tmp_path / "out")
+    ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, reference(ids).logits, atol=1e-5)
+
+
+def test_resume_redoes_no_finished_job(tiny_model_dir, text_file, tmp_path, monkeypatch):
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "out")
+    calls = []
+    real = jobs.run_job
+
+    def crashing(job, c, progress=None):
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        calls.append(job.name)
+        return real(job, c, progress)
+
+    monkeypatch.setattr(api, "run_job", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        api.prune(cfg)
+    finished = list(calls)
+    assert len(finished) == 5
+    calls.clear()
+
+    def counting(job, c, progress=None):
+        calls.append(job.name)
+        return real(job, c, progress)
+
+    monkeypatch.setattr(api, "run_job", counting)
+    result = api.prune(cfg)
+    assert len(result.results) == N_LINEARS
+    assert not set(calls) & set(finished)
+    assert len(calls) == N_LINEARS - 5
+
+
+def test_resume_with_a_different_config_is_refused(tiny_model_dir, text_file, tmp_path):
+    api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "magnitude"))
+    with pytest.raises(UserError, match="different config"):
+        api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "wanda"))
+
+
+def test_corrupt_job_result_is_redone(tiny_model_dir, text_file, tmp_path):
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "out", "nowag-p")
+    api.prune(cfg)
+    victim = tmp_path / "out" / "work" / "jobs" / "model.layers.1.mlp.down_proj.safetensors"
+    victim.write_bytes(victim.read_bytes()[:50])
+    result = api.prune(cfg)
+    assert "model.layers.1.mlp.down_proj" in result.results
+    jobs.JobStore(victim.parent).load("model.layers.1.mlp.down_proj")
+
+
+def test_manifest_records_losses_and_versions(tiny_model_dir, text_file, tmp_path):
+    api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out"))
+    manifest = json.loads((tmp_path / "out" / "armor_manifest.json").read_text())
+    entry = manifest["matrices"]["model.layers.0.self_attn.q_proj"]
+    assert entry["kind"] == "armor" and entry["block_size"] == 16
+    assert entry["proxy_loss"] <= entry["nowag_loss"]
+    assert {"torch", "transformers", "armor_export"} <= set(manifest["versions"])
+    assert manifest["prune_config"]["armor"]["iterations"] == 8
+
+
+def test_armorize_in_place_and_glob_selection(calib_batches):
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama")
+    cfg = PruneConfig.from_dict(
+        {"method": "armor", "armor": {"block_size": 16, "iterations": 5},
+         "include": ["*.mlp.*"], "exclude": ["*down_proj"]}
+    )
+    results = api.armorize_(model, cfg, calib_batches)
+    assert sorted(results) == [
+        f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("gate_proj", "up_proj")
+    ]
+    assert isinstance(model.model.layers[0].mlp.up_proj, ArmorLinear)
+    assert not isinstance(model.model.layers[0].mlp.down_proj, ArmorLinear)
+    assert not isinstance(model.model.layers[0].self_attn.q_proj, ArmorLinear)
+
+
+def test_filter_fn_and_methods_needing_batches():
+    from tests.conftest import tiny_model
+
+    model = tiny_model("llama")
+    cfg = PruneConfig.from_dict({"method": "wanda"})
+    with pytest.raises(UserError, match="calibration batches"):
+        api.armorize_(model, cfg)
+    cfg = PruneConfig.from_dict({"method": "magnitude"})
+    res = api.armorize_(model, cfg, filter_fn=lambda name, mod: "layers.1." in name)
+    assert len(res) == 7 and all("layers.1." in n for n in res)
