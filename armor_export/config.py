@@ -39,6 +39,7 @@ class ArmorConfig:
     groups_per_tile: int = 0  # 0: block_size // 4, adapted as it runs
     patience: int = 20
     tolerance: float = 1e-6
+    compile: bool = True  # torch.compile the elementwise group maths (falls back to eager)
 
     def validate(self) -> None:
         _check_choice("armor.continuous_step", self.continuous_step, ("exact", "adam"))
@@ -99,6 +100,7 @@ class PruneConfig:
     exclude: list[str] = field(default_factory=lambda: ["*lm_head*", "*embed*"])
     skip_incompatible: bool = False
     device: str = "cpu"
+    workers: int = 0  # processes for independent jobs; 0 = one per CPU core
     armor: ArmorConfig = field(default_factory=ArmorConfig)
     sparsegpt: SparseGPTConfig = field(default_factory=SparseGPTConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -31,6 +31,7 @@ from armor_export.progress import NullReporter, Reporter
 from armor_export.prune.calibrate import calibrate_layerwise
 from armor_export.prune.checkpoint import apply_result, save_checkpoint
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
+from armor_export.prune.schedule import run_jobs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class PruneResult:
     results: dict[str, MatrixResult]
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def armor_summary(self) -> dict:
@@ -145,17 +147,20 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     targets, skipped = select_linears(model, adapter, cfg)
     store = JobStore(out / "work" / "jobs")
     runner = _JobLoop(cfg, store, reporter, len(targets))
+    timings: dict[str, float] = {}
     with torch.no_grad():
         if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
             _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
         else:
             stats = _dense_statistics(model, adapter, tokenizer, targets, cfg, out, reporter)
-            for name, mod in targets.items():
-                job = MatrixJob(
-                    name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram")
-                )
-                runner.run(model, job)
+            timings["calibration"] = time.perf_counter() - start
+            batch = [
+                MatrixJob(name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram"))
+                for name, mod in targets.items()
+            ]
+            run_jobs(batch, cfg, store, lambda r: runner.record(model, r), cfg.workers)
     runner.close()
+    timings["total_prune"] = time.perf_counter() - start
     results = runner.results
     manifest = {
         "method": cfg.method,
@@ -164,7 +169,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         "skipped": skipped,
     }
     save_checkpoint(out, model, tokenizer, results, manifest)
-    return PruneResult(out, results, skipped, time.perf_counter() - start)
+    return PruneResult(out, results, skipped, time.perf_counter() - start, timings)
 
 
 class _JobLoop:
@@ -177,19 +182,18 @@ class _JobLoop:
         self._task = self._task_cm.__enter__()
 
     def run(self, model: nn.Module, job: MatrixJob) -> MatrixResult:
-        if self.store.is_done(job.name):
-            result = self.store.load(job.name)
-            log.info("%s: reusing finished job", job.name)
-        else:
-            result = run_job(job, self.cfg)
-            self.store.save(result)
+        """Run one job in this process (or reload it) and record it."""
+        run_jobs([job], self.cfg, self.store, lambda r: self.record(model, r), workers=1)
+        return self.results[job.name]
+
+    def record(self, model: nn.Module, result: MatrixResult) -> None:
+        """Apply a finished result to the model and report progress."""
         apply_result(model, result)
-        self.results[job.name] = result
+        self.results[result.name] = result
         info = {}
         if "proxy_loss" in result.metrics:
             info["loss"] = f"{result.metrics['proxy_loss']:.4f}"
         self._task.advance(1, **info)
-        return result
 
     def close(self) -> None:
         self._task_cm.__exit__(None, None, None)

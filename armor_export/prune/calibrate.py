@@ -1,7 +1,9 @@
 """Layer-by-layer calibration: statistics of every prunable linear, one decoder layer at a time.
 
-The inputs of the first decoder layer are captured once; then each layer runs on them,
-its linears' inputs are summed by hooks, and its outputs become the next layer's inputs.
+The inputs of the first decoder layer (and every layer's keyword arguments: masks differ
+per layer in models mixing sliding and full attention) are captured once; then each layer
+runs on them, its linears' inputs are summed by hooks, and its outputs become the next
+layer's inputs.
 Between statistics and outputs a callback may replace the layer's linears (sequential
 mode: pruned outputs propagate, as SparseGPT does). Without it the statistics are those of
 the dense model (ARMOR, NoWag-P, Wanda). Only one layer's activations are alive at once.
@@ -21,22 +23,29 @@ from armor_export.prune.statistics import InputStatistics, collect_inputs
 
 @dataclass
 class _Captured:
-    hidden: list[torch.Tensor]
-    kwargs: list[dict]
+    hidden: list[torch.Tensor]  # per batch: the inputs of decoder layer 0
+    kwargs: list[list[dict]]  # per layer, per batch: the keyword arguments of that layer
 
 
 class _InputCatcher(nn.Module):
-    """Stands in for the first decoder layer: records its inputs and passes them through."""
+    """Stands in for one decoder layer: records its keyword arguments and passes through.
 
-    def __init__(self, layer: nn.Module, store: _Captured):
+    Every layer gets a catcher because the arguments may differ per layer: models that mix
+    sliding-window and full attention (Gemma2, Qwen2/3 with ``use_sliding_window``) pass
+    each layer the mask of its ``layer_types`` entry. The first catcher also records the
+    hidden states; passing them through unchanged keeps the later catchers cheap.
+    """
+
+    def __init__(self, layer: nn.Module, store: _Captured, index: int):
         super().__init__()
-        self.store = store
+        self.store, self.index = store, index
         self.attention_type = getattr(layer, "attention_type", None)
 
     def forward(self, hidden_states, *args, **kwargs):
-        self.store.hidden.append(hidden_states.detach())
+        if self.index == 0:
+            self.store.hidden.append(hidden_states.detach())
         kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
-        self.store.kwargs.append(kwargs)
+        self.store.kwargs[self.index].append(kwargs)
         return hidden_states
 
 
@@ -44,17 +53,20 @@ class _InputCatcher(nn.Module):
 def capture_layer_inputs(
     model: nn.Module, adapter: Adapter, batches: list[torch.Tensor]
 ) -> _Captured:
-    """Inputs (hidden states and keyword arguments) of decoder layer 0 for every batch."""
+    """Inputs of decoder layer 0 and keyword arguments of every layer, for every batch."""
     layers = adapter.layers(model)
-    store = _Captured([], [])
+    store = _Captured([], [[] for _ in layers])
     parent_path, _, attr = adapter.layers_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, nn.ModuleList([_InputCatcher(layers[0], store)]))
+    catchers = [_InputCatcher(layer, store, i) for i, layer in enumerate(layers)]
+    setattr(parent, attr, nn.ModuleList(catchers))
     try:
         for ids in batches:
             parent(input_ids=ids, use_cache=False)
     finally:
         setattr(parent, attr, layers)
+    if any(len(kw) != len(batches) for kw in store.kwargs):
+        raise RuntimeError("the model did not call every decoder layer once per batch")
     return store
 
 
@@ -94,10 +106,10 @@ def calibrate_layerwise(
         prefix = adapter.layer_prefix(i) + "."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
         with collect_inputs(mine, gram=gram) as stats:
-            outs = _run_layer(layer, hidden, captured.kwargs)
+            outs = _run_layer(layer, hidden, captured.kwargs[i])
         if sequential:
             on_layer(i, stats)
-            outs = _run_layer(layer, hidden, captured.kwargs)
+            outs = _run_layer(layer, hidden, captured.kwargs[i])
         else:
             on_layer(i, stats)
         hidden = outs

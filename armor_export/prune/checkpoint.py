@@ -105,43 +105,28 @@ def is_pruned_checkpoint(path: str | Path) -> bool:
 def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a pruned checkpoint into a transformers model with ArmorLinear modules.
 
-    Returns ``(model, manifest)``.
+    Returns ``(model, manifest)``. Anything malformed on disk (manifest, config, tensors that
+    do not fit the model) raises :class:`CorruptFileError` naming the file and the matrix.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path = Path(path)
-    manifest = read_json(path / MANIFEST)
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"{path / MANIFEST}: not an armor-export checkpoint of a known version"
-        )
+    manifest = _read_manifest(path)
     state = read_tensors(path / WEIGHTS)
-    config = AutoConfig.from_pretrained(path)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    config = _read_config(path)
+    model = _empty_model(path, config, dtype)
     provided = set()
     for name, info in manifest["matrices"].items():
         try:
-            values = state.pop(f"{name}.core_values")
-            positions = state.pop(f"{name}.core_positions")
-            core, mask = masks.unpack(values, positions)
-            linear = model.get_submodule(name)
-            if list(core.shape) != list(info["shape"]) or tuple(core.shape) != (
-                linear.out_features,
-                linear.in_features,
-            ):
-                raise ValueError(f"shape {tuple(core.shape)} does not fit the model")
-            a_blocks = state.pop(f"{name}.a_blocks", None)
-            b_blocks = state.pop(f"{name}.b_blocks", None)
-            if (info["kind"] == "armor") != (a_blocks is not None and b_blocks is not None):
-                raise ValueError("ARMOR factors missing or unexpected")
-        except (KeyError, ValueError, AttributeError) as exc:
-            raise CorruptFileError(f"{path}: matrix {name}: {exc}") from None
-        result = MatrixResult(name, manifest.get("method", "?"), core, mask, a_blocks, b_blocks)
-        apply_result(model, result)
+            result = _matrix_result(name, info, state, model, manifest.get("method", "?"))
+            apply_result(model, result)
+        except (KeyError, ValueError, AttributeError, TypeError, RuntimeError) as exc:
+            raise CorruptFileError(f"{path}: matrix {name}: {_one_line(exc)}") from None
         module = model.get_submodule(name)
         provided.update(f"{name}.{k}" for k in module.state_dict())
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches are raised even with strict=False
+        raise CorruptFileError(f"{path / WEIGHTS}: {_one_line(exc, last=True)}") from None
     tied = getattr(config, "tie_word_embeddings", False)
     missing = [k for k in missing if k not in provided and not (tied and k == "lm_head.weight")]
     if missing or unexpected:
@@ -152,3 +137,82 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
         model.tie_weights()
     model.eval()
     return model, manifest
+
+
+def _one_line(exc: Exception, last: bool = False) -> str:
+    if isinstance(exc, KeyError):  # str(KeyError('x')) is just "'x'"
+        return f"missing entry {exc.args[0]!r}" if exc.args else "missing entry"
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:300]
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = read_json(path / MANIFEST)
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
+        raise CorruptFileError(
+            f"{path / MANIFEST}: not an armor-export checkpoint of a known version"
+        )
+    if not isinstance(manifest.get("matrices"), dict):
+        raise CorruptFileError(f"{path / MANIFEST}: no 'matrices' table")
+    return manifest
+
+
+def _read_config(path: Path):
+    from transformers import AutoConfig
+
+    if not (path / "config.json").is_file():
+        raise CorruptFileError(f"missing file: {path / 'config.json'}")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{path / 'config.json'}: {_one_line(exc)}") from None
+
+
+def _empty_model(path: Path, config, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(
+            f"{path / 'config.json'}: cannot build the model ({_one_line(exc)})"
+        ) from None
+
+
+def _matrix_result(
+    name: str, info: dict, state: dict[str, torch.Tensor], model: nn.Module, method: str
+) -> MatrixResult:
+    """One pruned matrix from the checkpoint tensors, checked against the model's layer.
+
+    Consumes its tensors from ``state``; raises KeyError/ValueError on anything malformed.
+    """
+    values = state.pop(f"{name}.core_values")
+    positions = state.pop(f"{name}.core_positions")
+    core, mask = masks.unpack(values, positions)
+    linear = model.get_submodule(name)
+    if list(core.shape) != list(info["shape"]) or tuple(core.shape) != (
+        linear.out_features,
+        linear.in_features,
+    ):
+        raise ValueError(f"shape {tuple(core.shape)} does not fit the model")
+    a_blocks = state.pop(f"{name}.a_blocks", None)
+    b_blocks = state.pop(f"{name}.b_blocks", None)
+    if (info["kind"] == "armor") != (a_blocks is not None and b_blocks is not None):
+        raise ValueError("ARMOR factors missing or unexpected")
+    if a_blocks is not None:
+        d_out, d_in = core.shape
+        b = info["block_size"]
+        for label, blocks, dim in (("a_blocks", a_blocks, d_out), ("b_blocks", b_blocks, d_in)):
+            if not isinstance(b, int) or b <= 0 or dim % b:
+                raise ValueError(f"block size {b!r} does not divide the layer")
+            if tuple(blocks.shape) != (dim // b, b, b):
+                raise ValueError(
+                    f"{label} has shape {tuple(blocks.shape)}, expected {(dim // b, b, b)}"
+                )
+    return MatrixResult(name, method, core, mask, a_blocks, b_blocks)

@@ -68,6 +68,7 @@ def _solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
         groups_per_tile=a.groups_per_tile,
         patience=a.patience,
         tolerance=a.tolerance,
+        compile=a.compile,
     )
 
 

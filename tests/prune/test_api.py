@@ -7,7 +7,7 @@ import torch
 
 from armor_export.config import PruneConfig
 from armor_export.errors import UserError
-from armor_export.prune import api, jobs
+from armor_export.prune import api, jobs, schedule
 from armor_export.prune.checkpoint import load_checkpoint
 from armor_export.prune.linear import ArmorLinear
 from armor_export.prune.masks import is_two_four
@@ -21,7 +21,8 @@ def make_config(model_dir, text_file, out, method="armor", **armor):
             "model": str(model_dir),
             "method": method,
             "output_dir": str(out),
-            "armor": {"block_size": 16, "iterations": 8, **armor},
+            "workers": 1,
+            "armor": {"block_size": 16, "iterations": 8, "compile": False, **armor},
             "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
         }
     )
@@ -82,7 +83,7 @@ def test_resume_redoes_no_finished_job(tiny_model_dir, text_file, tmp_path, monk
         calls.append(job.name)
         return real(job, c, progress)
 
-    monkeypatch.setattr(api, "run_job", crashing)
+    monkeypatch.setattr(schedule, "run_job", crashing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         api.prune(cfg)
     finished = list(calls)
@@ -93,7 +94,7 @@ def test_resume_redoes_no_finished_job(tiny_model_dir, text_file, tmp_path, monk
         calls.append(job.name)
         return real(job, c, progress)
 
-    monkeypatch.setattr(api, "run_job", counting)
+    monkeypatch.setattr(schedule, "run_job", counting)
     result = api.prune(cfg)
     assert len(result.results) == N_LINEARS
     assert not set(calls) & set(finished)
@@ -131,7 +132,7 @@ def test_armorize_in_place_and_glob_selection(calib_batches):
 
     model = tiny_model("llama")
     cfg = PruneConfig.from_dict(
-        {"method": "armor", "armor": {"block_size": 16, "iterations": 5},
+        {"method": "armor", "armor": {"block_size": 16, "iterations": 5, "compile": False},
          "include": ["*.mlp.*"], "exclude": ["*down_proj"]}
     )
     results = api.armorize_(model, cfg, calib_batches)
@@ -153,3 +154,14 @@ def test_filter_fn_and_methods_needing_batches():
     cfg = PruneConfig.from_dict({"method": "magnitude"})
     res = api.armorize_(model, cfg, filter_fn=lambda name, mod: "layers.1." in name)
     assert len(res) == 7 and all("layers.1." in n for n in res)
+
+
+def test_process_pool_gives_the_same_result_as_in_process(tiny_model_dir, text_file, tmp_path):
+    one = api.prune(make_config(tiny_model_dir, text_file, tmp_path / "one"))
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "two")
+    cfg.workers = 2
+    two = api.prune(cfg)
+    assert one.results.keys() == two.results.keys()
+    for name, res in one.results.items():
+        assert torch.equal(res.mask, two.results[name].mask)
+        assert torch.allclose(res.core, two.results[name].core, atol=1e-6)

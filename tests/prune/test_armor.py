@@ -59,9 +59,10 @@ def test_group_step_equals_brute_force_over_all_six_supports():
     tile_losses = prob.tile_losses(err)
     for p, q, row, group in [(0, 0, 0, 0), (1, 2, 5, 1), (0, 1, 7, 0), (1, 1, 3, 1)]:
         support, values, loss = _brute_force_group(prob, a, s, b, p, q, row, group)
-        got = prop.values[p, q, row, group]
+        r, c = p * B + row, q * B + 4 * group
+        got = prop.values[r, c : c + 4]
         assert torch.allclose(got, values, atol=1e-6, rtol=1e-5)
-        assert prop.mask[p, q, row, group].nonzero().flatten().tolist() == list(support)
+        assert prop.mask[r, c : c + 4].nonzero().flatten().tolist() == list(support)
         # predicted gain equals the true decrease of the tile loss
         assert float(prop.gain[p, q, row, group]) == pytest.approx(
             float(tile_losses[p, q]) - loss, rel=1e-6, abs=1e-9
@@ -135,3 +136,13 @@ def test_same_inputs_give_same_masks():
     assert torch.equal(r1.mask, r2.mask)
     assert torch.equal(r1.core, r2.core)
     assert torch.equal(r1.a_blocks, r2.a_blocks)
+
+
+def test_compiled_group_maths_match_eager():
+    prob, a, s, mask, b = _random_state(seed=7, dtype=torch.float32)
+    err = prob.error(a, s, b)
+    eager = armor.propose_groups(prob, a, s, b, err, compiled=False)
+    fused = armor.propose_groups(prob, a, s, b, err, compiled=True)
+    assert torch.equal(eager.mask, fused.mask)
+    assert torch.allclose(eager.values, fused.values, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(eager.gain, fused.gain, rtol=1e-3, atol=1e-6)

@@ -1,0 +1,90 @@
+"""Local scheduling of independent matrix jobs: in-process, or over a pool of processes.
+
+Scheduling is kept apart from the job runner (:func:`jobs.run_job`) and the result store,
+so other schedulers (torch.distributed, clusters) can reuse both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+import torch
+
+from armor_export.config import PruneConfig
+from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
+
+log = logging.getLogger(__name__)
+
+
+def resolve_workers(requested: int, pending: int) -> int:
+    """0 means one worker per CPU core; never more workers than pending jobs."""
+    cores = os.cpu_count() or 1
+    workers = requested if requested > 0 else cores
+    return max(1, min(workers, pending))
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _work(job: MatrixJob, cfg: PruneConfig) -> MatrixResult:
+    return run_job(job, cfg)
+
+
+def run_jobs(
+    jobs: list[MatrixJob],
+    cfg: PruneConfig,
+    store: JobStore,
+    on_result: Callable[[MatrixResult], None],
+    workers: int = 1,
+) -> None:
+    """Run every job not yet in ``store``; save each result as it completes, then report it.
+
+    Finished jobs are loaded from the store instead of being run again.
+    """
+    pending = []
+    for job in jobs:
+        if store.is_done(job.name):
+            log.info("%s: reusing finished job", job.name)
+            on_result(store.load(job.name))
+        else:
+            pending.append(job)
+    if not pending:
+        return
+    workers = resolve_workers(workers, len(pending))
+    if workers == 1:
+        for job in pending:
+            result = run_job(job, cfg)
+            store.save(result)
+            on_result(result)
+        return
+    # largest matrices first, so the pool drains evenly
+    pending.sort(key=lambda j: j.weight.numel(), reverse=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log.info("running %d jobs on %d worker processes", len(pending), workers)
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_work, _portable(job), cfg) for job in pending]
+        try:
+            for fut in as_completed(futures):
+                result = fut.result()
+                store.save(result)
+                on_result(result)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def _portable(job: MatrixJob) -> MatrixJob:
+    """A copy of the job's tensors detached from the model, cheap to send to a worker."""
+
+    def own(t):
+        return None if t is None else t.detach().float().clone()
+
+    return MatrixJob(job.name, own(job.weight), own(job.hdiag), own(job.gram))
