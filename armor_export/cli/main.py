@@ -37,12 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(args) -> None:
+    """Log to stderr (stdout carries the verbs' results, e.g. JSON) and to ``--log-file``."""
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    from armor_export.errors import UserError
+
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose > 1 else logging.INFO
-    handlers: list[logging.Handler] = [RichHandler(show_path=False, show_time=False)]
+    console = Console(stderr=True)
+    handlers: list[logging.Handler] = [
+        RichHandler(console=console, show_path=False, show_time=False)
+    ]
     if args.log_file:
-        fh = logging.FileHandler(args.log_file)
+        try:
+            fh = logging.FileHandler(args.log_file)
+        except OSError as exc:
+            raise UserError(f"cannot open log file {args.log_file}: {exc.strerror}") from None
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(fh)
     logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
@@ -57,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         return args.handler(args)
     except UserError as exc:
         print(f"armor-export {args.verb}: error: {exc}", file=sys.stderr)

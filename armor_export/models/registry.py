@@ -62,7 +62,13 @@ register(Adapter("gemma", ("gemma", "gemma2")))
 
 
 def registered_families() -> dict[str, Adapter]:
+    """Family name -> adapter."""
     return {a.family: a for a in _REGISTRY.values()}
+
+
+def registered_model_types() -> dict[str, str]:
+    """Hugging Face ``config.model_type`` -> family name, for every supported model type."""
+    return {model_type: a.family for model_type, a in _REGISTRY.items()}
 
 
 def adapter_for(model: nn.Module) -> Adapter:

@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Quality benchmark: perplexity and wall time of every method on SmolLM2-135M at 2:4.
+
+Writes docs/benchmarks/quality.md, quality.json and armor_proxy_loss.png. Each finished
+method is recorded in <work>/bench_state.json, so a killed run resumes where it stopped.
+
+Dense-statistics methods (Wanda, NoWag-P, ARMOR) share one calibration pass: it runs in
+the first of them, its statistics file is copied to the others, and its measured time is
+added to every method that reused it, so each reported time is what a user running that
+method alone would wait (calibration + solve).
+
+    python tools/bench_quality.py                  # the full benchmark (about an hour)
+    python tools/bench_quality.py --calib-samples 8 --eval-windows 4 --iterations 5  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from armor_export.config import CalibrationConfig, EvalConfig, PruneConfig
+from armor_export.eval.api import eval_windows_for
+from armor_export.eval.perplexity import perplexity
+from armor_export.io import read_json, write_json, write_text
+from armor_export.progress import RichReporter
+from armor_export.prune.api import prune
+from armor_export.prune.checkpoint import load_checkpoint, versions
+from armor_export.prune.jobs import JobStore
+
+log = logging.getLogger("bench_quality")
+DENSE_STATS_METHODS = ("wanda", "nowag-p", "armor")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--methods", default="magnitude,wanda,sparsegpt,nowag-p,armor")
+    p.add_argument("--block-sizes", default="32,64", help="ARMOR block sizes")
+    p.add_argument("--iterations", type=int, default=None, help="ARMOR iterations (config default)")
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-seqlen", type=int, default=512)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--work", default="runs/bench_quality")
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--fresh", action="store_true", help="ignore a previous bench_state.json")
+    return p.parse_args(argv)
+
+
+def runs(args) -> list[tuple[str, str, int | None]]:
+    """(key, method, block size) in the order they run."""
+    out = []
+    for method in args.methods.split(","):
+        if method == "armor":
+            out += [(f"armor-b{b}", "armor", int(b)) for b in args.block_sizes.split(",")]
+        else:
+            out.append((method, method, None))
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / "bench_state.json"
+    settings = {k: v for k, v in vars(args).items() if k not in ("fresh", "out")}
+    state = read_json(state_path) if state_path.exists() and not args.fresh else {}
+    if state.get("settings") != settings:
+        state = {"settings": settings, "results": {}}
+    reporter = RichReporter()
+    eval_cfg = EvalConfig("wikipedia", args.eval_windows, args.eval_seqlen)
+    calib = CalibrationConfig(n_samples=args.calib_samples, seqlen=args.calib_seqlen)
+
+    from armor_export.data.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    windows = eval_windows_for(tokenizer, eval_cfg)
+    if "dense" not in state["results"]:
+        start = time.perf_counter()
+        ppl = perplexity(model, windows, eval_cfg.batch_size, reporter, "dense perplexity")
+        state["results"]["dense"] = {"ppl": ppl, "eval_seconds": time.perf_counter() - start}
+        write_json(state_path, state)
+    del model
+
+    shared_stats: tuple[Path, float] | None = None
+    for key, method, block in runs(args):
+        out_dir = work / key
+        if key in state["results"]:
+            log.info("%s: already measured", key)
+            if method in DENSE_STATS_METHODS and shared_stats is None:
+                shared_stats = (out_dir / "work" / "stats.safetensors",
+                                state["results"][key]["calibration_seconds"])
+            continue
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # a half-finished run would mix in unmeasured time
+        cfg = PruneConfig(model=args.model, method=method, output_dir=str(out_dir),
+                          calibration=calib)
+        if block is not None:
+            cfg.armor.block_size = block
+        if args.iterations is not None:
+            cfg.armor.iterations = args.iterations
+        reused = 0.0
+        if method in DENSE_STATS_METHODS and shared_stats is not None:
+            (out_dir / "work").mkdir(parents=True)
+            shutil.copy(shared_stats[0], out_dir / "work" / "stats.safetensors")
+            reused = shared_stats[1]
+        log.info("%s: pruning", key)
+        result = prune(cfg, reporter)
+        calibration = result.timings.get("calibration", 0.0) + reused
+        if method in DENSE_STATS_METHODS and shared_stats is None:
+            shared_stats = (out_dir / "work" / "stats.safetensors", calibration)
+        pruned, _ = load_checkpoint(out_dir)
+        start = time.perf_counter()
+        ppl = perplexity(pruned, windows, eval_cfg.batch_size, reporter, f"{key} perplexity")
+        entry = {
+            "method": method,
+            "ppl": ppl,
+            "seconds": result.seconds + reused,
+            "calibration_seconds": calibration,
+            "eval_seconds": time.perf_counter() - start,
+        }
+        if block is not None:
+            entry["block_size"] = block
+            entry.update(result.armor_summary)
+            losses = [(r.metrics["proxy_loss"], r.metrics["nowag_loss"])
+                      for r in result.results.values()]
+            entry["mean_loss_ratio_vs_nowag"] = sum(a / b for a, b in losses) / len(losses)
+            entry["iterations"] = cfg.armor.iterations
+        state["results"][key] = entry
+        write_json(state_path, state)
+        del pruned
+
+    report(args, state, work)
+    return 0
+
+
+def report(args, state, work: Path) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = state["results"]
+    dense = res["dense"]["ppl"]
+    baselines = {k: v for k, v in res.items() if k != "dense" and v["method"] != "armor"}
+    armor = {k: v for k, v in res.items() if k != "dense" and v["method"] == "armor"}
+    best_key = min(baselines, key=lambda k: baselines[k]["ppl"]) if baselines else None
+    best_gap = baselines[best_key]["ppl"] - dense if best_key else None
+    command = "python tools/bench_quality.py " + " ".join(sys.argv[1:])
+    data = {
+        "command": command.strip(),
+        "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "versions": versions(),
+        "model": args.model,
+        "calibration": f"{args.calib_samples} x {args.calib_seqlen} tokens of Botchan",
+        "evaluation": f"{args.eval_windows} x {args.eval_seqlen} tokens of the Wikipedia sample",
+        "dense_ppl": dense,
+        "methods": {k: v for k, v in res.items() if k != "dense"},
+    }
+    for entry in armor.values():
+        if best_gap:
+            entry["gap_ratio_vs_best_baseline"] = (entry["ppl"] - dense) / best_gap
+    write_json(out / "quality.json", data)
+    plot_histories(work, armor, out / "armor_proxy_loss.png")
+
+    lines = [
+        "# Quality: SmolLM2-135M at 2:4",
+        "",
+        f"- Command: `{data['command']}`",
+        f"- Machine: {data['machine']}",
+        f"- Date: {data['date']}",
+        f"- Calibration: {data['calibration']}; evaluation: {data['evaluation']}",
+        "- Time: wall time of `prune` (calibration + solve), on this machine, in one run.",
+        "",
+        "| method | block | perplexity | gap to dense | seconds | matrices <= NoWag-P |",
+        "|---|---|---|---|---|---|",
+        f"| dense | | {dense:.2f} | | | |",
+    ]
+    for e in data["methods"].values():
+        below = (f"{e['matrices_at_or_below_nowag']}/{e['matrices_total']}"
+                 if "matrices_total" in e else "")
+        lines.append(f"| {e['method']} | {e.get('block_size', '')} | {e['ppl']:.2f} | "
+                     f"{e['ppl'] - dense:+.2f} | {e['seconds']:.0f} | {below} |")
+    lines.append("")
+    if best_key:
+        lines.append(f"Best baseline: {best_key} (gap {best_gap:.2f}).")
+        for key, e in armor.items():
+            ok = "meets" if e["gap_ratio_vs_best_baseline"] <= 0.40 else "misses"
+            t_ok = "meets" if e["seconds"] <= 1800 else "misses"
+            lines.append(
+                f"- {key}: gap ratio {e['gap_ratio_vs_best_baseline']:.3f} ({ok} the 0.40 "
+                f"target); {e['seconds'] / 60:.1f} min ({t_ok} the 30-minute target); mean "
+                f"proxy loss {e['mean_loss_ratio_vs_nowag']:.3f} x NoWag-P."
+            )
+    lines += ["", "![ARMOR proxy loss vs iteration](armor_proxy_loss.png)", ""]
+    write_text(out / "quality.md", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def plot_histories(work: Path, armor: dict, path: Path) -> None:
+    """Median (and 10-90 % band) of proxy loss / NoWag-P loss vs iteration, per block size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key in armor:
+        store = JobStore(work / key / "work" / "jobs")
+        curves = []
+        for f in sorted(store.dir.glob("*.safetensors")):
+            hist = store.load(f.name.removesuffix(".safetensors")).metrics["history"]
+            curves.append(torch.tensor(hist) / hist[0])
+        if not curves:
+            continue
+        length = max(len(c) for c in curves)
+        # a matrix that stopped early keeps its final loss
+        padded = torch.stack([torch.cat([c, c[-1].repeat(length - len(c))]) for c in curves])
+        q = torch.quantile(padded, torch.tensor([0.1, 0.5, 0.9]), dim=0)
+        x = range(length)
+        ax.plot(x, q[1], label=f"{key} median ({len(curves)} matrices)")
+        ax.fill_between(x, q[0], q[2], alpha=0.2)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="NoWag-P (start)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("proxy loss / NoWag-P proxy loss")
+    ax.set_title("ARMOR on SmolLM2-135M: proxy loss per matrix (10-90 % band)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
