@@ -26,8 +26,14 @@ def load_any_model(name_or_path: str):
     if is_pruned_checkpoint(name_or_path):
         from transformers import AutoTokenizer
 
+        from armor_export.errors import CorruptFileError
+
         model, manifest = load_checkpoint(name_or_path)
-        return model, AutoTokenizer.from_pretrained(name_or_path), manifest
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as exc:
+            raise CorruptFileError(f"{name_or_path}: no usable tokenizer files ({exc})") from None
+        return model, tokenizer, manifest
     model, tokenizer = load_model_and_tokenizer(name_or_path)
     return model, tokenizer, None
 

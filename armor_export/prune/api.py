@@ -115,20 +115,32 @@ def calibration_batches(tokenizer, cfg: PruneConfig) -> list[torch.Tensor]:
     return list(samples.split(c.batch_size))
 
 
+def _defining_config(cfg: PruneConfig) -> dict:
+    """The config fields that decide the results (not how the work is scheduled)."""
+    data = cfg.to_dict()
+    data.pop("workers")
+    data["armor"].pop("compile")
+    return data
+
+
 def _check_run_dir(out: Path, cfg: PruneConfig) -> None:
     """A resume must use the same config: finished jobs of another config would be mixed in."""
     path = out / "run_config.json"
-    current = cfg.to_dict()
-    if path.exists():
-        previous = read_json(path)
-        if previous != current:
-            changed = sorted(k for k in current if previous.get(k) != current[k])
-            raise UserError(
-                f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
-                "use another --output-dir or delete it"
-            )
-    else:
-        write_json(path, current)
+    if not path.exists():
+        return
+    previous, current = read_json(path), _defining_config(cfg)
+    if previous != current:
+        changed = sorted(k for k in current if previous.get(k) != current[k])
+        raise UserError(
+            f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
+            "use another --output-dir or delete it"
+        )
+
+
+def _check_finite_weights(targets: dict[str, nn.Linear]) -> None:
+    for name, mod in targets.items():
+        if not bool(torch.isfinite(mod.weight).all()):
+            raise UserError(f"{name}: the model's weight contains NaN/Inf; refusing to prune it")
 
 
 def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
@@ -139,27 +151,28 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     reporter = reporter or NullReporter()
     start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _check_run_dir(out, cfg)
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.eval()
     adapter = adapter_for(model)
     targets, skipped = select_linears(model, adapter, cfg)
+    _check_finite_weights(targets)
+    # the run is valid: from here on, its directory belongs to this config
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run_config.json", _defining_config(cfg))
     store = JobStore(out / "work" / "jobs")
-    runner = _JobLoop(cfg, store, reporter, len(targets))
-    timings: dict[str, float] = {}
-    with torch.no_grad():
+    timings: dict[str, float] = {"load": time.perf_counter() - start}
+    with torch.no_grad(), _JobLoop(cfg, store, reporter, len(targets)) as runner:
         if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
             _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
         else:
             stats = _dense_statistics(model, adapter, tokenizer, targets, cfg, out, reporter)
-            timings["calibration"] = time.perf_counter() - start
+            timings["calibration"] = time.perf_counter() - start - timings["load"]
             batch = [
                 MatrixJob(name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram"))
                 for name, mod in targets.items()
             ]
             run_jobs(batch, cfg, store, lambda r: runner.record(model, r), cfg.workers)
-    runner.close()
     timings["total_prune"] = time.perf_counter() - start
     results = runner.results
     manifest = {
@@ -179,7 +192,13 @@ class _JobLoop:
         self.cfg, self.store = cfg, store
         self.results: dict[str, MatrixResult] = {}
         self._task_cm = reporter.task(f"prune ({cfg.method})", total)
+
+    def __enter__(self) -> _JobLoop:
         self._task = self._task_cm.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._task_cm.__exit__(*exc)
 
     def run(self, model: nn.Module, job: MatrixJob) -> MatrixResult:
         """Run one job in this process (or reload it) and record it."""
@@ -194,9 +213,6 @@ class _JobLoop:
         if "proxy_loss" in result.metrics:
             info["loss"] = f"{result.metrics['proxy_loss']:.4f}"
         self._task.advance(1, **info)
-
-    def close(self) -> None:
-        self._task_cm.__exit__(None, None, None)
 
 
 def _dense_statistics(model, adapter, tokenizer, targets, cfg, out: Path, reporter):

@@ -43,8 +43,8 @@ def sparsegpt(
     saliency ``w² / [H⁻¹]_jj²`` are pruned, and every pruned column's error is spread over
     the columns not yet processed through the upper Cholesky factor of ``H⁻¹``.
     """
-    w = weight.clone().double()
-    h = gram.clone().double()
+    w = weight.clone().float()
+    h = gram.clone().float()
     d_in = w.shape[1]
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0

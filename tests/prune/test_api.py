@@ -165,3 +165,34 @@ def test_process_pool_gives_the_same_result_as_in_process(tiny_model_dir, text_f
     for name, res in one.results.items():
         assert torch.equal(res.mask, two.results[name].mask)
         assert torch.allclose(res.core, two.results[name].core, atol=1e-6)
+
+
+def test_a_run_refused_for_bad_input_does_not_claim_the_directory(tiny_model_dir, text_file,
+                                                                 tmp_path):
+    from armor_export.errors import ShapeError
+
+    bad = make_config(tiny_model_dir, text_file, tmp_path / "out", block_size=24)
+    with pytest.raises(ShapeError):
+        api.prune(bad)
+    good = make_config(tiny_model_dir, text_file, tmp_path / "out", block_size=16)
+    assert len(api.prune(good).results) == N_LINEARS
+
+
+def test_resume_may_change_scheduling_settings(tiny_model_dir, text_file, tmp_path):
+    cfg = make_config(tiny_model_dir, text_file, tmp_path / "out", "nowag-p")
+    api.prune(cfg)
+    cfg.workers = 3
+    cfg.armor.compile = True
+    assert len(api.prune(cfg).results) == N_LINEARS
+
+
+def test_nan_weights_are_refused_naming_the_layer(tiny_model_dir, text_file, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tiny_model_dir / "model.safetensors"
+    state = load_file(path)
+    state["model.layers.1.mlp.down_proj.weight"][0, 0] = float("nan")
+    save_file(state, path, metadata={"format": "pt"})
+    with pytest.raises(UserError, match="layers.1.mlp.down_proj.*NaN"):
+        api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "magnitude"))
+    assert not (tmp_path / "out" / "run_config.json").exists()
