@@ -99,7 +99,7 @@ class PruneConfig:
     include: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=lambda: ["*lm_head*", "*embed*"])
     skip_incompatible: bool = False
-    device: str = "cpu"
+    device: str = "cpu"  # where the per-matrix solves run (e.g. "cuda:0")
     workers: int = 0  # processes for independent jobs; 0 = one per CPU core
     armor: ArmorConfig = field(default_factory=ArmorConfig)
     sparsegpt: SparseGPTConfig = field(default_factory=SparseGPTConfig)
@@ -112,9 +112,20 @@ class PruneConfig:
             raise ConfigError(
                 f"config version {self.version} is not supported (expected {CONFIG_VERSION})"
             )
+        self._validate_device()
         self.armor.validate()
         self.sparsegpt.validate()
         self.calibration.validate()
+
+    def _validate_device(self) -> None:
+        import torch
+
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise ConfigError(f"device {self.device!r} is not a torch device") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

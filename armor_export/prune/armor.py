@@ -406,8 +406,8 @@ def solve(
     bs = settings.block_size
     mask = nowag_p_mask(norm.w_bar, hdiag)
     s = norm.w_bar * mask
-    a = blockdiag.identity(prob.p, bs, weight.dtype)
-    b = blockdiag.identity(prob.q, bs, weight.dtype)
+    a = blockdiag.identity(prob.p, bs, weight.dtype, weight.device)
+    b = blockdiag.identity(prob.q, bs, weight.dtype, weight.device)
     err = prob.error(a, s, b)
     nowag = prob.loss(err)
     history = [nowag]

@@ -49,7 +49,7 @@ def sparsegpt(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += damp * torch.diagonal(h).mean() * torch.eye(d_in, dtype=h.dtype)
+    h += damp * torch.diagonal(h).mean() * torch.eye(d_in, dtype=h.dtype, device=h.device)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     pruned = torch.zeros_like(w, dtype=torch.bool)
     for start in range(0, d_in, block_size):

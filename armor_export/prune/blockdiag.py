@@ -10,8 +10,9 @@ def to_dense(blocks: torch.Tensor) -> torch.Tensor:
     return torch.block_diag(*blocks.unbind(0))
 
 
-def identity(n_blocks: int, block_size: int, dtype=torch.float32) -> torch.Tensor:
-    return torch.eye(block_size, dtype=dtype).expand(n_blocks, block_size, block_size).clone()
+def identity(n_blocks: int, block_size: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    eye = torch.eye(block_size, dtype=dtype, device=device)
+    return eye.expand(n_blocks, block_size, block_size).clone()
 
 
 def left_mul(blocks: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

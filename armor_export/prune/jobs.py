@@ -51,6 +51,20 @@ class MatrixResult:
     def is_armor(self) -> bool:
         return self.a_blocks is not None
 
+    def to(self, device: str | torch.device) -> MatrixResult:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return MatrixResult(
+            self.name,
+            self.method,
+            move(self.core),
+            move(self.mask),
+            move(self.a_blocks),
+            move(self.b_blocks),
+            self.metrics,
+        )
+
     def dense(self) -> torch.Tensor:
         if not self.is_armor:
             return self.core
@@ -85,8 +99,11 @@ def run_job(
 ) -> MatrixResult:
     """Prune one matrix with ``cfg.method``; deterministic for the same inputs."""
     start = time.perf_counter()
-    weight = job.weight.detach().float().cpu()
-    hdiag = clean_hdiag(job.hdiag.float(), job.name) if job.hdiag is not None else None
+    device = torch.device(cfg.device)
+    weight = job.weight.detach().to(device, torch.float32)
+    hdiag = None
+    if job.hdiag is not None:
+        hdiag = clean_hdiag(job.hdiag.to(device, torch.float32), job.name)
     method = cfg.method
     metrics: dict = {}
     if method == "armor":
@@ -110,7 +127,10 @@ def run_job(
             core, mask = baselines.nowag_p(weight, hdiag)
         elif method == "sparsegpt":
             core, mask = baselines.sparsegpt(
-                weight, job.gram.float(), cfg.sparsegpt.block_size, cfg.sparsegpt.damp
+                weight,
+                job.gram.to(device, torch.float32),
+                cfg.sparsegpt.block_size,
+                cfg.sparsegpt.damp,
             )
         else:  # config validation makes this unreachable for users
             raise ValueError(f"unknown method {method!r}")
@@ -122,7 +142,7 @@ def run_job(
             )
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
-    return result
+    return result.to("cpu")
 
 
 class JobStore:

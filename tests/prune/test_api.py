@@ -196,3 +196,13 @@ def test_nan_weights_are_refused_naming_the_layer(tiny_model_dir, text_file, tmp
     with pytest.raises(UserError, match="layers.1.mlp.down_proj.*NaN"):
         api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "magnitude"))
     assert not (tmp_path / "out" / "run_config.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_device_without_gpu_is_a_config_error():
+    from armor_export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        PruneConfig.from_dict({"device": "cuda"})
+    with pytest.raises(ConfigError, match="not a torch device"):
+        PruneConfig.from_dict({"device": "banana"})
