@@ -57,9 +57,8 @@ def tiny_model(family: str = "llama", seed: int = 0):
     return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
 
 
-@pytest.fixture(scope="session")
-def tokenizer():
-    """A byte-level BPE tokenizer trained on TEXT (vocab <= 300), built offline."""
+def train_tokenizer(texts: list[str], **kwargs):
+    """A byte-level BPE tokenizer (vocab <= 300) trained offline on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -72,8 +71,23 @@ def tokenizer():
         special_tokens=["<eos>"],
         show_progress=False,
     )
-    tok.train_from_iterator([TEXT], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer([TEXT])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: tiny matrices gain nothing from more, and when another process
+    holds a core, OpenMP's waits make the ARMOR solver ~20-40x slower with two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

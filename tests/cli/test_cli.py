@@ -29,14 +29,7 @@ FAST_RECIPE = "workers = 1\n[armor]\ncompile = false\n"
 KV_PROJ = [f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("k_proj", "v_proj")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny matrices gain nothing from more, and when another process
-    holds a core, OpenMP's waits make the ARMOR solver ~20-40x slower with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_cli(capsys, *argv):

@@ -37,14 +37,7 @@ N_LINEARS = 14  # 2 layers x 7
 ARMOR = {"block_size": 16, "iterations": 3, "compile": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: tiny matrices gain nothing from more, and when another process
-    holds a core, OpenMP's waits make the ARMOR solver ~20-40x slower with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def build(model_type: str, seed: int = 0, **overrides):
