@@ -40,9 +40,13 @@ class ArmorConfig:
     patience: int = 20
     tolerance: float = 1e-6
     compile: bool = True  # torch.compile the elementwise group maths (falls back to eager)
+    # "normalized": the authors' loss in NoWag coordinates (spec §3); "output": the true
+    # layer-output error (rows weighted by r_i², columns by c_j² h_j), an ablation
+    weighting: str = "normalized"
 
     def validate(self) -> None:
         _check_choice("armor.continuous_step", self.continuous_step, ("exact", "adam"))
+        _check_choice("armor.weighting", self.weighting, ("normalized", "output"))
         if self.block_size <= 0 or self.block_size % 4:
             raise ConfigError(
                 f"armor.block_size must be a positive multiple of 4, got {self.block_size}"

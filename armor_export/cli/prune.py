@@ -14,6 +14,8 @@ def add_parser(sub):
     p.add_argument("--block-size", type=int, help="ARMOR block size b (4 | b, b | dims)")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--continuous-step", choices=["exact", "adam"], help="ARMOR continuous step")
+    p.add_argument("--weighting", choices=["normalized", "output"],
+                   help="ARMOR proxy loss: NoWag-normalised (authors) or layer-output error")
     p.add_argument("--calib-text", help="botchan | wikipedia | FILE | datasets:NAME[:CFG]:SPLIT")
     p.add_argument("--calib-samples", type=int, help="number of calibration sequences")
     p.add_argument("--calib-seqlen", type=int, help="tokens per calibration sequence")
@@ -52,6 +54,7 @@ def config_from_args(args):
         "block_size": (cfg.armor, "block_size"),
         "iterations": (cfg.armor, "iterations"),
         "continuous_step": (cfg.armor, "continuous_step"),
+        "weighting": (cfg.armor, "weighting"),
         "calib_text": (cfg.calibration, "text"),
         "calib_samples": (cfg.calibration, "n_samples"),
         "calib_seqlen": (cfg.calibration, "seqlen"),

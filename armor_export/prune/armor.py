@@ -53,6 +53,7 @@ class SolverSettings:
     patience: int = 20
     tolerance: float = 1e-6
     compile: bool = False  # fuse the elementwise group maths with torch.compile
+    weighting: str = "normalized"  # "normalized" (authors, spec §3) | "output" (layer output)
 
 
 @dataclass
@@ -402,16 +403,25 @@ def solve(
     """Run ARMOR on one weight matrix ``[d_out, d_in]`` with input statistics ``hdiag``."""
     start = time.perf_counter()
     norm = normalize(weight)
-    prob = _Problem(norm.w_bar, hdiag, settings.block_size)
     bs = settings.block_size
     mask = nowag_p_mask(norm.w_bar, hdiag)
     s = norm.w_bar * mask
-    a = blockdiag.identity(prob.p, bs, weight.dtype, weight.device)
-    b = blockdiag.identity(prob.q, bs, weight.dtype, weight.device)
+    a = blockdiag.identity(norm.w_bar.shape[0] // bs, bs, weight.dtype, weight.device)
+    b = blockdiag.identity(norm.w_bar.shape[1] // bs, bs, weight.dtype, weight.device)
+    nowag_state = (a, s, b)
+    if settings.weighting == "normalized":  # the authors' loss (spec §3)
+        prob = _Problem(norm.w_bar, hdiag, bs)
+    elif settings.weighting == "output":
+        # The layer-output error ||(Â S B̂ − W) diag(√h)||² with Â = diag(r) A: the same
+        # problem with target diag(r) w_bar, column weights c²h and A starting at diag(r).
+        prob = _Problem(norm.w_bar * norm.row_scale[:, None], hdiag * norm.col_scale**2, bs)
+        a = a * norm.row_scale.reshape(-1, bs, 1)
+    else:
+        raise ValueError(f"unknown weighting {settings.weighting!r}")
     err = prob.error(a, s, b)
-    nowag = prob.loss(err)
-    history = [nowag]
-    best = (nowag, a, s, mask, b)
+    start_loss = prob.loss(err)
+    history = [start_loss]
+    best = (start_loss, a, s, mask, b)
     if settings.continuous_step == "exact":
         step_fn = _ExactIteration(settings)
     elif settings.continuous_step == "adam":
@@ -438,11 +448,22 @@ def solve(
         if stale >= settings.patience:
             break
     loss, a, s, mask, b = best
-    return _fold(norm, a, s, mask, b, nowag, loss, history, it, time.perf_counter() - start)
+    if settings.weighting == "output":
+        a = a / norm.row_scale.reshape(-1, bs, 1)  # back to normalised coordinates
+        spec = _Problem(norm.w_bar, hdiag, bs)
+        nowag = spec.loss(spec.error(*nowag_state))
+        final = spec.loss(spec.error(a, s, b))
+    else:
+        nowag, final = start_loss, loss
+    return _fold(norm, a, s, mask, b, nowag, final, history, it, time.perf_counter() - start)
 
 
 def _fold(norm: Normalized, a, s, mask, b, nowag, loss, history, iters, secs) -> ArmorFactors:
-    """Fold the NoWag scales into the wrappers: ``(diag(r) A) S (B diag(c))``."""
+    """Fold the NoWag scales into the wrappers: ``(diag(r) A) S (B diag(c))``.
+
+    ``nowag`` and ``loss`` are always the spec's normalised proxy loss; ``history`` is the
+    loss actually optimised (they coincide for ``weighting="normalized"``).
+    """
     bs = a.shape[-1]
     a_out = a * norm.row_scale.reshape(-1, bs, 1)
     b_out = b * norm.col_scale.reshape(-1, 1, bs)
@@ -455,9 +476,7 @@ class _ExactIteration:
         self.k = settings.groups_per_tile or max(1, settings.block_size // GROUP)
 
     def __call__(self, prob, a, s, mask, b, err):
-        s, mask, err, frac = sparse_step(
-            prob, a, s, mask, b, err, self.k, self.settings.compile
-        )
+        s, mask, err, frac = sparse_step(prob, a, s, mask, b, err, self.k, self.settings.compile)
         # adapt how many groups per tile are moved together
         if frac < 0.5:
             self.k = max(1, self.k // 2)

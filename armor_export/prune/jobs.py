@@ -83,6 +83,7 @@ def _solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
         patience=a.patience,
         tolerance=a.tolerance,
         compile=a.compile,
+        weighting=a.weighting,
     )
 
 
