@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt,nowag-p,armor")
     p.add_argument("--block-sizes", default="32,64", help="ARMOR block sizes")
+    p.add_argument("--weightings", default="normalized",
+                   help="ARMOR proxy-loss weightings to run (normalized,output)")
     p.add_argument("--iterations", type=int, default=None, help="ARMOR iterations (config default)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=512)
@@ -55,14 +57,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def runs(args) -> list[tuple[str, str, int | None]]:
-    """(key, method, block size) in the order they run."""
+def runs(args) -> list[tuple[str, str, int | None, str | None]]:
+    """(key, method, block size, weighting) in the order they run."""
     out = []
     for method in args.methods.split(","):
         if method == "armor":
-            out += [(f"armor-b{b}", "armor", int(b)) for b in args.block_sizes.split(",")]
+            for weighting in args.weightings.split(","):
+                suffix = "" if weighting == "normalized" else f"-{weighting}"
+                out += [(f"armor-b{b}{suffix}", "armor", int(b), weighting)
+                        for b in args.block_sizes.split(",")]
         else:
-            out.append((method, method, None))
+            out.append((method, method, None, None))
     return out
 
 
@@ -87,9 +92,12 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "bench_state.json"
-    settings = {k: v for k, v in vars(args).items() if k not in ("fresh", "out")}
+    # settings every measurement depends on; which methods run may change between resumes
+    shared = ("model", "iterations", "calib_samples", "calib_seqlen", "eval_windows",
+              "eval_seqlen", "work")
+    settings = {k: getattr(args, k) for k in shared}
     state = read_json(state_path) if state_path.exists() and not args.fresh else {}
-    if state.get("settings") != settings:
+    if {k: state.get("settings", {}).get(k) for k in shared} != settings:
         state = {"settings": settings, "results": {}}
     reporter = RichReporter()
     eval_cfg = EvalConfig("wikipedia", args.eval_windows, args.eval_seqlen)
@@ -107,7 +115,7 @@ def main(argv=None) -> int:
     del model
 
     shared_stats: tuple[Path, float] | None = None
-    for key, method, block in runs(args):
+    for key, method, block, weighting in runs(args):
         out_dir = work / key
         if key in state["results"]:
             log.info("%s: already measured", key)
@@ -121,6 +129,7 @@ def main(argv=None) -> int:
                           calibration=calib)
         if block is not None:
             cfg.armor.block_size = block
+            cfg.armor.weighting = weighting
         if args.iterations is not None:
             cfg.armor.iterations = args.iterations
         reused = 0.0
@@ -145,6 +154,7 @@ def main(argv=None) -> int:
         }
         if block is not None:
             entry["block_size"] = block
+            entry["weighting"] = weighting
             entry.update(result.armor_summary)
             losses = [(r.metrics["proxy_loss"], r.metrics["nowag_loss"])
                       for r in result.results.values()]
@@ -201,7 +211,9 @@ def report(args, state, work: Path) -> None:
     for e in data["methods"].values():
         below = (f"{e['matrices_at_or_below_nowag']}/{e['matrices_total']}"
                  if "matrices_total" in e else "")
-        lines.append(f"| {e['method']} | {e.get('block_size', '')} | {e['ppl']:.2f} | "
+        name = e["method"] + (f" ({e['weighting']} loss)" if e.get("weighting", "normalized")
+                              != "normalized" else "")
+        lines.append(f"| {name} | {e.get('block_size', '')} | {e['ppl']:.2f} | "
                      f"{e['ppl'] - dense:+.2f} | {e['seconds']:.0f} | {below} |")
     lines.append("")
     if best_key:
@@ -244,7 +256,7 @@ def plot_histories(work: Path, armor: dict, path: Path) -> None:
         ax.fill_between(x, q[0], q[2], alpha=0.2)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="NoWag-P (start)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("proxy loss / NoWag-P proxy loss")
+    ax.set_ylabel("optimised proxy loss / its NoWag-P start")
     ax.set_title("ARMOR on SmolLM2-135M: proxy loss per matrix (10-90 % band)")
     ax.legend()
     fig.tight_layout()
