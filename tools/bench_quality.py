@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     state = read_json(state_path) if state_path.exists() and not args.fresh else {}
     if {k: state.get("settings", {}).get(k) for k in shared} != settings:
         state = {"settings": settings, "results": {}}
+    command = ("python tools/bench_quality.py " + " ".join(sys.argv[1:])).strip()
+    if command not in state.setdefault("commands", []):
+        state["commands"].append(command)
     reporter = RichReporter()
     eval_cfg = EvalConfig("wikipedia", args.eval_windows, args.eval_seqlen)
     calib = CalibrationConfig(n_samples=args.calib_samples, seqlen=args.calib_seqlen)
@@ -177,9 +180,8 @@ def report(args, state, work: Path) -> None:
     armor = {k: v for k, v in res.items() if k != "dense" and v["method"] == "armor"}
     best_key = min(baselines, key=lambda k: baselines[k]["ppl"]) if baselines else None
     best_gap = baselines[best_key]["ppl"] - dense if best_key else None
-    command = "python tools/bench_quality.py " + " ".join(sys.argv[1:])
     data = {
-        "command": command.strip(),
+        "command": " && ".join(state.get("commands", [])),
         "machine": machine(),
         "date": dt.date.today().isoformat(),
         "versions": versions(),
@@ -198,7 +200,7 @@ def report(args, state, work: Path) -> None:
     lines = [
         "# Quality: SmolLM2-135M at 2:4",
         "",
-        f"- Command: `{data['command']}`",
+        *[f"- Command: `{c}`" for c in state.get("commands", [])],
         f"- Machine: {data['machine']}",
         f"- Date: {data['date']}",
         f"- Calibration: {data['calibration']}; evaluation: {data['evaluation']}",
