@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import platform
 import shutil
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from armor_export.config import CalibrationConfig, EvalConfig, PruneConfig
 from armor_export.eval.api import eval_windows_for
@@ -228,9 +230,36 @@ def report(args, state, work: Path) -> None:
                 f"target); {e['seconds'] / 60:.1f} min ({t_ok} the 30-minute target); mean "
                 f"proxy loss {e['mean_loss_ratio_vs_nowag']:.3f} x NoWag-P."
             )
+    lines += ["", "ARMOR per matrix shape (one worker process, one thread each):", "",
+              "| run | shape | matrices | median seconds | median loss / NoWag-P |",
+              "|---|---|---|---|---|"]
+    for key in armor:
+        for shape, (n, secs, ratio) in per_shape(work / key).items():
+            lines.append(f"| {key} | {shape} | {n} | {secs:.1f} | {ratio:.3f} |")
     lines += ["", "![ARMOR proxy loss vs iteration](armor_proxy_loss.png)", ""]
     write_text(out / "quality.md", "\n".join(lines))
     print("\n".join(lines))
+
+
+def per_shape(run_dir: Path) -> dict[str, tuple[int, float, float]]:
+    """shape -> (count, median job seconds, median proxy loss / NoWag-P loss)."""
+    from armor_export.io import read_metadata
+
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for f in sorted((run_dir / "work" / "jobs").glob("*.safetensors")):
+        meta = read_metadata(f)
+        metrics = json.loads(meta["metrics"])
+        with safe_open(str(f), "pt") as fh:
+            d_out = fh.get_slice("core_values").get_shape()[0]
+            d_in = fh.get_slice("core_values").get_shape()[1] * 2
+        groups.setdefault(f"{d_out}x{d_in}", []).append(
+            (metrics["seconds"], metrics["proxy_loss"] / metrics["nowag_loss"]))
+    out = {}
+    for shape, rows in groups.items():
+        secs = torch.tensor([r[0] for r in rows]).median().item()
+        ratio = torch.tensor([r[1] for r in rows]).median().item()
+        out[shape] = (len(rows), secs, ratio)
+    return out
 
 
 def plot_histories(work: Path, armor: dict, path: Path) -> None:
