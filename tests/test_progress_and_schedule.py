@@ -27,3 +27,20 @@ def test_workers_auto_and_capped_by_pending_jobs(monkeypatch):
     assert resolve_workers(0, 3) == 3
     assert resolve_workers(2, 100) == 2
     assert resolve_workers(5, 0) == 1
+
+
+def test_atomic_writes_leave_no_temp_files_and_usual_permissions(tmp_path):
+    import os
+
+    import torch
+
+    from armor_export.io import read_json, read_tensors, write_json, write_tensors
+
+    write_json(tmp_path / "a.json", {"x": 1})
+    write_tensors(tmp_path / "t.safetensors", {"w": torch.ones(2)})
+    assert read_json(tmp_path / "a.json") == {"x": 1}
+    assert torch.equal(read_tensors(tmp_path / "t.safetensors")["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "t.safetensors"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -144,7 +144,9 @@ def main(argv=None) -> int:
             reused = shared_stats[1]
         log.info("%s: pruning", key)
         result = prune(cfg, reporter)
-        calibration = result.timings.get("calibration", 0.0) + reused
+        # sequential methods (SparseGPT) interleave calibration and solving: no split
+        calibration = result.timings.get("calibration")
+        calibration = None if calibration is None else calibration + reused
         if method in DENSE_STATS_METHODS and shared_stats is None:
             shared_stats = (out_dir / "work" / "stats.safetensors", calibration)
         pruned, _ = load_checkpoint(out_dir)
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
             "method": method,
             "ppl": ppl,
             "seconds": result.seconds + reused,
-            "calibration_seconds": calibration,
+            **({} if calibration is None else {"calibration_seconds": calibration}),
             "eval_seconds": time.perf_counter() - start,
         }
         if block is not None:
