@@ -22,6 +22,12 @@ METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
 T = TypeVar("T")
 
 
+def _check_positive(prefix: str, obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{prefix}.{name} must be positive")
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -75,9 +81,7 @@ class CalibrationConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("n_samples", "seqlen", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"calibration.{name} must be positive")
+        _check_positive("calibration", self, ("n_samples", "seqlen", "batch_size"))
 
 
 @dataclass
@@ -88,9 +92,7 @@ class EvalConfig:
     batch_size: int = 4
 
     def validate(self) -> None:
-        for name in ("n_windows", "seqlen", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"eval.{name} must be positive")
+        _check_positive("eval", self, ("n_windows", "seqlen", "batch_size"))
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from armor_export.prune.armor import nowag_p_mask
 from armor_export.prune.masks import GROUP, KEEP, mask_from_scores
 from armor_export.prune.proxy import normalize
 
@@ -25,7 +26,7 @@ def wanda(weight: torch.Tensor, hdiag: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def nowag_p(weight: torch.Tensor, hdiag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """NoWag-P: score ``w_bar_ij² · h_j`` on the NoWag-normalised weight (armor-spec §4)."""
-    mask = mask_from_scores(normalize(weight).w_bar.pow(2) * hdiag)
+    mask = nowag_p_mask(normalize(weight).w_bar, hdiag)
     return weight * mask, mask
 
 

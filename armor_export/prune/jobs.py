@@ -19,7 +19,7 @@ import torch
 from armor_export.config import PruneConfig
 from armor_export.errors import CorruptFileError
 from armor_export.io import read_metadata, read_tensors, write_tensors
-from armor_export.prune import armor, baselines, blockdiag, masks
+from armor_export.prune import armor, baselines, masks
 from armor_export.prune.proxy import clean_hdiag, normalize, proxy_loss
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,6 @@ class MatrixResult:
             self.metrics,
         )
 
-    def dense(self) -> torch.Tensor:
-        if not self.is_armor:
-            return self.core
-        return blockdiag.left_mul(self.a_blocks, blockdiag.right_mul(self.core, self.b_blocks))
-
 
 def _solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
     a = cfg.armor
@@ -87,11 +82,12 @@ def _solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
     )
 
 
-def _normalized_loss(approx: torch.Tensor, weight: torch.Tensor, hdiag: torch.Tensor) -> float:
-    """Proxy loss of a dense approximation of ``weight``, in NoWag coordinates (spec §3)."""
+def _baseline_losses(core: torch.Tensor, weight: torch.Tensor, hdiag: torch.Tensor):
+    """(proxy loss of ``core``, NoWag-P's proxy loss) of ``weight``, in NoWag coordinates."""
     norm = normalize(weight)
-    approx_bar = approx / norm.row_scale[:, None] / norm.col_scale[None, :]
-    return proxy_loss(approx_bar, norm.w_bar, hdiag)
+    approx_bar = core / norm.row_scale[:, None] / norm.col_scale[None, :]
+    nowag_bar = norm.w_bar * armor.nowag_p_mask(norm.w_bar, hdiag)
+    return proxy_loss(approx_bar, norm.w_bar, hdiag), proxy_loss(nowag_bar, norm.w_bar, hdiag)
 
 
 @torch.no_grad()
@@ -137,10 +133,7 @@ def run_job(
             raise ValueError(f"unknown method {method!r}")
         result = MatrixResult(job.name, method, core, mask)
         if hdiag is not None:
-            metrics["proxy_loss"] = _normalized_loss(core, weight, hdiag)
-            metrics["nowag_loss"] = _normalized_loss(
-                baselines.nowag_p(weight, hdiag)[0], weight, hdiag
-            )
+            metrics["proxy_loss"], metrics["nowag_loss"] = _baseline_losses(core, weight, hdiag)
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
     return result.to("cpu")
