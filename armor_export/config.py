@@ -153,6 +153,50 @@ class PruneConfig:
         return cls.from_dict(data)
 
 
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+LOWERINGS = ("plain", "plugin")
+EXTERNAL_DATA = ("auto", "always", "never")
+
+
+@dataclass
+class ExportLimits:
+    """Shapes the exported graph is promised to handle (engine profiles, runtime checks)."""
+
+    max_batch: int = 8
+    max_prompt: int = 0  # tokens in one forward (prefill); 0 = min(1024, max_context)
+    max_context: int = 0  # past + new tokens; 0 = the model's max_position_embeddings
+
+    def validate(self) -> None:
+        _check_positive("limits", self, ("max_batch",))
+        if self.max_prompt < 0 or self.max_context < 0:
+            raise ConfigError("limits.max_prompt/max_context must be >= 0 (0 = default)")
+
+
+@dataclass
+class ExportConfig:
+    """One ``export`` run: which checkpoint, into which folder, in which form."""
+
+    model: str = "runs/armor"  # pruned checkpoint (or any dense HF model / 'smollm2-135m')
+    output_dir: str = "runs/onnx"
+    dtype: str = "float32"
+    lowering: str = "plain"  # "plain": MatMuls only (ORT); "plugin": TensorRT plugin nodes
+    opset: int = 18
+    external_data: str = "auto"  # weights beside the graph: auto = only when over 2 GB
+    limits: ExportLimits = field(default_factory=ExportLimits)
+    version: int = CONFIG_VERSION
+
+    def validate(self) -> None:
+        _check_choice("dtype", self.dtype, EXPORT_DTYPES)
+        _check_choice("lowering", self.lowering, LOWERINGS)
+        _check_choice("external_data", self.external_data, EXTERNAL_DATA)
+        if self.opset < 18:
+            raise ConfigError(f"opset must be >= 18 (the dynamo exporter), got {self.opset}")
+        self.limits.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
     if not isinstance(data, dict):

@@ -32,3 +32,11 @@ class StatisticsError(UserError):
 
 class AssetError(UserError):
     """A default asset (model, corpus) could not be fetched or prepared."""
+
+
+class GraphCheckError(UserError):
+    """An exported graph failed a structural check (names what failed)."""
+
+
+class BackendUnavailableError(UserError):
+    """An optional runtime/backend (ONNX Runtime, TensorRT...) is missing or cannot run this."""

@@ -1,4 +1,7 @@
-"""Atomic file writes and safe safetensors/JSON reading (never pickle)."""
+"""Atomic file writes and safe safetensors/JSON reading (never pickle).
+
+Importing this module does not import torch: the torch-free runtime uses the JSON helpers.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from armor_export.errors import CorruptFileError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _umask() -> int:
@@ -48,6 +50,15 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_path(path: str | Path, write) -> None:
+    """Let ``write(tmp_path)`` produce the file, then move it over ``path`` atomically."""
+    _atomic(Path(path), write)
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
@@ -61,11 +72,16 @@ def read_json(path: str | Path) -> Any:
 def write_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise CorruptFileError(f"missing file: {path}")
@@ -76,7 +92,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as fh:

@@ -1,0 +1,317 @@
+"""The ``export`` verb: a pruned checkpoint (or dense model) to ONNX with KV cache.
+
+Artefacts in ``output_dir``: ``model.onnx`` (+ ``model.onnx.data`` for big models),
+``tokenizer.json`` and ``export_manifest.json``, which is written last: a folder with a
+manifest holds a complete, checked export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armor_export.config import ExportConfig
+from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "export_manifest.json"
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT = "armor-export-onnx"
+FORMAT_VERSION = 1
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; keep a margin
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    onnx_path: Path
+    manifest: dict
+    seconds: float
+    counts: dict = field(default_factory=dict)
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_for_export(name_or_path: str):
+    """(model, tokenizer, checkpoint manifest | None); partial prune folders are refused."""
+    from armor_export.eval.api import load_any_model
+    from armor_export.prune.checkpoint import MANIFEST as CKPT_MANIFEST
+
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / CKPT_MANIFEST).is_file() and (path / "work").is_dir():
+        raise CorruptFileError(
+            f"{path}: partial checkpoint (prune has not finished: no {CKPT_MANIFEST}); "
+            "run the same prune command again to resume it"
+        )
+    return load_any_model(name_or_path)
+
+
+def export_onnx(
+    cfg: ExportConfig,
+    reporter: Reporter | None = None,
+    model=None,
+    tokenizer=None,
+    checkpoint_manifest: dict | None = None,
+) -> ExportResult:
+    """Export ``cfg.model`` (or the given ``model``) to ``cfg.output_dir``; checks included."""
+    import torch
+
+    from armor_export.export import checks, lowering
+    from armor_export.export.wrapper import DecoderSpec, DecoderWithCache
+    from armor_export.models.registry import adapter_for
+
+    cfg.validate()
+    reporter = reporter or NullReporter()
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    with reporter.task("export", total=4) as task:
+        if model is None:
+            model, tokenizer, checkpoint_manifest = load_for_export(cfg.model)
+        task.advance(1, stage="loaded")
+        adapter_for(model)  # unsupported families fail here, before any tracing
+        limits = _resolve_limits(cfg, model.config)
+        spec = DecoderSpec.from_config(model.config)
+        model = model.to(torch_dtype(cfg.dtype)).eval()
+        matrices = (checkpoint_manifest or {}).get("matrices", {})
+        sparse_names = [n for n, info in matrices.items() if info.get("kind") == "sparse"]
+        counts = lowering.lower_model_(model, sparse_names, plugin=cfg.lowering == "plugin")
+        if not counts["armor"] and not counts["sparse"]:
+            log.warning("%s has no ArmorLinear or 2:4 layers: exporting it as dense", cfg.model)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            tmp_dir = Path(tmp)
+            external = _trace_and_save(DecoderWithCache(model), spec, cfg, tmp_dir / ONNX_FILE)
+            task.advance(1, stage="traced")
+            report = checks.check_graph(
+                tmp_dir / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
+            )
+            task.advance(1, stage="checked")
+            _save_tokenizer(tokenizer, tmp_dir)
+            files = [ONNX_FILE, TOKENIZER_FILE] + ([ONNX_FILE + ".data"] if external else [])
+            manifest = _manifest(
+                cfg, model, tokenizer, spec, limits, counts, report, checkpoint_manifest,
+                external, {f: _sha256(tmp_dir / f) for f in files},
+            )
+            _publish(tmp_dir, out, files, manifest)
+        task.advance(1, stage="written")
+    return ExportResult(out, out / ONNX_FILE, manifest, time.perf_counter() - start, counts)
+
+
+def _resolve_limits(cfg: ExportConfig, config) -> dict:
+    model_max = int(getattr(config, "max_position_embeddings", 0) or 0)
+    max_context = cfg.limits.max_context or model_max
+    if not max_context:
+        raise ConfigError("limits.max_context: the model states no max_position_embeddings")
+    if model_max and max_context > model_max:
+        raise ConfigError(
+            f"limits.max_context {max_context} exceeds the model's "
+            f"max_position_embeddings {model_max}"
+        )
+    max_prompt = cfg.limits.max_prompt or min(1024, max_context)
+    if max_prompt > max_context:
+        raise ConfigError(f"limits.max_prompt {max_prompt} exceeds max_context {max_context}")
+    return {
+        "max_batch": cfg.limits.max_batch,
+        "max_prompt": max_prompt,
+        "max_context": max_context,
+    }
+
+
+def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
+    """torch.export → ONNX (dynamo exporter); returns whether weights went to external data."""
+    import torch
+
+    from armor_export.export.wrapper import dynamic_shapes, example_inputs
+
+    args = example_inputs(spec, torch_dtype(cfg.dtype))
+    # the exporter prints its progress on stdout; keep stdout for the verbs' results
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            dynamo=True,
+            input_names=spec.input_names(),
+            output_names=spec.output_names(),
+            dynamic_shapes=dynamic_shapes(spec),
+            opset_version=cfg.opset,
+            verbose=False,
+        )
+    _name_output_dims(program.model)
+    size = sum(
+        init.const_value.nbytes
+        for init in program.model.graph.initializers.values()
+        if init.const_value is not None
+    )
+    external = cfg.external_data == "always" or (
+        cfg.external_data == "auto" and size > EXTERNAL_DATA_THRESHOLD
+    )
+    program.save(path, external_data=external)
+    return external
+
+
+def _name_output_dims(model) -> None:
+    """Give outputs the same dimension names as inputs (the exporter writes 'past_seq + seq')."""
+    import onnx_ir as ir
+
+    from armor_export.export.wrapper import DIMS
+
+    for value in model.graph.outputs:
+        key = "logits" if value.name == "logits" else "present"
+        dims = list(value.shape) if value.shape is not None else []
+        named = [
+            ir.SymbolicDim(want) if want else dim
+            for dim, want in zip(dims, DIMS[key], strict=False)
+        ]
+        value.shape = ir.Shape(named + dims[len(named):])
+
+
+def _save_tokenizer(tokenizer, folder: Path) -> None:
+    if tokenizer is None:
+        raise UserError("export needs the model's tokenizer (none found beside the model)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        src = Path(tmp) / TOKENIZER_FILE
+        if not src.is_file():
+            raise UserError(
+                "the model's tokenizer has no tokenizer.json (a 'fast' tokenizer is needed "
+                "by the torch-free runtime)"
+            )
+        shutil.copyfile(src, folder / TOKENIZER_FILE)
+
+
+def _token_ids(model, tokenizer) -> dict:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+    return {
+        "eos_token_ids": eos_ids,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+    }
+
+
+def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, external, hashes):
+    from dataclasses import asdict
+
+    from armor_export.export import reference
+    from armor_export.models.registry import adapter_for
+
+    versions = export_versions()
+    source = {"model": cfg.model, "pruned": ckpt is not None}
+    if ckpt is not None:
+        source["method"] = ckpt.get("method")
+        source["block_sizes"] = sorted(
+            {m["block_size"] for m in ckpt["matrices"].values() if m.get("block_size")}
+        )
+    plugin = None
+    if cfg.lowering == "plugin":
+        plugin = {
+            "name": reference.PLUGIN_NAME,
+            "domain": reference.PLUGIN_DOMAIN,
+            "version": reference.PLUGIN_VERSION,
+            "namespace": reference.PLUGIN_NAMESPACE,
+        }
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": versions,
+        "config": cfg.to_dict(),
+        "source": source,
+        "family": adapter_for(model).family,
+        "onnx": ONNX_FILE,
+        "external_data": ONNX_FILE + ".data" if external else None,
+        "tokenizer": TOKENIZER_FILE,
+        "dtype": cfg.dtype,
+        "lowering": cfg.lowering,
+        "plugin": plugin,
+        "decoder": asdict(spec),
+        "input_names": spec.input_names(),
+        "output_names": spec.output_names(),
+        "limits": limits,
+        "tokens": _token_ids(model, tokenizer),
+        "counts": {**counts, **report.to_dict()},
+        "sha256": hashes,
+    }
+
+
+def export_versions() -> dict:
+    import onnx
+    import torch
+    import transformers
+
+    from armor_export import __version__
+
+    return {
+        "armor_export": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: dict) -> None:
+    """Move the checked files into ``out``; the old manifest goes first, the new one last."""
+    from armor_export.io import write_json
+
+    (out / MANIFEST).unlink(missing_ok=True)
+    stale = out / (ONNX_FILE + ".data")
+    if stale.exists() and ONNX_FILE + ".data" not in files:
+        stale.unlink()
+    for name in files:
+        os.replace(tmp_dir / name, out / name)
+    write_json(out / MANIFEST, manifest)
+
+
+def read_export_manifest(folder: str | Path) -> dict:
+    """The manifest of a finished export (torch-free), or a clear error."""
+    from armor_export.io import read_json
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CorruptFileError(f"{folder}: no such export folder")
+    if not (folder / MANIFEST).is_file():
+        raise CorruptFileError(
+            f"{folder}: no {MANIFEST} (not an export, or the export did not finish; "
+            "run armor-export export again)"
+        )
+    manifest = read_json(folder / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptFileError(f"{folder / MANIFEST}: not an armor-export ONNX manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptFileError(
+            f"{folder / MANIFEST}: format version {manifest.get('format_version')} "
+            f"(this armor-export reads {FORMAT_VERSION})"
+        )
+    for key in ("onnx", "tokenizer", "external_data"):
+        name = manifest.get(key)
+        if name and not (folder / name).is_file():
+            raise CorruptFileError(f"{folder}: missing file {name} listed in {MANIFEST}")
+    return manifest

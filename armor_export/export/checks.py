@@ -1,0 +1,94 @@
+"""Checks run on every exported graph: ONNX validity, 2:4 orientation, lowering counts.
+
+Polygraphy's ``inspect sparsity`` misreads 3-D batched weights (platform.md), so the 2:4
+orientation check is our own: each core initializer must be the constant ``B`` input of a
+MatMul, ``[K, N]``, with at most 2 non-zeros in every group of 4 along K (axis 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from armor_export.errors import GraphCheckError
+from armor_export.export import reference
+
+CORE_SUFFIX = "sparse_core"
+
+
+def two_four_violations(weight: np.ndarray, axis: int = 0) -> int:
+    """Number of groups of 4 along ``axis`` holding more than 2 non-zeros (or a bad shape)."""
+    w = np.moveaxis(np.asarray(weight), axis, 0)
+    if w.shape[0] % 4:
+        return -1
+    nonzero = (w != 0).reshape(w.shape[0] // 4, 4, -1).sum(axis=1)
+    return int((nonzero > 2).sum())
+
+
+@dataclass
+class GraphReport:
+    cores: int = 0
+    plugin_nodes: int = 0
+    matmuls: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"cores": self.cores, "plugin_nodes": self.plugin_nodes, "matmuls": self.matmuls}
+
+
+def check_graph(path: str | Path, n_armor: int, n_sparse: int, plugin: bool) -> GraphReport:
+    """Validate the exported model at ``path``; raise GraphCheckError naming every problem."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    try:
+        onnx.checker.check_model(str(path))  # the path form also handles > 2 GB models
+    except onnx.checker.ValidationError as exc:
+        raise GraphCheckError(f"{path}: onnx.checker: {str(exc).splitlines()[0]}") from None
+    model = onnx.load(str(path), load_external_data=True)
+    graph = model.graph
+    report = GraphReport()
+    users: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for idx, name in enumerate(node.input):
+            users.setdefault(name, []).append((node.op_type, idx))
+        report.matmuls += node.op_type == "MatMul"
+        if node.op_type == reference.PLUGIN_NAME:
+            report.plugin_nodes += 1
+            attrs = {a.name for a in node.attribute}
+            if not {"plugin_version", "plugin_namespace"} <= attrs:
+                report.problems.append(f"plugin node {node.name} lacks plugin_version/namespace")
+    for init in graph.initializer:
+        if not init.name.split(".")[-1].startswith(CORE_SUFFIX):
+            continue
+        report.cores += 1
+        where = users.get(init.name, [])
+        if not where or any(use != ("MatMul", 1) for use in where):
+            report.problems.append(f"{init.name}: not the constant B input of a MatMul ({where})")
+        weight = numpy_helper.to_array(init)
+        if weight.ndim != 2:
+            report.problems.append(f"{init.name}: expected a 2-D [K, N] weight, got {weight.shape}")
+            continue
+        bad = two_four_violations(weight, axis=0)
+        if bad:
+            what = "K not divisible by 4" if bad < 0 else f"{bad} groups of 4 along K with > 2"
+            report.problems.append(f"{init.name} {list(weight.shape)}: not 2:4 along K ({what})")
+    expected = n_armor + n_sparse
+    if report.cores != expected:
+        report.problems.append(
+            f"{report.cores} sparse core MatMuls in the graph, expected {expected} "
+            f"({n_armor} ArmorLinear + {n_sparse} 2:4 linear)"
+        )
+    want_plugins = 2 * n_armor if plugin else 0
+    if report.plugin_nodes != want_plugins:
+        report.problems.append(
+            f"{report.plugin_nodes} {reference.PLUGIN_NAME} nodes, expected {want_plugins}"
+        )
+    if report.problems:
+        shown = "; ".join(report.problems[:8])
+        more = f" (+{len(report.problems) - 8} more)" if len(report.problems) > 8 else ""
+        raise GraphCheckError(f"{path.name}: {shown}{more}")
+    return report
