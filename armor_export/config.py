@@ -197,6 +197,39 @@ class ExportConfig:
         return dataclasses.asdict(self)
 
 
+VERIFY_BACKENDS = ("auto", "onnxruntime", "numpy-reference", "tensorrt")
+DEFAULT_PROMPTS = [
+    "The capital of France is",
+    "Sparse matrices with two of every four weights kept can run faster on tensor cores",
+]
+
+
+@dataclass
+class VerifyConfig:
+    """One parity check: PyTorch vs the exported graph on the same prefill and decode inputs."""
+
+    export_dir: str = "runs/onnx"
+    model: str = ""  # the PyTorch source; "" = the checkpoint recorded in the export manifest
+    # "auto": ONNX Runtime (NumPy reference for plugin graphs) + TensorRT when usable
+    backends: list[str] = field(default_factory=lambda: ["auto"])
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    decode_steps: int = 1
+    atol: float = 0.0  # 0 = the default for the export dtype (verify/tolerances.py)
+    rtol: float = 0.0
+    report_dir: str = ""  # "" = <export_dir>/verify
+
+    def validate(self) -> None:
+        for backend in self.backends:
+            _check_choice("backends", backend, VERIFY_BACKENDS)
+        if not self.prompts or not all(p.strip() for p in self.prompts):
+            raise ConfigError("prompts: give at least one non-empty prompt")
+        if self.decode_steps < 0 or self.atol < 0 or self.rtol < 0:
+            raise ConfigError("decode_steps, atol and rtol must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
     if not isinstance(data, dict):

@@ -69,8 +69,6 @@ def export_onnx(
     checkpoint_manifest: dict | None = None,
 ) -> ExportResult:
     """Export ``cfg.model`` (or the given ``model``) to ``cfg.output_dir``; checks included."""
-    import torch
-
     from armor_export.export import checks, lowering
     from armor_export.export.wrapper import DecoderSpec, DecoderWithCache
     from armor_export.models.registry import adapter_for
@@ -104,8 +102,16 @@ def export_onnx(
             _save_tokenizer(tokenizer, tmp_dir)
             files = [ONNX_FILE, TOKENIZER_FILE] + ([ONNX_FILE + ".data"] if external else [])
             manifest = _manifest(
-                cfg, model, tokenizer, spec, limits, counts, report, checkpoint_manifest,
-                external, {f: _sha256(tmp_dir / f) for f in files},
+                cfg,
+                model,
+                tokenizer,
+                spec,
+                limits,
+                counts,
+                report,
+                checkpoint_manifest,
+                external,
+                {f: _sha256(tmp_dir / f) for f in files},
             )
             _publish(tmp_dir, out, files, manifest)
         task.advance(1, stage="written")
@@ -177,7 +183,7 @@ def _name_output_dims(model) -> None:
             ir.SymbolicDim(want) if want else dim
             for dim, want in zip(dims, DIMS[key], strict=False)
         ]
-        value.shape = ir.Shape(named + dims[len(named):])
+        value.shape = ir.Shape(named + dims[len(named) :])
 
 
 def _save_tokenizer(tokenizer, folder: Path) -> None:

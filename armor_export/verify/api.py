@@ -1,0 +1,151 @@
+"""The ``verify`` verb: PyTorch vs ONNX Runtime / NumPy reference / TensorRT parity."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from armor_export.config import VerifyConfig
+from armor_export.errors import UserError
+from armor_export.progress import NullReporter, Reporter
+from armor_export.verify.report import OutputParity, VerifyReport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifyResult:
+    passed: bool
+    report: VerifyReport
+    report_path: Path
+
+
+def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> VerifyResult:
+    """Compare the export in ``cfg.export_dir`` with its PyTorch source; always writes a report.
+
+    Bad input (no export, unusable backend) raises a UserError after the report is written;
+    a mismatch or a runner that crashes gives ``passed=False``.
+    """
+    from armor_export.export.api import export_versions, read_export_manifest
+
+    cfg.validate()
+    reporter = reporter or NullReporter()
+    export_dir = Path(cfg.export_dir)
+    manifest = read_export_manifest(export_dir)
+    report = VerifyReport(
+        export_dir=str(export_dir),
+        model=cfg.model or manifest["source"]["model"],
+        dtype=manifest["dtype"],
+        lowering=manifest["lowering"],
+        versions=export_versions(),
+    )
+    report_dir = Path(cfg.report_dir) if cfg.report_dir else export_dir / "verify"
+    start = time.perf_counter()
+    try:
+        with reporter.task("verify", total=3) as task:
+            _run(cfg, manifest, export_dir, report, model, task)
+    except UserError as exc:
+        report.error = str(exc)
+        raise
+    except Exception as exc:  # a runner crashed: that is a failed verification, not a bug here
+        log.exception("verification run failed")
+        report.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:500]}"
+    finally:
+        report.seconds = time.perf_counter() - start
+        path = report.write(report_dir)
+    return VerifyResult(report.passed, report, path)
+
+
+def _run(cfg, manifest, export_dir: Path, report: VerifyReport, model, task) -> None:
+    from armor_export.verify import inputs
+    from armor_export.verify.runners import TorchRunner, make_runners
+
+    onnx_path = export_dir / manifest["onnx"]
+    runners, skipped = make_runners(cfg.backends, onnx_path, manifest)
+    report.skipped = {s.backend: s.reason for s in skipped}
+    report.runners = [r.name for r in runners]
+    if model is None:
+        from armor_export.export.api import load_for_export, torch_dtype
+
+        model, _, _ = load_for_export(report.model)
+        model = model.to(torch_dtype(manifest["dtype"])).eval()
+    torch_runner = TorchRunner(model, manifest)
+    feeds = [inputs.prefill_feed(export_dir / manifest["tokenizer"], cfg.prompts, manifest)]
+    with torch_runner:
+        for _ in range(cfg.decode_steps):
+            outputs = torch_runner.infer(feeds[-1], check_inputs=False)
+            feeds.append(inputs.decode_feed(feeds[-1], outputs, manifest))
+    report.inputs = {
+        "prompts": len(cfg.prompts),
+        "prefill_shape": list(feeds[0]["input_ids"].shape),
+        "decode_steps": cfg.decode_steps,
+    }
+    task.advance(1, stage="inputs")
+    results = _compare_runs([torch_runner, *runners], feeds)
+    task.advance(1, stage="run")
+    report.rows = _parity_rows(results, feeds, manifest["dtype"], cfg)
+    task.advance(1, stage="compared")
+
+
+@contextlib.contextmanager
+def _quiet_polygraphy():
+    from polygraphy.logger import G_LOGGER
+
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = severity
+
+
+def _compare_runs(runners, feeds):
+    from polygraphy.comparator import Comparator
+
+    with _quiet_polygraphy():
+        return Comparator.run(runners, data_loader=feeds)
+
+
+def _step_name(index: int) -> str:
+    return "prefill" if index == 0 else f"decode-{index}"
+
+
+def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputParity]:
+    """Mask padded positions in every runner's outputs, then compare each runner to PyTorch."""
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    from armor_export.verify.inputs import valid_positions
+    from armor_export.verify.tolerances import tolerances
+
+    for _, iterations in results:
+        for index, iteration in enumerate(iterations):
+            for name in list(iteration.keys()):
+                value = iteration[name]
+                iteration[name] = value * valid_positions(feeds[index], name, value.shape)
+    atol, rtol = tolerances(dtype, cfg.atol, cfg.rtol)
+    compare = CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat="elemwise")
+    n = len(results)
+    with _quiet_polygraphy():
+        accuracy = Comparator.compare_accuracy(
+            results, comparisons=[(i, 0) for i in range(1, n)], compare_func=compare
+        )
+    rows = []
+    for (runner, _reference), iterations in accuracy[0].items():
+        for index, outputs in enumerate(iterations):
+            for output, res in outputs.items():
+                rows.append(
+                    OutputParity(
+                        step=_step_name(index),
+                        runner=runner,
+                        output=output,
+                        max_abs=float(res.max_absdiff),
+                        max_rel=float(res.max_reldiff),
+                        atol=atol,
+                        rtol=rtol,
+                        passed=bool(res),
+                    )
+                )
+    return rows

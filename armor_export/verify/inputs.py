@@ -1,0 +1,78 @@
+"""Parity inputs: a left-padded prefill batch from real prompts and the decode steps after it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from armor_export.errors import ShapeError
+
+
+def numpy_dtype(name: str):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(name)
+
+
+def prefill_feed(tokenizer_path, prompts: list[str], manifest: dict) -> OrderedDict:
+    """Token inputs for ``prompts`` (left-padded) and an empty KV cache."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    ids = [tokenizer.encode(p).ids for p in prompts]
+    limits, spec = manifest["limits"], manifest["decoder"]
+    longest = max(len(i) for i in ids)
+    if len(ids) > limits["max_batch"]:
+        raise ShapeError(f"{len(ids)} prompts exceed the export's max_batch {limits['max_batch']}")
+    if longest > limits["max_prompt"]:
+        raise ShapeError(
+            f"a prompt of {longest} tokens exceeds the export's max_prompt {limits['max_prompt']}"
+        )
+    pad = manifest["tokens"]["pad_token_id"]
+    input_ids = np.full((len(ids), longest), pad, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, longest - len(seq) :] = seq
+        mask[row, longest - len(seq) :] = 1
+    feed = OrderedDict(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions(mask, longest)
+    )
+    shape = (len(ids), spec["num_kv_heads"], 0, spec["head_dim"])
+    for name in manifest["input_names"][3:]:
+        feed[name] = np.zeros(shape, dtype=numpy_dtype(manifest["dtype"]))
+    return feed
+
+
+def positions(mask: np.ndarray, seq: int) -> np.ndarray:
+    """Positions of the last ``seq`` tokens, counting only real (unpadded) tokens."""
+    return np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -seq:].astype(np.int64)
+
+
+def decode_feed(previous: OrderedDict, outputs: dict, manifest: dict) -> OrderedDict:
+    """The next single-token step after ``previous``, fed with the reference's outputs."""
+    next_ids = outputs["logits"][:, -1].astype(np.float32).argmax(-1).astype(np.int64)
+    mask = np.concatenate([previous["attention_mask"], np.ones((len(next_ids), 1), np.int64)], 1)
+    if mask.shape[1] > manifest["limits"]["max_context"]:
+        raise ShapeError(
+            f"{mask.shape[1]} tokens exceed the export's max_context "
+            f"{manifest['limits']['max_context']}"
+        )
+    feed = OrderedDict(
+        input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions(mask, 1)
+    )
+    dtype = numpy_dtype(manifest["dtype"])
+    pairs = zip(manifest["input_names"][3:], manifest["output_names"][1:], strict=True)
+    for past, present in pairs:
+        feed[past] = np.ascontiguousarray(outputs[present]).astype(dtype)
+    return feed
+
+
+def valid_positions(feed: OrderedDict, output_name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean mask broadcastable to an output: False where the position is padding."""
+    mask = feed["attention_mask"].astype(bool)
+    if output_name == "logits":
+        return mask[:, -shape[1] :, None]
+    return mask[:, None, :, None]  # present.*: [batch, heads, total_seq, head_dim]

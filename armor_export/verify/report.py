@@ -1,0 +1,109 @@
+"""The parity report: per step, runner and output, max abs/rel error and a verdict.
+
+JSON keeps every output; the Markdown table folds the KV-cache outputs of one step into a
+single row holding the worst of them, so a 30-layer model stays readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from armor_export.io import write_json, write_text
+
+REPORT_JSON = "verify_report.json"
+REPORT_MD = "verify_report.md"
+
+
+@dataclass
+class OutputParity:
+    step: str  # "prefill" | "decode-1" ...
+    runner: str
+    output: str
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    passed: bool
+
+
+@dataclass
+class VerifyReport:
+    export_dir: str
+    model: str
+    dtype: str
+    lowering: str
+    reference: str = "pytorch"
+    runners: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    rows: list[OutputParity] = field(default_factory=list)
+    error: str | None = None
+    versions: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.rows) and all(r.passed for r in self.rows)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+    def summary_rows(self) -> list[dict]:
+        """One row per (step, runner, logits | present.*), worst case first within a group."""
+        groups: dict[tuple[str, str, str], list[OutputParity]] = {}
+        for row in self.rows:
+            kind = "logits" if row.output == "logits" else "present.*"
+            groups.setdefault((row.step, row.runner, kind), []).append(row)
+        out = []
+        for (step, runner, kind), rows in groups.items():
+            worst = max(rows, key=lambda r: (not r.passed, r.max_abs))
+            out.append(
+                {
+                    "step": step,
+                    "runner": runner,
+                    "output": kind if kind == "logits" else f"{kind} ({len(rows)})",
+                    "worst": worst.output,
+                    "max_abs": max(r.max_abs for r in rows),
+                    "max_rel": max(r.max_rel for r in rows),
+                    "atol": worst.atol,
+                    "rtol": worst.rtol,
+                    "passed": all(r.passed for r in rows),
+                }
+            )
+        return out
+
+    def markdown(self) -> str:
+        lines = [
+            f"# Parity report: {self.export_dir}",
+            "",
+            f"- reference: {self.reference} ({self.model}), dtype {self.dtype}, "
+            f"lowering {self.lowering}",
+            f"- runners: {', '.join(self.runners) or 'none'}",
+        ]
+        lines += [f"- skipped {k}: {v}" for k, v in self.skipped.items()]
+        if self.inputs:
+            lines.append(f"- inputs: {self.inputs}")
+        lines += [
+            "",
+            "| step | runner | output | max abs err | max rel err | atol | rtol | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.summary_rows():
+            verdict = "✓" if r["passed"] else f"✗ ({r['worst']})"
+            lines.append(
+                f"| {r['step']} | {r['runner']} | {r['output']} | {r['max_abs']:.3g} | "
+                f"{r['max_rel']:.3g} | {r['atol']:g} | {r['rtol']:g} | {verdict} |"
+            )
+        if self.error:
+            lines += ["", f"**Error:** {self.error}"]
+        lines += ["", f"**{'PASSED' if self.passed else 'FAILED'}**", ""]
+        return "\n".join(lines)
+
+    def write(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        write_json(folder / REPORT_JSON, self.to_dict())
+        write_text(folder / REPORT_MD, self.markdown())
+        return folder / REPORT_JSON

@@ -1,0 +1,219 @@
+"""Polygraphy runners for the parity check.
+
+PyTorch and the NumPy reference are our own small ``BaseRunner`` subclasses; ONNX Runtime
+and TensorRT use Polygraphy's runners. Every runner returns float32 NumPy outputs so the
+comparison arithmetic never happens in fp16/bf16.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from armor_export.errors import BackendUnavailableError
+
+
+def _metadata(manifest: dict) -> TensorMetadata:
+    meta = TensorMetadata()
+    spec = manifest["decoder"]
+    from armor_export.verify.inputs import numpy_dtype
+
+    for name in manifest["input_names"][:3]:
+        meta.add(name, np.int64, (None, None))
+    kv_dtype = numpy_dtype(manifest["dtype"])
+    for name in manifest["input_names"][3:]:
+        meta.add(name, kv_dtype, (None, spec["num_kv_heads"], None, spec["head_dim"]))
+    return meta
+
+
+def _to_float32(outputs) -> OrderedDict:
+    return OrderedDict((k, np.asarray(v).astype(np.float32)) for k, v in outputs.items())
+
+
+class TorchRunner(BaseRunner):
+    """The PyTorch model (ArmorLinear modules, not lowered) behind the exported signature."""
+
+    def __init__(self, model, manifest: dict, name: str = "pytorch"):
+        super().__init__(name=name)
+        self.model, self.manifest = model, manifest
+
+    def activate_impl(self):
+        from armor_export.export.wrapper import DecoderWithCache
+
+        self.wrapper = DecoderWithCache(self.model).eval()
+
+    def get_input_metadata_impl(self):
+        return _metadata(self.manifest)
+
+    def infer_impl(self, feed_dict):
+        import torch
+
+        from armor_export.export.api import torch_dtype
+
+        dtype = torch_dtype(self.manifest["dtype"])
+        args = []
+        for name in self.manifest["input_names"]:
+            value = np.asarray(feed_dict[name])
+            if value.dtype.kind == "f" or value.dtype.name == "bfloat16":
+                args.append(torch.from_numpy(value.astype(np.float32)).to(dtype))
+            else:
+                args.append(torch.from_numpy(value))
+        start = time.perf_counter()
+        with torch.no_grad():
+            outputs = self.wrapper(*args)
+        self.inference_time = time.perf_counter() - start
+        names = self.manifest["output_names"]
+        return OrderedDict((n, t.float().numpy()) for n, t in zip(names, outputs, strict=True))
+
+    def deactivate_impl(self):
+        del self.wrapper
+
+
+class NumpyReferenceRunner(BaseRunner):
+    """``onnx.reference`` with the NumPy plugin op: the oracle for plugin-lowered graphs."""
+
+    def __init__(self, onnx_path: Path, manifest: dict, name: str = "numpy-reference"):
+        super().__init__(name=name)
+        self.onnx_path, self.manifest = onnx_path, manifest
+
+    def activate_impl(self):
+        from onnx.reference import ReferenceEvaluator
+
+        from armor_export.export.reference import onnx_reference_ops
+
+        self.evaluator = ReferenceEvaluator(str(self.onnx_path), new_ops=onnx_reference_ops())
+
+    def get_input_metadata_impl(self):
+        return _metadata(self.manifest)
+
+    def infer_impl(self, feed_dict):
+        start = time.perf_counter()
+        outputs = self.evaluator.run(None, dict(feed_dict))
+        self.inference_time = time.perf_counter() - start
+        return _to_float32(dict(zip(self.manifest["output_names"], outputs, strict=True)))
+
+    def deactivate_impl(self):
+        del self.evaluator
+
+
+class Float32Runner(BaseRunner):
+    """Wraps a Polygraphy runner so its outputs come back as float32."""
+
+    def __init__(self, inner: BaseRunner, name: str):
+        super().__init__(name=name)
+        self.inner = inner
+
+    def activate_impl(self):
+        self.inner.activate()
+
+    def get_input_metadata_impl(self):
+        return self.inner.get_input_metadata_impl()
+
+    def infer_impl(self, feed_dict):
+        outputs = self.inner.infer(feed_dict, check_inputs=False)
+        self.inference_time = self.inner.inference_time
+        return _to_float32(outputs)
+
+    def deactivate_impl(self):
+        self.inner.deactivate()
+
+
+@dataclass
+class Skipped:
+    backend: str
+    reason: str
+
+
+def ort_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
+    """Polygraphy's ONNX Runtime runner, or a clear error for graphs ORT cannot run."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailableError(
+            "onnxruntime is not installed: pip install 'armor-export[onnx]'"
+        ) from None
+    if manifest["lowering"] == "plugin":
+        raise BackendUnavailableError(
+            "ONNX Runtime cannot run the TensorRT plugin node of a plugin-lowered export "
+            "(use the numpy-reference backend, or export with --lowering plain)"
+        )
+    providers = ort.get_available_providers()
+    if manifest["dtype"] == "bfloat16" and providers == ["CPUExecutionProvider"]:
+        raise BackendUnavailableError(
+            "ONNX Runtime's CPU provider has no bfloat16 MatMul: verify this bf16 export with "
+            "TensorRT (--backend tensorrt, on a GPU), or re-export with --dtype float16 or "
+            "float32 to check it on ONNX Runtime"
+        )
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    session = SessionFromOnnx(str(onnx_path), providers=providers)
+    return Float32Runner(OnnxrtRunner(session), name="onnxruntime")
+
+
+def tensorrt_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
+    """Polygraphy's TensorRT runner (datacenter TensorRT + a CUDA GPU), strongly typed."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        raise BackendUnavailableError(
+            "TensorRT is not importable (pip install 'armor-export[trt]' with NVIDIA's index)"
+        ) from None
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+        TrtRunner,
+    )
+
+    limits, spec = manifest["limits"], manifest["decoder"]
+    b, p, c = limits["max_batch"], limits["max_prompt"], limits["max_context"]
+    profile = Profile()
+    profile.add("input_ids", (1, 1), (1, p // 2 or 1), (b, p))
+    profile.add("position_ids", (1, 1), (1, p // 2 or 1), (b, p))
+    profile.add("attention_mask", (1, 1), (1, c // 2 or 1), (b, c))
+    h, d = spec["num_kv_heads"], spec["head_dim"]
+    for name in manifest["input_names"][3:]:
+        profile.add(name, (1, h, 0, d), (1, h, c // 2, d), (b, h, c - 1, d))
+    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+    config = CreateConfig(sparse_weights=True, profiles=[profile])
+    return Float32Runner(TrtRunner(EngineFromNetwork(network, config=config)), name="tensorrt")
+
+
+def make_runners(
+    backends: list[str], onnx_path: Path, manifest: dict
+) -> tuple[list[BaseRunner], list[Skipped]]:
+    """Runners for ``backends`` ("auto" picks what can run here); skipped ones with reasons."""
+    wanted = []
+    for backend in backends:
+        if backend == "auto":
+            first = "numpy-reference" if manifest["lowering"] == "plugin" else "onnxruntime?"
+            wanted += [first, "tensorrt?"]
+        else:
+            wanted.append(backend)
+    runners, skipped = [], []
+    for backend in dict.fromkeys(wanted):
+        optional = backend.endswith("?")
+        backend = backend.rstrip("?")
+        try:
+            if backend == "onnxruntime":
+                runners.append(ort_runner(onnx_path, manifest))
+            elif backend == "numpy-reference":
+                runners.append(NumpyReferenceRunner(onnx_path, manifest))
+            elif backend == "tensorrt":
+                runners.append(tensorrt_runner(onnx_path, manifest))
+        except BackendUnavailableError as exc:
+            if not optional:
+                raise
+            skipped.append(Skipped(backend, str(exc)))
+    if not runners:
+        raise BackendUnavailableError(
+            "no backend can run this export here: " + "; ".join(s.reason for s in skipped)
+        )
+    return runners, skipped
