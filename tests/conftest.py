@@ -111,3 +111,60 @@ def tiny_model_dir(tmp_path, tokenizer):
 def calib_batches():
     gen = torch.Generator().manual_seed(0)
     return [torch.randint(0, 300, (4, 32), generator=gen) for _ in range(2)]
+
+
+# --- tiny pruned checkpoints and their ONNX exports (export/verify/runtime tests) ---
+
+
+def prune_tiny(root, method: str = "armor", family: str = "llama"):
+    """A tiny pruned checkpoint (block size 16, a few ARMOR iterations) in ``root``."""
+    from armor_export.config import PruneConfig
+    from armor_export.prune import api
+
+    model_dir = root / f"tiny-{family}"
+    if not model_dir.exists():
+        tiny_model(family).save_pretrained(model_dir)
+        train_tokenizer([TEXT]).save_pretrained(model_dir)
+    text = root / "text.txt"
+    text.write_text(TEXT)
+    cfg = PruneConfig.from_dict(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "output_dir": str(root / f"ckpt-{family}-{method}"),
+            "workers": 1,
+            "armor": {"block_size": 16, "iterations": 3, "compile": False},
+            "calibration": {"text": str(text), "n_samples": 4, "seqlen": 32, "batch_size": 2},
+        }
+    )
+    return api.prune(cfg).output_dir
+
+
+def export_tiny(checkpoint, out, **kwargs):
+    from armor_export.config import ExportConfig, ExportLimits
+
+    limits = kwargs.pop("limits", ExportLimits())
+    cfg = ExportConfig(model=str(checkpoint), output_dir=str(out), limits=limits, **kwargs)
+    from armor_export.export import export_onnx
+
+    return export_onnx(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    torch.set_num_threads(1)
+    return prune_tiny(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "plain")
+
+
+@pytest.fixture(scope="session")
+def tiny_plugin_export(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("onnx")
+    return export_tiny(
+        tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "plugin", lowering="plugin"
+    )

@@ -46,8 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--methods", default="magnitude,wanda,sparsegpt,nowag-p,armor")
     p.add_argument("--block-sizes", default="32,64", help="ARMOR block sizes")
-    p.add_argument("--weightings", default="normalized",
-                   help="ARMOR proxy-loss weightings to run (normalized,output)")
+    p.add_argument(
+        "--weightings",
+        default="normalized",
+        help="ARMOR proxy-loss weightings to run (normalized,output)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="ARMOR iterations (config default)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--calib-seqlen", type=int, default=512)
@@ -66,8 +69,10 @@ def runs(args) -> list[tuple[str, str, int | None, str | None]]:
         if method == "armor":
             for weighting in args.weightings.split(","):
                 suffix = "" if weighting == "normalized" else f"-{weighting}"
-                out += [(f"armor-b{b}{suffix}", "armor", int(b), weighting)
-                        for b in args.block_sizes.split(",")]
+                out += [
+                    (f"armor-b{b}{suffix}", "armor", int(b), weighting)
+                    for b in args.block_sizes.split(",")
+                ]
         else:
             out.append((method, method, None, None))
     return out
@@ -95,8 +100,15 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / "bench_state.json"
     # settings every measurement depends on; which methods run may change between resumes
-    shared = ("model", "iterations", "calib_samples", "calib_seqlen", "eval_windows",
-              "eval_seqlen", "work")
+    shared = (
+        "model",
+        "iterations",
+        "calib_samples",
+        "calib_seqlen",
+        "eval_windows",
+        "eval_seqlen",
+        "work",
+    )
     settings = {k: getattr(args, k) for k in shared}
     state = read_json(state_path) if state_path.exists() and not args.fresh else {}
     if {k: state.get("settings", {}).get(k) for k in shared} != settings:
@@ -125,13 +137,16 @@ def main(argv=None) -> int:
         if key in state["results"]:
             log.info("%s: already measured", key)
             if method in DENSE_STATS_METHODS and shared_stats is None:
-                shared_stats = (out_dir / "work" / "stats.safetensors",
-                                state["results"][key]["calibration_seconds"])
+                shared_stats = (
+                    out_dir / "work" / "stats.safetensors",
+                    state["results"][key]["calibration_seconds"],
+                )
             continue
         if out_dir.exists():
             shutil.rmtree(out_dir)  # a half-finished run would mix in unmeasured time
-        cfg = PruneConfig(model=args.model, method=method, output_dir=str(out_dir),
-                          calibration=calib)
+        cfg = PruneConfig(
+            model=args.model, method=method, output_dir=str(out_dir), calibration=calib
+        )
         if block is not None:
             cfg.armor.block_size = block
             cfg.armor.weighting = weighting
@@ -163,8 +178,9 @@ def main(argv=None) -> int:
             entry["block_size"] = block
             entry["weighting"] = weighting
             entry.update(result.armor_summary)
-            losses = [(r.metrics["proxy_loss"], r.metrics["nowag_loss"])
-                      for r in result.results.values()]
+            losses = [
+                (r.metrics["proxy_loss"], r.metrics["nowag_loss"]) for r in result.results.values()
+            ]
             entry["mean_loss_ratio_vs_nowag"] = sum(a / b for a, b in losses) / len(losses)
             entry["iterations"] = cfg.armor.iterations
         state["results"][key] = entry
@@ -215,12 +231,18 @@ def report(args, state, work: Path) -> None:
         f"| dense | | {dense:.2f} | | | |",
     ]
     for e in data["methods"].values():
-        below = (f"{e['matrices_at_or_below_nowag']}/{e['matrices_total']}"
-                 if "matrices_total" in e else "")
-        name = e["method"] + (f" ({e['weighting']} loss)" if e.get("weighting", "normalized")
-                              != "normalized" else "")
-        lines.append(f"| {name} | {e.get('block_size', '')} | {e['ppl']:.2f} | "
-                     f"{e['ppl'] - dense:+.2f} | {e['seconds']:.0f} | {below} |")
+        below = (
+            f"{e['matrices_at_or_below_nowag']}/{e['matrices_total']}"
+            if "matrices_total" in e
+            else ""
+        )
+        name = e["method"] + (
+            f" ({e['weighting']} loss)" if e.get("weighting", "normalized") != "normalized" else ""
+        )
+        lines.append(
+            f"| {name} | {e.get('block_size', '')} | {e['ppl']:.2f} | "
+            f"{e['ppl'] - dense:+.2f} | {e['seconds']:.0f} | {below} |"
+        )
     lines.append("")
     if best_key:
         lines.append(f"Best baseline: {best_key} (gap {best_gap:.2f}).")
@@ -232,9 +254,13 @@ def report(args, state, work: Path) -> None:
                 f"target); {e['seconds'] / 60:.1f} min ({t_ok} the 30-minute target); mean "
                 f"proxy loss {e['mean_loss_ratio_vs_nowag']:.3f} x NoWag-P."
             )
-    lines += ["", "ARMOR per matrix shape (one worker process, one thread each):", "",
-              "| run | shape | matrices | median seconds | median loss / NoWag-P |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "ARMOR per matrix shape (one worker process, one thread each):",
+        "",
+        "| run | shape | matrices | median seconds | median loss / NoWag-P |",
+        "|---|---|---|---|---|",
+    ]
     for key in armor:
         for shape, (n, secs, ratio) in per_shape(work / key).items():
             lines.append(f"| {key} | {shape} | {n} | {secs:.1f} | {ratio:.3f} |")
@@ -255,7 +281,8 @@ def per_shape(run_dir: Path) -> dict[str, tuple[int, float, float]]:
             d_out = fh.get_slice("core_values").get_shape()[0]
             d_in = fh.get_slice("core_values").get_shape()[1] * 2
         groups.setdefault(f"{d_out}x{d_in}", []).append(
-            (metrics["seconds"], metrics["proxy_loss"] / metrics["nowag_loss"]))
+            (metrics["seconds"], metrics["proxy_loss"] / metrics["nowag_loss"])
+        )
     out = {}
     for shape, rows in groups.items():
         secs = torch.tensor([r[0] for r in rows]).median().item()

@@ -14,8 +14,11 @@ def add_parser(sub):
     p.add_argument("--block-size", type=int, help="ARMOR block size b (4 | b, b | dims)")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--continuous-step", choices=["exact", "adam"], help="ARMOR continuous step")
-    p.add_argument("--weighting", choices=["normalized", "output"],
-                   help="ARMOR proxy loss: NoWag-normalised (authors) or layer-output error")
+    p.add_argument(
+        "--weighting",
+        choices=["normalized", "output"],
+        help="ARMOR proxy loss: NoWag-normalised (authors) or layer-output error",
+    )
     p.add_argument("--calib-text", help="botchan | wikipedia | FILE | datasets:NAME[:CFG]:SPLIT")
     p.add_argument("--calib-samples", type=int, help="number of calibration sequences")
     p.add_argument("--calib-seqlen", type=int, help="tokens per calibration sequence")

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def export_onnx(
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
             tmp_dir = Path(tmp)
-            external = _trace_and_save(DecoderWithCache(model), spec, cfg, tmp_dir / ONNX_FILE)
+            external = _trace_and_save(
+                DecoderWithCache(model).eval(), spec, cfg, tmp_dir / ONNX_FILE
+            )
             task.advance(1, stage="traced")
             report = checks.check_graph(
                 tmp_dir / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
@@ -145,8 +148,15 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
     from armor_export.export.wrapper import dynamic_shapes, example_inputs
 
     args = example_inputs(spec, torch_dtype(cfg.dtype))
-    # the exporter prints its progress on stdout; keep stdout for the verbs' results
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    # the exporter prints its progress on stdout (keep stdout for the verbs' results) and
+    # warns about unrelated things (torchvision ops, pytree deprecations): keep it quiet
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        _quiet_logger("torch.onnx"),
+        torch.no_grad(),
+    ):
+        warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper,
             args,
@@ -168,6 +178,17 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
     )
     program.save(path, external_data=external)
     return external
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _name_output_dims(model) -> None:

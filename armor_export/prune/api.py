@@ -237,18 +237,19 @@ def _dense_statistics(model, adapter, tokenizer, targets, cfg, out: Path, report
             if gram:
                 collected[f"{name}.gram"] = st.gram(name)
 
-    _calibrate_with_progress(reporter, "calibration", model, adapter, batches, targets,
-                             on_layer, gram=gram)
+    _calibrate_with_progress(
+        reporter, "calibration", model, adapter, batches, targets, on_layer, gram=gram
+    )
     write_tensors(path, collected)
     return collected
 
 
-def _calibrate_with_progress(reporter: Reporter, description: str, model, adapter, *args,
-                             **kwargs) -> None:
+def _calibrate_with_progress(
+    reporter: Reporter, description: str, model, adapter, *args, **kwargs
+) -> None:
     """``calibrate_layerwise`` with one progress step per decoder layer."""
     with reporter.task(description, len(adapter.layers(model))) as task:
-        calibrate_layerwise(model, adapter, *args, progress=lambda i, n: task.advance(1),
-                            **kwargs)
+        calibrate_layerwise(model, adapter, *args, progress=lambda i, n: task.advance(1), **kwargs)
 
 
 def _prune_sequential(model, adapter, tokenizer, targets, cfg, runner: _JobLoop, reporter):
@@ -260,8 +261,17 @@ def _prune_sequential(model, adapter, tokenizer, targets, cfg, runner: _JobLoop,
             mod = targets[name]
             runner.run(model, MatrixJob(name, mod.weight, st.hdiag(name), st.gram(name)))
 
-    _calibrate_with_progress(reporter, "calibration (sequential)", model, adapter, batches,
-                             targets, on_layer, gram=True, sequential=True)
+    _calibrate_with_progress(
+        reporter,
+        "calibration (sequential)",
+        model,
+        adapter,
+        batches,
+        targets,
+        on_layer,
+        gram=True,
+        sequential=True,
+    )
 
 
 @torch.no_grad()

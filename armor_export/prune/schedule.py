@@ -67,8 +67,9 @@ def run_jobs(
     threads = max(1, (os.cpu_count() or 1) // workers)
     log.info("running %d jobs on %d worker processes", len(pending), workers)
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+    ) as pool:
         futures = [pool.submit(_work, _portable(job), cfg) for job in pending]
         try:
             for fut in as_completed(futures):

@@ -115,7 +115,7 @@ def _step_name(index: int) -> str:
 
 def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputParity]:
     """Mask padded positions in every runner's outputs, then compare each runner to PyTorch."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from armor_export.verify.inputs import valid_positions
     from armor_export.verify.tolerances import tolerances
@@ -126,7 +126,7 @@ def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputPa
                 value = iteration[name]
                 iteration[name] = value * valid_positions(feeds[index], name, value.shape)
     atol, rtol = tolerances(dtype, cfg.atol, cfg.rtol)
-    compare = CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat="elemwise")
+    compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
     n = len(results)
     with _quiet_polygraphy():
         accuracy = Comparator.compare_accuracy(

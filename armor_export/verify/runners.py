@@ -130,6 +130,9 @@ class Skipped:
     reason: str
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
 def ort_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
     """Polygraphy's ONNX Runtime runner, or a clear error for graphs ORT cannot run."""
     try:
@@ -143,7 +146,8 @@ def ort_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
             "ONNX Runtime cannot run the TensorRT plugin node of a plugin-lowered export "
             "(use the numpy-reference backend, or export with --lowering plain)"
         )
-    providers = ort.get_available_providers()
+    available = ort.get_available_providers()
+    providers = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
     if manifest["dtype"] == "bfloat16" and providers == ["CPUExecutionProvider"]:
         raise BackendUnavailableError(
             "ONNX Runtime's CPU provider has no bfloat16 MatMul: verify this bf16 export with "

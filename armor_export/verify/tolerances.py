@@ -8,7 +8,7 @@ looser. Logits and the KV cache get the same rule; padded positions are masked o
 from __future__ import annotations
 
 DEFAULTS: dict[str, tuple[float, float]] = {
-    "float32": (1e-4, 1e-3),
+    "float32": (5e-4, 1e-3),
     "float16": (2e-2, 2e-2),
     "bfloat16": (1.5e-1, 5e-2),
 }

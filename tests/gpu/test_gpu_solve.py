@@ -19,6 +19,8 @@ def test_armor_job_on_cuda_matches_cpu_guarantees():
     res = run_job(MatrixJob("w", weight, hdiag), cfg)
     assert res.core.device.type == "cpu"
     assert res.metrics["proxy_loss"] <= res.metrics["nowag_loss"]
-    cpu = run_job(MatrixJob("w", weight, hdiag), PruneConfig.from_dict(
-        {"armor": {"block_size": 32, "iterations": 20, "compile": False}}))
+    cpu = run_job(
+        MatrixJob("w", weight, hdiag),
+        PruneConfig.from_dict({"armor": {"block_size": 32, "iterations": 20, "compile": False}}),
+    )
     assert res.metrics["proxy_loss"] == pytest.approx(cpu.metrics["proxy_loss"], rel=0.05)

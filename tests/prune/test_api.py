@@ -132,8 +132,12 @@ def test_armorize_in_place_and_glob_selection(calib_batches):
 
     model = tiny_model("llama")
     cfg = PruneConfig.from_dict(
-        {"method": "armor", "armor": {"block_size": 16, "iterations": 5, "compile": False},
-         "include": ["*.mlp.*"], "exclude": ["*down_proj"]}
+        {
+            "method": "armor",
+            "armor": {"block_size": 16, "iterations": 5, "compile": False},
+            "include": ["*.mlp.*"],
+            "exclude": ["*down_proj"],
+        }
     )
     results = api.armorize_(model, cfg, calib_batches)
     assert sorted(results) == [
@@ -167,8 +171,9 @@ def test_process_pool_gives_the_same_result_as_in_process(tiny_model_dir, text_f
         assert torch.allclose(res.core, two.results[name].core, atol=1e-6)
 
 
-def test_a_run_refused_for_bad_input_does_not_claim_the_directory(tiny_model_dir, text_file,
-                                                                 tmp_path):
+def test_a_run_refused_for_bad_input_does_not_claim_the_directory(
+    tiny_model_dir, text_file, tmp_path
+):
     from armor_export.errors import ShapeError
 
     bad = make_config(tiny_model_dir, text_file, tmp_path / "out", block_size=24)

@@ -19,10 +19,12 @@ def _random_state(m=16, n=24, seed=0, dtype=torch.float64):
     h = torch.rand(n, generator=gen, dtype=dtype) * 3 + 0.05
     norm = normalize(w)
     prob = armor._Problem(norm.w_bar, h, B)
-    a = blockdiag.identity(m // B, B, dtype) + 0.3 * torch.randn(m // B, B, B, generator=gen,
-                                                                 dtype=dtype)
-    b = blockdiag.identity(n // B, B, dtype) + 0.3 * torch.randn(n // B, B, B, generator=gen,
-                                                                 dtype=dtype)
+    a = blockdiag.identity(m // B, B, dtype) + 0.3 * torch.randn(
+        m // B, B, B, generator=gen, dtype=dtype
+    )
+    b = blockdiag.identity(n // B, B, dtype) + 0.3 * torch.randn(
+        n // B, B, B, generator=gen, dtype=dtype
+    )
     mask = armor.nowag_p_mask(norm.w_bar, h)
     s = norm.w_bar * mask
     return prob, a, s, mask, b
@@ -158,8 +160,9 @@ def test_output_weighting_minimises_the_layer_output_error():
 
     base = armor.SolverSettings(block_size=16, iterations=20)
     normalized = armor.solve(w, h, base)
-    output = armor.solve(w, h, armor.SolverSettings(block_size=16, iterations=20,
-                                                    weighting="output"))
+    output = armor.solve(
+        w, h, armor.SolverSettings(block_size=16, iterations=20, weighting="output")
+    )
     assert output_error(output) < output_error(normalized)
     # its history is the output error it optimised, starting from the NoWag-P mask
     assert output.history[-1] == pytest.approx(output_error(output), rel=1e-3)

@@ -1,0 +1,78 @@
+"""``armor-export export``: a pruned checkpoint (or dense model) to ONNX with KV cache."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("export", help="export a pruned checkpoint to ONNX (KV cache, 2:4 cores)")
+    p.add_argument(
+        "model", nargs="?", default="runs/armor", help="pruned checkpoint dir (default runs/armor)"
+    )
+    p.add_argument("-o", "--output-dir", default="runs/onnx", help="export folder")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="graph precision (TensorRT 11 is strongly typed: this is the engine's)",
+    )
+    p.add_argument(
+        "--lowering",
+        choices=["plain", "plugin"],
+        default="plain",
+        help="plain MatMuls (runs on ORT) or TensorRT plugin nodes for the A/B blocks",
+    )
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="weights in model.onnx.data (auto: only when over 2 GB)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch promised")
+    p.add_argument(
+        "--max-prompt",
+        type=int,
+        default=0,
+        help="longest single forward in tokens (0: min(1024, max context))",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=0,
+        help="longest past + new tokens (0: the model's max_position_embeddings)",
+    )
+    return p
+
+
+def config_from_args(args):
+    from armor_export.config import ExportConfig, ExportLimits
+
+    cfg = ExportConfig(
+        model=args.model,
+        output_dir=args.output_dir,
+        dtype=args.dtype,
+        lowering=args.lowering,
+        opset=args.opset,
+        external_data=args.external_data,
+        limits=ExportLimits(args.max_batch, args.max_prompt, args.max_context),
+    )
+    cfg.validate()
+    return cfg
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from armor_export.export import export_onnx
+    from armor_export.progress import RichReporter
+
+    cfg = config_from_args(args)
+    result = export_onnx(cfg, RichReporter())
+    counts, limits = result.manifest["counts"], result.manifest["limits"]
+    Console().print(
+        f"exported {result.onnx_path} ({cfg.dtype}, {cfg.lowering}) in {result.seconds:.0f} s: "
+        f"{counts['armor']} ArmorLinear + {counts['sparse']} 2:4 linear lowered, "
+        f"{counts['cores']} 2:4 cores checked along K; limits batch {limits['max_batch']}, "
+        f"prompt {limits['max_prompt']}, context {limits['max_context']}"
+    )
+    return 0

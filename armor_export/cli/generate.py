@@ -1,0 +1,73 @@
+"""``armor-export generate``: continue prompts with an export, torch-free (ONNX Runtime)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from armor_export.runtime import GenerationConfig
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("generate", help="generate text with an export (no torch needed)")
+    p.add_argument(
+        "export_dir", nargs="?", default="runs/onnx", help="export folder (default runs/onnx)"
+    )
+    p.add_argument(
+        "--prompt", action="append", required=True, help="text to continue (repeat for a batch)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k best tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, help="sampling seed (reproducible runs)")
+    p.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens")
+    p.add_argument(
+        "--backend",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="onnxruntime (default; needs a --lowering plain export) or tensorrt (not yet)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+    p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> GenerationConfig:
+    from armor_export.runtime import GenerationConfig, SamplingConfig
+
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    return GenerationConfig(args.max_new_tokens, sampling, stop_at_eos=not args.ignore_eos)
+
+
+def _stream(row: int, text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from armor_export.io import write_json
+    from armor_export.runtime import Generator
+
+    config = config_from_args(args)
+    config.validate()  # bad flags fail before the model is loaded
+    generator = Generator(args.export_dir, args.backend, threads=args.threads)
+    single = len(args.prompt) == 1
+    result = generator.generate(args.prompt, config, on_text=_stream if single else None)
+    if single:
+        sys.stdout.write("\n")
+    else:
+        for index, text in enumerate(result.texts):
+            sys.stdout.write(f"[{index}] {text}\n")
+    sys.stdout.flush()
+    if args.json_out:
+        write_json(args.json_out, result.to_dict())
+    print(
+        f"generated {result.new_tokens} tokens for {len(result.prompts)} prompt(s): "
+        f"prefill {result.prefill_seconds * 1e3:.1f} ms, "
+        f"decode {result.decode_tokens_per_second:.1f} tok/s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,67 @@
+"""``armor-export verify``: PyTorch vs ONNX Runtime (and TensorRT) parity, report + exit code."""
+
+from __future__ import annotations
+
+
+def add_parser(sub):
+    p = sub.add_parser("verify", help="check an export against its PyTorch source")
+    p.add_argument("export_dir", nargs="?", default="runs/onnx", help="export folder")
+    p.add_argument("--model", default="", help="PyTorch source (default: the one exported)")
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=["auto", "onnxruntime", "numpy-reference", "tensorrt"],
+        help="runner(s) to compare with PyTorch (repeat; default auto)",
+    )
+    p.add_argument("--prompt", action="append", help="prompt text (repeat for a padded batch)")
+    p.add_argument("--decode-steps", type=int, default=1, help="decode steps after the prefill")
+    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (0: by dtype)")
+    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (0: by dtype)")
+    p.add_argument("--report-dir", default="", help="report folder (default EXPORT_DIR/verify)")
+    return p
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from armor_export.config import DEFAULT_PROMPTS, VerifyConfig
+    from armor_export.progress import RichReporter
+    from armor_export.verify import verify
+
+    cfg = VerifyConfig(
+        export_dir=args.export_dir,
+        model=args.model,
+        backends=args.backend or ["auto"],
+        prompts=args.prompt or list(DEFAULT_PROMPTS),
+        decode_steps=args.decode_steps,
+        atol=args.atol,
+        rtol=args.rtol,
+        report_dir=args.report_dir,
+    )
+    result = verify(cfg, RichReporter())
+    report = result.report
+    console = Console()
+    table = Table(title=f"parity vs PyTorch ({report.dtype}, {report.lowering})")
+    for col in ("step", "runner", "output", "max abs", "max rel", "atol", "rtol", "verdict"):
+        table.add_column(col)
+    for row in report.summary_rows():
+        verdict = "[green]✓[/]" if row["passed"] else f"[red]✗[/] {row['worst']}"
+        table.add_row(
+            row["step"],
+            row["runner"],
+            row["output"],
+            f"{row['max_abs']:.3g}",
+            f"{row['max_rel']:.3g}",
+            f"{row['atol']:g}",
+            f"{row['rtol']:g}",
+            verdict,
+        )
+    console.print(table)
+    for backend, reason in report.skipped.items():
+        console.print(f"skipped {backend}: {reason}")
+    if report.error:
+        console.print(f"[red]error:[/] {report.error}")
+    console.print(f"report: {result.report_path}")
+    console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")
+    return 0 if result.passed else 1

@@ -1,0 +1,219 @@
+"""Text generation with an exported decoder: prefill, then one token per step on the KV cache.
+
+Only numpy, ``tokenizers`` and the backend (ONNX Runtime) are imported: no torch, no
+transformers. The graph contract is the export's: ``input_ids``/``attention_mask``/
+``position_ids`` plus ``past_key_values.{i}.{key,value}`` in, ``logits`` plus
+``present.{i}.{key,value}`` out, the presents becoming the next step's past.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from armor_export.errors import ConfigError, CorruptFileError
+from armor_export.export.api import read_export_manifest
+from armor_export.runtime.inputs import check_limits, encode_prompts, left_pad, position_ids
+from armor_export.runtime.sampling import Sampler, SamplingConfig
+from armor_export.runtime.session import Session, open_session, past_dtype
+from armor_export.runtime.streaming import IncrementalDecoder
+
+PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+
+TextCallback = Callable[[int, str], None]
+"""Called as ``on_text(row, new_text)`` whenever a prompt's continuation grows."""
+
+
+@dataclass
+class GenerationConfig:
+    """How many tokens to generate and how to pick them."""
+
+    max_new_tokens: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks, tests)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.sampling.validate()
+
+
+@dataclass
+class GenerationResult:
+    """Generated ids (an eos that stopped a row included) and text per prompt, and timings."""
+
+    prompts: list[str]
+    prompt_token_ids: list[list[int]]
+    token_ids: list[list[int]]
+    texts: list[str]
+    finish_reasons: list[str]  # "eos" | "length"
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    decode_tokens_per_second: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Row:
+    """One prompt's continuation while it is being generated."""
+
+    decoder: IncrementalDecoder
+    finish_reason: str | None = None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.decoder.ids
+
+
+def load_tokenizer(path: str | Path):
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, with padding/truncation off."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
+        raise CorruptFileError(f"{path}: not a readable tokenizer.json ({exc})") from None
+    tokenizer.no_padding()  # the runtime pads itself (on the left)
+    tokenizer.no_truncation()  # a too-long prompt is an error, never silently cut
+    return tokenizer
+
+
+def cache_names(manifest: dict) -> list[tuple[str, str]]:
+    """(past input, present output) name pairs of the KV cache, from the manifest."""
+    outputs = set(manifest["output_names"])
+    pairs = []
+    for name in manifest["input_names"]:
+        if name.startswith(PAST_PREFIX):
+            present = PRESENT_PREFIX + name[len(PAST_PREFIX) :]
+            if present not in outputs:
+                raise CorruptFileError(f"export_manifest.json: {name} has no output {present}")
+            pairs.append((name, present))
+    return pairs
+
+
+class Generator:
+    """An export folder loaded for generation: session, tokenizer, limits, special ids."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        backend: str = "onnxruntime",
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = read_export_manifest(self.folder)
+        self.session: Session = open_session(
+            self.folder, self.manifest, backend, providers, threads
+        )
+        self.dtype = past_dtype(self.manifest, backend)
+        self.tokenizer = load_tokenizer(self.folder / self.manifest["tokenizer"])
+        self.cache = cache_names(self.manifest)
+        self.limits = self.manifest["limits"]
+        tokens = self.manifest.get("tokens", {})
+        self.eos_ids = {int(i) for i in tokens.get("eos_token_ids", [])}
+        pad = tokens.get("pad_token_id")
+        self.pad_id = int(pad) if pad is not None else min(self.eos_ids, default=0)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        config: GenerationConfig | None = None,
+        on_text: TextCallback | None = None,
+    ) -> GenerationResult:
+        """Continue each prompt; ``on_text(row, text)`` receives the text as it is made."""
+        config = config or GenerationConfig()
+        config.validate()
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
+        check_limits(prompt_ids, config.max_new_tokens, self.limits)
+        sampler = Sampler(config.sampling)
+        rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
+
+        start = time.perf_counter()
+        batch = left_pad(prompt_ids, self.pad_id)
+        past = self._empty_past(len(prompts))
+        outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)
+        next_ids = sampler(outputs["logits"][:, -1, :])
+        prefill_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        mask = batch.attention_mask
+        while not self._record(rows, next_ids, config, on_text):
+            finished = np.array([row.finish_reason is not None for row in rows])
+            step_ids = np.where(finished, self.pad_id, next_ids)[:, None].astype(np.int64)
+            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+            outputs = self._run(step_ids, mask, position_ids(mask)[:, -1:], self._past(outputs))
+            next_ids = sampler(outputs["logits"][:, -1, :])
+        return self._result(prompts, prompt_ids, rows, prefill_seconds, start)
+
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        """Zero-length past for the prefill step: ``[batch, kv_heads, 0, head_dim]``."""
+        decoder = self.manifest["decoder"]
+        shape = (batch, int(decoder["num_kv_heads"]), 0, int(decoder["head_dim"]))
+        return {past: np.zeros(shape, dtype=self.dtype) for past, _ in self.cache}
+
+    def _past(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {past: outputs[present] for past, present in self.cache}
+
+    def _run(self, input_ids, attention_mask, positions, past) -> dict[str, np.ndarray]:
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": positions,
+            **past,
+        }
+        return self.session.run(feeds)
+
+    def _record(self, rows, next_ids, config: GenerationConfig, on_text) -> bool:
+        """Append each unfinished row's token, stream its text; True once all rows are done."""
+        for index, (row, token) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
+            if row.finish_reason is not None:
+                continue
+            _emit(on_text, index, row.decoder.push(token))
+            if config.stop_at_eos and token in self.eos_ids:
+                row.finish_reason = "eos"
+            elif len(row.ids) >= config.max_new_tokens:
+                row.finish_reason = "length"
+            if row.finish_reason is not None:
+                _emit(on_text, index, row.decoder.flush())
+        return all(row.finish_reason is not None for row in rows)
+
+    def _result(self, prompts, prompt_ids, rows, prefill_seconds, decode_start) -> GenerationResult:
+        decode_seconds = time.perf_counter() - decode_start
+        new_tokens = sum(len(row.ids) for row in rows)
+        decoded = new_tokens - len(rows)  # the first token of each row came from the prefill
+        return GenerationResult(
+            prompts=prompts,
+            prompt_token_ids=prompt_ids,
+            token_ids=[list(row.ids) for row in rows],
+            texts=[row.decoder.text() for row in rows],
+            finish_reasons=[row.finish_reason for row in rows],
+            new_tokens=new_tokens,
+            prefill_seconds=prefill_seconds,
+            decode_seconds=decode_seconds,
+            decode_tokens_per_second=decoded / decode_seconds if decoded else 0.0,
+        )
+
+
+def _emit(on_text: TextCallback | None, index: int, text: str) -> None:
+    if on_text is not None and text:
+        on_text(index, text)
+
+
+def generate(
+    folder: str | Path,
+    prompts: str | Sequence[str],
+    config: GenerationConfig | None = None,
+    on_text: TextCallback | None = None,
+    backend: str = "onnxruntime",
+) -> GenerationResult:
+    """Load the export in ``folder`` and continue ``prompts`` (see ``Generator``)."""
+    return Generator(folder, backend).generate(prompts, config, on_text)

@@ -1,0 +1,145 @@
+"""Backend sessions that run an exported decoder graph on numpy feeds.
+
+A ``Session`` is anything with ``input_names``, ``output_names`` and
+``run(feeds) -> {name: array}``; ONNX Runtime is the one backend today, and a TensorRT
+session only has to implement the same three members to plug in. Every check that can
+refuse an export (plugin nodes, bfloat16 on the CPU provider) runs before the backend is
+imported, so the message is the same whether or not the backend is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
+
+BACKENDS = ("onnxruntime", "tensorrt")
+CPU_PROVIDER = "CPUExecutionProvider"
+DEFAULT_PROVIDERS = (CPU_PROVIDER,)
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+ORT_INSTALL_HINT = "pip install armor-export[onnx]"
+
+
+class Session(Protocol):
+    """One loaded graph: named numpy inputs in, named numpy outputs out."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def _import_ort():
+    """onnxruntime, or a one-line error with the install hint."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailableError(f"onnxruntime is not installed: {ORT_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+class OrtSession:
+    """An ONNX Runtime ``InferenceSession`` behind the ``Session`` interface."""
+
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int = 0
+    ) -> None:
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
+        options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=list(providers)
+            )
+        except Exception as exc:  # ORT raises its own untyped errors; name the file
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BackendUnavailableError(f"{path}: ONNX Runtime cannot load it ({first})") from exc
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.providers = self._session.get_providers()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(self.output_names, feeds)
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+def past_dtype(manifest: dict, backend: str = "onnxruntime") -> type[np.generic]:
+    """The numpy dtype of the KV cache (and logits) of this export."""
+    dtype = manifest.get("dtype", "float32")
+    if dtype not in NUMPY_DTYPES:
+        raise BackendUnavailableError(
+            f"the {backend} runtime feeds numpy arrays, which have no {dtype}: "
+            "export with --dtype float16 or float32"
+        )
+    return NUMPY_DTYPES[dtype]
+
+
+def check_ort_compatible(manifest: dict, providers: Sequence[str]) -> None:
+    """Refuse exports ONNX Runtime cannot run, before onnxruntime is imported."""
+    if manifest.get("lowering") == "plugin":
+        raise BackendUnavailableError(
+            "this export has TensorRT plugin nodes (lowering 'plugin'), which ONNX Runtime "
+            "cannot run: export with --lowering plain for ONNX Runtime"
+        )
+    if manifest.get("dtype") == "bfloat16":
+        if not providers or providers[0] == CPU_PROVIDER:
+            raise BackendUnavailableError(
+                "this export is bfloat16 and ONNX Runtime's CPU provider has no bfloat16 "
+                "MatMul: export with --dtype float16 or --dtype float32, or run it on TensorRT"
+            )
+        past_dtype(manifest)  # other providers: numpy still has no bfloat16
+
+
+def check_session_matches(session: Session, manifest: dict) -> None:
+    """The graph's inputs/outputs are the ones the manifest promises."""
+    for kind in ("input_names", "output_names"):
+        want, have = list(manifest.get(kind, [])), list(getattr(session, kind))
+        if sorted(want) != sorted(have):
+            missing = sorted(set(want) - set(have)) or sorted(set(have) - set(want))
+            raise CorruptFileError(
+                f"the graph's {kind.split('_')[0]}s differ from export_manifest.json "
+                f"(e.g. {missing[:3]}): export again"
+            )
+
+
+def _open_onnxruntime(
+    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+) -> Session:
+    providers = tuple(providers or DEFAULT_PROVIDERS)
+    check_ort_compatible(manifest, providers)
+    return OrtSession(folder / manifest.get("onnx", "model.onnx"), providers, threads)
+
+
+def _open_tensorrt(
+    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+) -> Session:
+    raise BackendUnavailableError(
+        "TensorRT engines are run by the engine stage, which is not yet available: "
+        "use --backend onnxruntime with a --lowering plain export"
+    )
+
+
+_OPENERS: dict[str, Callable[..., Session]] = {
+    "onnxruntime": _open_onnxruntime,
+    "tensorrt": _open_tensorrt,
+}
+
+
+def open_session(
+    folder: str | Path,
+    manifest: dict,
+    backend: str = "onnxruntime",
+    providers: Sequence[str] | None = None,
+    threads: int = 0,
+) -> Session:
+    """Load the export in ``folder`` on ``backend`` (checked against its manifest)."""
+    if backend not in _OPENERS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    session = _OPENERS[backend](Path(folder), manifest, providers, threads)
+    check_session_matches(session, manifest)
+    return session

@@ -1,0 +1,286 @@
+"""ONNX export: graph form, 2:4 orientation, KV-cache parity with PyTorch, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import export_tiny, prune_tiny, tiny_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from armor_export.config import ExportConfig, ExportLimits  # noqa: E402
+from armor_export.errors import ConfigError, CorruptFileError, GraphCheckError  # noqa: E402
+from armor_export.export import checks, export_onnx, reference  # noqa: E402
+from armor_export.export.wrapper import DecoderSpec, DecoderWithCache  # noqa: E402
+
+N_LINEARS = 14  # 2 layers x 7
+
+
+def torch_and_ort(model, onnx_path, batch=2, seq=5, past=3, pad=1, seed=0):
+    """Run the same left-padded step through PyTorch and ORT; valid-position outputs."""
+    spec = DecoderSpec.from_config(model.config)
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, spec.vocab_size, (batch, seq), generator=gen)
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    mask[1, :pad] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+    shape = (batch, spec.num_kv_heads, past, spec.head_dim)
+    kv = [torch.randn(shape, generator=gen) for _ in range(2 * spec.num_layers)]
+    with torch.no_grad():
+        ref = [t.numpy() for t in DecoderWithCache(model.eval())(ids, mask, pos, *kv)]
+    feeds = dict(zip(spec.input_names(), [t.numpy() for t in (ids, mask, pos, *kv)], strict=True))
+    got = ort.InferenceSession(str(onnx_path)).run(None, feeds)
+    valid = mask.numpy().astype(bool)
+    return ref, got, valid
+
+
+def max_err(ref, got, valid):
+    errs = [np.abs(ref[0] - got[0])[valid[:, -ref[0].shape[1] :]].max()]
+    for r, g in zip(ref[1:], got[1:], strict=True):
+        errs.append(
+            np.abs(r - g)[valid[:, None, :, None].repeat(r.shape[1], 1).repeat(r.shape[3], 3)].max()
+        )
+    return max(errs)
+
+
+def test_plain_export_graph_form(tiny_export):
+    manifest = tiny_export.manifest
+    assert manifest["counts"]["armor"] == N_LINEARS
+    assert manifest["counts"]["cores"] == N_LINEARS
+    assert manifest["counts"]["plugin_nodes"] == 0
+    model = onnx.load(str(tiny_export.onnx_path))
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.input, *model.graph.output]
+    }
+    assert dims["input_ids"] == ["batch", "seq"]
+    assert dims["attention_mask"] == ["batch", "total_seq"]
+    assert dims["past_key_values.0.key"] == ["batch", 2, "past_seq", 16]
+    assert dims["present.1.value"] == ["batch", 2, "total_seq", 16]
+    assert dims["logits"] == ["batch", "seq", 300]
+    inits = {i.name: i for i in model.graph.initializer}
+    cores = [n for n in inits if n.endswith("sparse_core")]
+    assert len(cores) == N_LINEARS
+    for name in cores:  # [K, N] = [d_in, d_out], 2:4 along K
+        weight = onnx.numpy_helper.to_array(inits[name])
+        assert checks.two_four_violations(weight, axis=0) == 0
+        assert (weight != 0).mean() == pytest.approx(0.5, abs=0.01)
+    blocks = [n for n in inits if n.endswith(("a_weight", "b_weight"))]
+    assert len(blocks) == 2 * N_LINEARS
+    assert all(len(inits[n].dims) == 3 for n in blocks)  # [n_blocks, b, b] batched MatMul
+
+
+def test_prefill_and_decode_match_pytorch(tiny_checkpoint, tiny_export):
+    from armor_export.eval.api import load_any_model
+
+    model, _, _ = load_any_model(str(tiny_checkpoint))
+    for past in (0, 4):  # prefill with an empty cache, then a step with a cache
+        ref, got, valid = torch_and_ort(
+            model, tiny_export.onnx_path, seq=5 if past == 0 else 1, past=past
+        )
+        assert max_err(ref, got, valid) < 1e-4
+        assert got[1].shape[2] == past + ref[0].shape[1]  # present = past + new
+
+
+def test_plugin_export_has_plugin_nodes_and_reference_matches(tiny_plugin_export, tiny_export):
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(str(tiny_plugin_export.onnx_path))
+    nodes = [n for n in model.graph.node if n.op_type == reference.PLUGIN_NAME]
+    assert len(nodes) == 2 * N_LINEARS
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["plugin_version"] == reference.PLUGIN_VERSION.encode()
+    assert attrs["plugin_namespace"] == reference.PLUGIN_NAMESPACE.encode()
+    assert nodes[0].domain == reference.PLUGIN_DOMAIN
+    assert tiny_plugin_export.manifest["plugin"]["name"] == reference.PLUGIN_NAME
+    # the 2:4 cores stay native MatMuls in the plugin form
+    assert tiny_plugin_export.manifest["counts"]["cores"] == N_LINEARS
+    spec = tiny_export.manifest["decoder"]
+    gen = np.random.default_rng(0)
+    feeds = {
+        "input_ids": gen.integers(0, 300, (1, 6)),
+        "attention_mask": np.ones((1, 6), np.int64),
+        "position_ids": np.arange(6)[None],
+    }
+    for name in tiny_export.manifest["input_names"][3:]:
+        feeds[name] = np.zeros((1, spec["num_kv_heads"], 0, spec["head_dim"]), np.float32)
+    evaluator = ReferenceEvaluator(
+        str(tiny_plugin_export.onnx_path), new_ops=reference.onnx_reference_ops()
+    )
+    plugin_logits = evaluator.run(["logits"], feeds)[0]
+    plain_logits = ort.InferenceSession(str(tiny_export.onnx_path)).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(plugin_logits, plain_logits, atol=1e-5)
+
+
+def test_numpy_reference_is_the_armor_linear():
+    from armor_export.prune.linear import ArmorLinear
+    from armor_export.prune.masks import mask_from_scores
+
+    torch.manual_seed(0)
+    core = torch.randn(32, 48, dtype=torch.float64)
+    lin = ArmorLinear.from_factors(
+        torch.randn(2, 16, 16, dtype=torch.float64),
+        core,
+        mask_from_scores(core.abs()),
+        torch.randn(3, 16, 16, dtype=torch.float64),
+        torch.randn(32, dtype=torch.float64),
+    )
+    x = torch.randn(2, 5, 48, dtype=torch.float64)
+    y = reference.armor_linear(
+        x.numpy(),
+        lin.a_blocks.detach().numpy(),
+        (lin.core * lin.mask).detach().numpy(),
+        lin.b_blocks.detach().numpy(),
+        lin.bias.detach().numpy(),
+    )
+    np.testing.assert_allclose(y, lin(x).detach().numpy(), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="n_blocks"):
+        reference.blockdiag_matmul(np.zeros((2, 40)), np.zeros((3, 16, 16)))
+
+
+def random_armorize(model, block_size=16, seed=0):
+    """Replace every decoder linear with an ArmorLinear of random factors (fast, no solve)."""
+    from armor_export.prune.linear import ArmorLinear, set_submodule
+    from armor_export.prune.masks import mask_from_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    ]
+    for name in names:
+        lin = model.get_submodule(name)
+        d_out, d_in = lin.weight.shape
+        eye = torch.eye(block_size)
+        a = eye + 0.1 * torch.randn(d_out // block_size, block_size, block_size, generator=gen)
+        b = eye + 0.1 * torch.randn(d_in // block_size, block_size, block_size, generator=gen)
+        core = lin.weight.detach()
+        bias = lin.bias.detach() if lin.bias is not None else None
+        set_submodule(
+            model, name, ArmorLinear.from_factors(a, core, mask_from_scores(core.abs()), b, bias)
+        )
+    return len(names)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma"])
+def test_every_family_exports_with_kv_cache(family, tokenizer, tmp_path):
+    model = tiny_model(family)
+    n = random_armorize(model)
+    result = export_onnx(
+        ExportConfig(model=family, output_dir=str(tmp_path)), model=model, tokenizer=tokenizer
+    )
+    assert result.counts["armor"] == n
+    assert result.manifest["family"] == family
+    ref, got, valid = torch_and_ort(model, result.onnx_path, seq=1, past=4)
+    assert max_err(ref, got, valid) < 1e-4
+
+
+def test_dense_model_exports_as_dense_and_says_so(tiny_model_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        result = export_tiny(tiny_model_dir, tmp_path / "dense")
+    assert "exporting it as dense" in caplog.text
+    assert result.counts == {"armor": 0, "sparse": 0}
+    assert result.manifest["source"]["pruned"] is False
+
+
+def test_baseline_checkpoint_exports_its_2_4_linears(tmp_path):
+    ckpt = prune_tiny(tmp_path, method="magnitude")
+    result = export_tiny(ckpt, tmp_path / "onnx")
+    assert result.counts == {"armor": 0, "sparse": N_LINEARS}
+    assert result.manifest["counts"]["cores"] == N_LINEARS
+
+
+def test_float16_export_runs_on_ort(tiny_checkpoint, tmp_path):
+    result = export_tiny(tiny_checkpoint, tmp_path / "fp16", dtype="float16")
+    model = onnx.load(str(result.onnx_path))
+    core = next(i for i in model.graph.initializer if i.name.endswith("sparse_core"))
+    assert core.data_type == onnx.TensorProto.FLOAT16
+    logits_type = next(o for o in model.graph.output if o.name == "logits").type.tensor_type
+    assert logits_type.elem_type == onnx.TensorProto.FLOAT16
+
+
+def test_bfloat16_export_is_typed_and_checked(tiny_checkpoint, tmp_path):
+    result = export_tiny(tiny_checkpoint, tmp_path / "bf16", dtype="bfloat16")
+    model = onnx.load(str(result.onnx_path))
+    core = next(i for i in model.graph.initializer if i.name.endswith("sparse_core"))
+    assert core.data_type == onnx.TensorProto.BFLOAT16
+    assert result.manifest["counts"]["cores"] == N_LINEARS
+
+
+def test_external_data_is_written_and_loads(tiny_checkpoint, tmp_path):
+    result = export_tiny(tiny_checkpoint, tmp_path / "ext", external_data="always")
+    data = result.output_dir / "model.onnx.data"
+    assert data.is_file() and data.stat().st_size > 0
+    graph_only = onnx.load(str(result.onnx_path), load_external_data=False)
+    cores = [i for i in graph_only.graph.initializer if i.name.endswith("sparse_core")]
+    assert cores and all(i.data_location == onnx.TensorProto.EXTERNAL for i in cores)
+    assert result.manifest["external_data"] == "model.onnx.data"
+    assert set(result.manifest["sha256"]) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    ort.InferenceSession(str(result.onnx_path))  # loads the weights from beside the graph
+
+
+def test_two_four_checker_names_the_offending_initializer(tiny_export, tmp_path):
+    model = onnx.load(str(tiny_export.onnx_path))
+    init = next(i for i in model.graph.initializer if i.name.endswith("sparse_core"))
+    weight = onnx.numpy_helper.to_array(init).copy()
+    weight[:4, 0] = 1.0  # a full group of 4 along K
+    init.CopyFrom(onnx.numpy_helper.from_array(weight, init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(GraphCheckError, match=init.name.replace(".", r"\.") + r".*not 2:4 along K"):
+        checks.check_graph(bad, N_LINEARS, 0, plugin=False)
+    with pytest.raises(GraphCheckError, match="expected 15"):
+        checks.check_graph(tiny_export.onnx_path, N_LINEARS + 1, 0, plugin=False)
+
+
+def test_two_four_violations_counts_groups():
+    w = np.zeros((8, 3))
+    w[0:2, 0] = 1
+    assert checks.two_four_violations(w) == 0
+    w[4:7, 2] = 1
+    assert checks.two_four_violations(w) == 1
+    assert checks.two_four_violations(np.zeros((6, 2))) == -1
+
+
+def test_reexport_replaces_the_previous_export(tiny_checkpoint, tmp_path):
+    out = tmp_path / "re"
+    export_tiny(tiny_checkpoint, out, external_data="always")
+    result = export_tiny(tiny_checkpoint, out)
+    assert not (out / "model.onnx.data").exists()
+    assert json.loads((out / "export_manifest.json").read_text())["external_data"] is None
+    assert not [p for p in out.iterdir() if p.name.startswith(".export-")]
+    ort.InferenceSession(str(result.onnx_path))
+
+
+def test_missing_and_partial_checkpoints_are_clear_errors(tiny_checkpoint, tmp_path):
+    from armor_export.errors import UserError
+
+    with pytest.raises(UserError):
+        export_tiny(tmp_path / "nowhere", tmp_path / "o1")
+    partial = tmp_path / "partial"
+    (partial / "work").mkdir(parents=True)
+    with pytest.raises(CorruptFileError, match="partial checkpoint"):
+        export_tiny(partial, tmp_path / "o2")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CorruptFileError, match="model.safetensors"):
+        export_tiny(broken, tmp_path / "o3")
+    assert not (tmp_path / "o3" / "export_manifest.json").exists()
+
+
+def test_limits_beyond_the_model_are_refused(tiny_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match="max_position_embeddings 256"):
+        export_tiny(tiny_checkpoint, tmp_path / "o", limits=ExportLimits(max_context=512))
+    with pytest.raises(ConfigError, match="max_prompt 200 exceeds max_context 100"):
+        export_tiny(
+            tiny_checkpoint, tmp_path / "o", limits=ExportLimits(max_prompt=200, max_context=100)
+        )
+    with pytest.raises(ConfigError, match="dtype"):
+        ExportConfig(dtype="int8").validate()

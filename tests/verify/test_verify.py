@@ -1,0 +1,138 @@
+"""Parity verification: PyTorch vs ORT / NumPy reference, report on disk, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import export_tiny
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("polygraphy")
+
+from armor_export.cli.main import main  # noqa: E402
+from armor_export.config import VerifyConfig  # noqa: E402
+from armor_export.errors import BackendUnavailableError, CorruptFileError  # noqa: E402
+from armor_export.verify import verify  # noqa: E402
+from armor_export.verify.inputs import prefill_feed, valid_positions  # noqa: E402
+
+
+def test_plain_export_passes_prefill_and_decode(tiny_export, tmp_path):
+    result = verify(
+        VerifyConfig(
+            export_dir=str(tiny_export.output_dir), decode_steps=2, report_dir=str(tmp_path)
+        )
+    )
+    assert result.passed, result.report.markdown()
+    report = result.report
+    assert report.runners == ["onnxruntime"]
+    assert "tensorrt" in report.skipped and "not importable" in report.skipped["tensorrt"]
+    steps = {row.step for row in report.rows}
+    assert steps == {"prefill", "decode-1", "decode-2"}
+    outputs = {row.output for row in report.rows}
+    assert outputs == set(tiny_export.manifest["output_names"])
+    assert all(row.max_abs < 1e-4 for row in report.rows)
+    data = json.loads((tmp_path / "verify_report.json").read_text())
+    assert data["passed"] is True
+    assert "PASSED" in (tmp_path / "verify_report.md").read_text()
+
+
+def test_plugin_export_is_checked_against_the_numpy_reference(tiny_plugin_export):
+    result = verify(VerifyConfig(export_dir=str(tiny_plugin_export.output_dir)))
+    assert result.passed, result.report.markdown()
+    assert result.report.runners == ["numpy-reference"]
+    with pytest.raises(BackendUnavailableError, match="--lowering plain"):
+        verify(
+            VerifyConfig(export_dir=str(tiny_plugin_export.output_dir), backends=["onnxruntime"])
+        )
+
+
+def test_tampered_graph_fails_and_keeps_its_report(tiny_export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export.output_dir, broken)
+    model = onnx.load(str(broken / "model.onnx"))
+    init = next(
+        i for i in model.graph.initializer if i.name.endswith("layers.1.mlp.down_proj.a_weight")
+    )
+    weight = onnx.numpy_helper.to_array(init) * 1.05
+    init.CopyFrom(onnx.numpy_helper.from_array(weight.astype(np.float32), init.name))
+    onnx.save(model, str(broken / "model.onnx"))
+    code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
+    assert code == 1
+    data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
+    assert data["passed"] is False
+    failed = {r["output"] for r in data["rows"] if not r["passed"]}
+    assert "logits" in failed
+    assert "present.0.key" not in failed  # layer 0's cache is upstream of the change
+    assert "FAILED" in (tmp_path / "report" / "verify_report.md").read_text()
+
+
+def test_cli_verify_passes_with_exit_zero(tiny_export, tmp_path, capsys):
+    code = main(
+        [
+            "verify",
+            str(tiny_export.output_dir),
+            "--report-dir",
+            str(tmp_path),
+            "--prompt",
+            "a sparse road",
+            "--decode-steps",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "PASSED" in out
+
+
+def test_bfloat16_on_ort_cpu_says_how_to_get_around_it(tiny_checkpoint, tmp_path):
+    result = export_tiny(tiny_checkpoint, tmp_path / "bf16", dtype="bfloat16")
+    with pytest.raises(BackendUnavailableError, match="bfloat16.*--dtype float16"):
+        verify(VerifyConfig(export_dir=str(result.output_dir), report_dir=str(tmp_path / "r")))
+    data = json.loads((tmp_path / "r" / "verify_report.json").read_text())
+    assert data["passed"] is False and "bfloat16" in data["error"]
+
+
+def test_float16_export_verifies_on_ort(tiny_checkpoint, tmp_path):
+    result = export_tiny(tiny_checkpoint, tmp_path / "fp16", dtype="float16")
+    report = verify(VerifyConfig(export_dir=str(result.output_dir))).report
+    assert report.passed, report.markdown()
+    assert report.rows[0].atol == pytest.approx(2e-2)
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(CorruptFileError, match="no such export folder"):
+        verify(VerifyConfig(export_dir=str(tmp_path / "nothing")))
+    (tmp_path / "half").mkdir()
+    with pytest.raises(CorruptFileError, match="did not finish"):
+        verify(VerifyConfig(export_dir=str(tmp_path / "half")))
+
+
+def test_prompts_beyond_the_export_limits_are_refused(tiny_export):
+    from armor_export.errors import ShapeError
+
+    manifest = dict(
+        tiny_export.manifest, limits={"max_batch": 1, "max_prompt": 4, "max_context": 8}
+    )
+    tokenizer = tiny_export.output_dir / "tokenizer.json"
+    with pytest.raises(ShapeError, match="max_batch 1"):
+        prefill_feed(tokenizer, ["a", "b"], manifest)
+    with pytest.raises(ShapeError, match="max_prompt 4"):
+        prefill_feed(tokenizer, ["the quick brown fox jumps over the lazy dog"], manifest)
+
+
+def test_padding_is_left_and_masked(tiny_export):
+    feed = prefill_feed(
+        tiny_export.output_dir / "tokenizer.json",
+        ["a", "a much longer prompt here"],
+        tiny_export.manifest,
+    )
+    mask = feed["attention_mask"]
+    assert mask[0, 0] == 0 and mask[0, -1] == 1 and mask[1].all()
+    assert feed["position_ids"][0, -1] == mask[0].sum() - 1
+    logits_valid = valid_positions(feed, "logits", (2, mask.shape[1], 300))
+    assert logits_valid.shape == (2, mask.shape[1], 1) and not logits_valid[0, 0, 0]
