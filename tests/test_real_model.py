@@ -47,3 +47,38 @@ def test_armor_on_two_smollm2_layers(tmp_path):
     with torch.no_grad():
         ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
         assert torch.isfinite(model(ids).logits).all()
+
+
+def test_real_armor_model_exports_verifies_and_generates_like_pytorch(tmp_path):
+    """All 210 SmolLM2 linears as ArmorLinear (a short solve) → ONNX → parity → runtime."""
+    pytest.importorskip("onnxruntime")
+    from armor_export.config import ExportConfig, VerifyConfig
+    from armor_export.eval.api import load_any_model
+    from armor_export.export import export_onnx
+    from armor_export.runtime.generate import GenerationConfig, Generator
+    from armor_export.verify import verify
+
+    cfg = PruneConfig.from_dict(
+        {
+            "method": "armor",
+            "output_dir": str(tmp_path / "ckpt"),
+            "armor": {"block_size": 64, "iterations": 2, "compile": False},
+            "calibration": {"text": "botchan", "n_samples": 8, "seqlen": 128, "batch_size": 4},
+        }
+    )
+    prune(cfg)
+    export = export_onnx(
+        ExportConfig(model=str(tmp_path / "ckpt"), output_dir=str(tmp_path / "onnx"))
+    )
+    assert export.counts["armor"] == 210 and export.manifest["counts"]["cores"] == 210
+    result = verify(VerifyConfig(export_dir=str(tmp_path / "onnx")))
+    assert result.passed, result.report.markdown()
+
+    prompt = "The capital of France is"
+    generated = Generator(tmp_path / "onnx").generate([prompt], GenerationConfig(max_new_tokens=12))
+    model, tokenizer, _ = load_any_model(str(tmp_path / "ckpt"))
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert ids[0].tolist() == generated.prompt_token_ids[0]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert out[0, ids.shape[1] :].tolist() == generated.token_ids[0]

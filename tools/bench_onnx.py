@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""ONNX Runtime benchmark: dense vs ARMOR (b = 32, 64) SmolLM2-135M exports, fp32, CPU.
+
+Measures prefill latency at 512 tokens and KV-cache decode tokens/s for every variant in
+the same run (rounds interleave the variants so machine noise hits them alike), and puts
+the ratios to dense next to the theoretical FLOP overhead of the block-diagonal wrappers.
+ORT runs the 2:4 core as a dense MatMul (no sparse CPU kernels), so the best ARMOR can do
+here is dense + wrappers; the target is prefill <= dense x (1 + overhead + 0.05).
+
+Writes docs/benchmarks/onnx.md and onnx.json.
+
+    python tools/bench_onnx.py        # needs runs/bench_quality/armor-b{32,64} (bench_quality.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bench_onnx")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dense", default="smollm2-135m", help="dense model")
+    p.add_argument(
+        "--armor",
+        action="append",
+        help="NAME=CHECKPOINT (default armor-b32/armor-b64 from runs/bench_quality)",
+    )
+    p.add_argument("--work", default="runs/bench_onnx", help="export folders")
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--prefill", type=int, default=512, help="prefill tokens")
+    p.add_argument("--decode-prompt", type=int, default=128, help="prompt tokens before decode")
+    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument("--reexport", action="store_true", help="export again even if present")
+    return p.parse_args(argv)
+
+
+def variants(args) -> dict[str, str]:
+    pairs = args.armor or [
+        "armor-b32=runs/bench_quality/armor-b32",
+        "armor-b64=runs/bench_quality/armor-b64",
+    ]
+    out = {"dense": args.dense}
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        if not (Path(path) / "armor_manifest.json").is_file():
+            sys.exit(
+                f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or armor-export prune)"
+            )
+        out[name] = path
+    return out
+
+
+def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
+    from armor_export.config import ExportConfig
+    from armor_export.export import export_onnx
+    from armor_export.progress import RichReporter
+
+    folder = work / name
+    if (folder / "export_manifest.json").is_file() and not reexport:
+        manifest = json.loads((folder / "export_manifest.json").read_text())
+        if manifest["source"]["model"] == source and manifest["dtype"] == "float32":
+            log.info("%s: reusing the export in %s", name, folder)
+            return folder
+    result = export_onnx(ExportConfig(model=source, output_dir=str(folder)), RichReporter())
+    log.info("%s: exported in %.0f s", name, result.seconds)
+    return folder
+
+
+def dense_shapes(source: str) -> dict:
+    """FLOP-relevant sizes of the dense model (decoder linears, attention, lm_head)."""
+    from armor_export.eval.api import load_any_model
+
+    model, _, _ = load_any_model(source)
+    cfg = model.config
+    linears = sum(
+        2 * m.in_features * m.out_features
+        for n, m in model.named_modules()
+        if type(m).__name__ == "Linear" and "lm_head" not in n
+    )
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {
+        "linear_flops_per_token": linears,
+        "attention_width": cfg.num_attention_heads * head_dim,
+        "layers": cfg.num_hidden_layers,
+        "lm_head_flops_per_token": 2 * cfg.hidden_size * cfg.vocab_size,
+    }
+
+
+def wrapper_flops_per_token(checkpoint: str) -> int:
+    """Extra MatMul FLOPs per token of the ARMOR wrappers: 2·b·(d_in + d_out) per matrix."""
+    manifest = json.loads((Path(checkpoint) / "armor_manifest.json").read_text())
+    total = 0
+    for info in manifest["matrices"].values():
+        if info.get("kind") == "armor":
+            d_out, d_in = info["shape"]
+            total += 2 * info["block_size"] * (d_in + d_out)
+    return total
+
+
+def dense_flops(shapes: dict, tokens: int, context: int) -> float:
+    """MatMul FLOPs of ``tokens`` new tokens attending to ``context`` (the graph runs full
+    QKᵀ and AV products under the mask, so every token pays for the whole context)."""
+    attention = shapes["layers"] * 4 * context * shapes["attention_width"]
+    per_token = shapes["linear_flops_per_token"] + shapes["lm_head_flops_per_token"] + attention
+    return tokens * per_token
+
+
+def prompt_ids(tokenizer_path: Path, n: int) -> np.ndarray:
+    from tokenizers import Tokenizer
+
+    from armor_export.data.text import load_text
+
+    ids = Tokenizer.from_file(str(tokenizer_path)).encode(load_text("wikipedia")[:200_000]).ids
+    if len(ids) < n:
+        sys.exit(f"the benchmark text has only {len(ids)} tokens, {n} asked")
+    return np.asarray(ids[:n], dtype=np.int64)[None]
+
+
+class Runner:
+    """One export on ORT: timed prefill and KV-cache decode, greedy, no sampling overhead."""
+
+    def __init__(self, folder: Path, threads: int):
+        from armor_export.export.api import read_export_manifest
+        from armor_export.runtime.session import open_session
+
+        self.manifest = read_export_manifest(folder)
+        self.session = open_session(folder, self.manifest, threads=threads)
+        spec = self.manifest["decoder"]
+        self.kv_shape = (1, spec["num_kv_heads"], 0, spec["head_dim"])
+        inputs, outputs = self.manifest["input_names"][3:], self.manifest["output_names"][1:]
+        self.names = list(zip(inputs, outputs, strict=True))
+
+    def _feeds(self, ids, past, past_len):
+        total = past_len + ids.shape[1]
+        return {
+            "input_ids": ids,
+            "attention_mask": np.ones((1, total), np.int64),
+            "position_ids": np.arange(past_len, total, dtype=np.int64)[None],
+            **past,
+        }
+
+    def prefill(self, ids) -> tuple[float, dict]:
+        past = {name: np.zeros(self.kv_shape, np.float32) for name, _ in self.names}
+        start = time.perf_counter()
+        out = self.session.run(self._feeds(ids, past, 0))
+        return time.perf_counter() - start, out
+
+    def decode(self, ids, steps: int) -> float:
+        """Tokens/s of ``steps`` single-token steps after a prefill of ``ids``."""
+        _, out = self.prefill(ids)
+        past_len = ids.shape[1]
+        start = time.perf_counter()
+        for _ in range(steps):
+            next_id = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+            past = {name: out[present] for name, present in self.names}
+            out = self.session.run(self._feeds(next_id, past, past_len))
+            past_len += 1
+        return steps / (time.perf_counter() - start)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, no GPU"
+
+
+def main(argv=None) -> int:
+    import onnxruntime
+
+    from armor_export.progress import RichReporter
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    sources = variants(args)
+    work = Path(args.work)
+    folders = {name: ensure_export(name, src, work, args.reexport) for name, src in sources.items()}
+    shapes = dense_shapes(args.dense)
+    runners = {name: Runner(folder, args.threads) for name, folder in folders.items()}
+    tokenizer = folders["dense"] / "tokenizer.json"
+    prefill_ids = prompt_ids(tokenizer, args.prefill)
+    decode_ids = prefill_ids[:, : args.decode_prompt]
+    for runner in runners.values():  # warm-up: ORT allocates its arenas on the first runs
+        runner.prefill(prefill_ids)
+        runner.decode(decode_ids, 4)
+    prefill = {name: [] for name in runners}
+    decode = {name: [] for name in runners}
+    with RichReporter().task("rounds", total=args.rounds) as task:
+        for _ in range(args.rounds):
+            for name, runner in runners.items():
+                prefill[name].append(runner.prefill(prefill_ids)[0])
+                decode[name].append(runner.decode(decode_ids, args.decode_tokens))
+            task.advance(1)
+    results = {}
+    dense_prefill = statistics.median(prefill["dense"])
+    dense_decode = statistics.median(decode["dense"])
+    prefill_flops = dense_flops(shapes, args.prefill, args.prefill)
+    mid_context = args.decode_prompt + args.decode_tokens // 2
+    decode_flops = dense_flops(shapes, 1, mid_context)
+    for name in runners:
+        wrappers = wrapper_flops_per_token(sources[name]) if name != "dense" else 0
+        overhead = args.prefill * wrappers / prefill_flops
+        p_ms = 1000 * statistics.median(prefill[name])
+        tps = statistics.median(decode[name])
+        results[name] = {
+            "source": sources[name],
+            "prefill_ms": round(p_ms, 2),
+            "decode_tokens_per_s": round(tps, 2),
+            "flop_overhead": round(overhead, 4),
+            "decode_flop_overhead": round(wrappers / decode_flops, 4),
+            "linear_flop_overhead": round(wrappers / shapes["linear_flops_per_token"], 4),
+            "prefill_ratio": round(p_ms / (1000 * dense_prefill), 4),
+            "decode_ratio": round(tps / dense_decode, 4),
+            "prefill_target_ratio": round(1 + overhead + 0.05, 4),
+            "meets_target": p_ms / (1000 * dense_prefill) <= 1 + overhead + 0.05,
+            "prefill_ms_rounds": [round(1000 * t, 2) for t in prefill[name]],
+            "decode_tokens_per_s_rounds": [round(t, 2) for t in decode[name]],
+        }
+    command = "python tools/bench_onnx.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "onnxruntime": onnxruntime.__version__,
+        "threads": args.threads or "ORT default (all cores)",
+        "prefill_tokens": args.prefill,
+        "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",
+        "rounds": args.rounds,
+        "dtype": "float32",
+    }
+    write_outputs(Path(args.out), meta, results)
+    return 0
+
+
+def write_outputs(out: Path, meta: dict, results: dict) -> None:
+    from armor_export.io import write_json, write_text
+
+    write_json(out / "onnx.json", {"meta": meta, "variants": results})
+    lines = [
+        "# ONNX Runtime: dense vs ARMOR exports (SmolLM2-135M, fp32, CPU)",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, threads: "
+        f"{meta['threads']}",
+        f"- prefill: one forward of {meta['prefill_tokens']} tokens (batch 1); decode: "
+        f"{meta['decode']}; median of {meta['rounds']} interleaved rounds, all variants "
+        "measured in this one run",
+        "- FLOP overhead: extra MatMul FLOPs of the block-diagonal wrappers over the dense "
+        "model's MatMul FLOPs for the same prefill (decoder linears + attention + lm_head); "
+        "ORT runs the 2:4 core as a dense MatMul, so dense + wrappers is the best case here",
+        "",
+        "| variant | prefill ms | prefill / dense | FLOP overhead | target (1 + ovh + 0.05) "
+        "| meets | decode tok/s | decode / dense | decode FLOP ovh |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['prefill_ms']:.1f} | {r['prefill_ratio']:.3f} | "
+            f"{r['flop_overhead']:.3f} | {r['prefill_target_ratio']:.3f} | "
+            f"{'yes' if r['meets_target'] else 'NO'} | {r['decode_tokens_per_s']:.1f} | "
+            f"{r['decode_ratio']:.3f} | {r['decode_flop_overhead']:.3f} |"
+        )
+    lines += [
+        "",
+        "Wrapper FLOPs relative to the pruned decoder linears alone: "
+        + ", ".join(
+            f"{n} {r['linear_flop_overhead']:.3f}" for n, r in results.items() if n != "dense"
+        )
+        + ".",
+        "",
+        "Per-round figures are in onnx.json.",
+        "",
+    ]
+    write_text(out / "onnx.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
