@@ -69,7 +69,7 @@ def run(args) -> int:
     cfg = config_from_args(args)
     result = export_onnx(cfg, RichReporter())
     counts, limits = result.manifest["counts"], result.manifest["limits"]
-    Console().print(
+    Console(soft_wrap=True).print(
         f"exported {result.onnx_path} ({cfg.dtype}, {cfg.lowering}) in {result.seconds:.0f} s: "
         f"{counts['armor']} ArmorLinear + {counts['sparse']} 2:4 linear lowered, "
         f"{counts['cores']} 2:4 cores checked along K; limits batch {limits['max_batch']}, "

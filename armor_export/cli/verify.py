@@ -41,7 +41,7 @@ def run(args) -> int:
     )
     result = verify(cfg, RichReporter())
     report = result.report
-    console = Console()
+    console = Console(soft_wrap=True)
     table = Table(title=f"parity vs PyTorch ({report.dtype}, {report.lowering})")
     for col in ("step", "runner", "output", "max abs", "max rel", "atol", "rtol", "verdict"):
         table.add_column(col)

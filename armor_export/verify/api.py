@@ -118,14 +118,15 @@ def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputPa
     from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     from armor_export.verify.inputs import valid_positions
-    from armor_export.verify.tolerances import tolerances
+    from armor_export.verify.tolerances import per_output
 
     for _, iterations in results:
         for index, iteration in enumerate(iterations):
             for name in list(iteration.keys()):
                 value = iteration[name]
                 iteration[name] = value * valid_positions(feeds[index], name, value.shape)
-    atol, rtol = tolerances(dtype, cfg.atol, cfg.rtol)
+    names = list(results[0][1][0].keys())
+    atol, rtol = per_output(dtype, names, cfg.atol, cfg.rtol)
     compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
     n = len(results)
     with _quiet_polygraphy():
@@ -143,8 +144,8 @@ def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputPa
                         output=output,
                         max_abs=float(res.max_absdiff),
                         max_rel=float(res.max_reldiff),
-                        atol=atol,
-                        rtol=rtol,
+                        atol=atol[output],
+                        rtol=rtol[output],
                         passed=bool(res),
                     )
                 )

@@ -284,3 +284,16 @@ def test_limits_beyond_the_model_are_refused(tiny_checkpoint, tmp_path):
         )
     with pytest.raises(ConfigError, match="dtype"):
         ExportConfig(dtype="int8").validate()
+
+
+def test_cli_export_reports_and_refuses_bad_input(tiny_checkpoint, tmp_path, capsys):
+    from armor_export.cli.main import main
+
+    code = main(["export", str(tiny_checkpoint), "-o", str(tmp_path / "cli"), "--max-batch", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "14 ArmorLinear" in out and "14 2:4 cores checked along K" in out
+    manifest = json.loads((tmp_path / "cli" / "export_manifest.json").read_text())
+    assert manifest["limits"]["max_batch"] == 2
+    assert main(["export", str(tmp_path / "missing"), "-o", str(tmp_path / "x")]) == 1
+    assert "error:" in capsys.readouterr().err
