@@ -230,6 +230,38 @@ class VerifyConfig:
         return dataclasses.asdict(self)
 
 
+ENGINE_BACKENDS = ("rtx", "trt")
+COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
+
+
+@dataclass
+class EngineConfig:
+    """One TensorRT / TensorRT-RTX engine build from an export folder."""
+
+    export_dir: str = "runs/onnx"
+    output_dir: str = ""  # "" = <export_dir>/engine
+    backend: str = "rtx"  # "rtx": TensorRT-RTX (builds on CPU); "trt": datacenter TensorRT
+    compute_capability: str = "sm80"  # TensorRT-RTX AOT target ("current": the local GPU)
+    sparse_weights: bool = True
+    max_batch: int = 0  # 0 = the export's limits
+    max_prompt: int = 0
+    max_context: int = 0
+    optimization_level: int = 3
+    timing_cache: str = ""  # "" = <output_dir>/timing.cache (reused across builds)
+    plugin_library: str = ""  # the block-diagonal plugin .so, for plugin-lowered exports
+
+    def validate(self) -> None:
+        _check_choice("backend", self.backend, ENGINE_BACKENDS)
+        _check_choice("compute_capability", self.compute_capability, COMPUTE_CAPABILITIES)
+        if min(self.max_batch, self.max_prompt, self.max_context) < 0:
+            raise ConfigError("max_batch/max_prompt/max_context must be >= 0 (0 = export's)")
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError("optimization_level must be in 0..5")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
     if not isinstance(data, dict):

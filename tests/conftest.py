@@ -168,3 +168,9 @@ def tiny_plugin_export(tiny_checkpoint, tmp_path_factory):
     return export_tiny(
         tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "plugin", lowering="plugin"
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_export(tiny_checkpoint, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "fp16", dtype="float16")

@@ -154,6 +154,7 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(),
         _quiet_logger("torch.onnx"),
+        _quiet_logger("onnx_ir"),
         torch.no_grad(),
     ):
         warnings.simplefilter("ignore")

@@ -196,8 +196,8 @@ def test_baseline_checkpoint_exports_its_2_4_linears(tmp_path):
     assert result.manifest["counts"]["cores"] == N_LINEARS
 
 
-def test_float16_export_runs_on_ort(tiny_checkpoint, tmp_path):
-    result = export_tiny(tiny_checkpoint, tmp_path / "fp16", dtype="float16")
+def test_float16_export_runs_on_ort(tiny_fp16_export):
+    result = tiny_fp16_export
     model = onnx.load(str(result.onnx_path))
     core = next(i for i in model.graph.initializer if i.name.endswith("sparse_core"))
     assert core.data_type == onnx.TensorProto.FLOAT16

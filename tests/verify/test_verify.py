@@ -97,9 +97,9 @@ def test_bfloat16_on_ort_cpu_says_how_to_get_around_it(tiny_checkpoint, tmp_path
     assert data["passed"] is False and "bfloat16" in data["error"]
 
 
-def test_float16_export_verifies_on_ort(tiny_checkpoint, tmp_path):
-    result = export_tiny(tiny_checkpoint, tmp_path / "fp16", dtype="float16")
-    report = verify(VerifyConfig(export_dir=str(result.output_dir))).report
+def test_float16_export_verifies_on_ort(tiny_fp16_export, tmp_path):
+    cfg = VerifyConfig(export_dir=str(tiny_fp16_export.output_dir), report_dir=str(tmp_path))
+    report = verify(cfg).report
     assert report.passed, report.markdown()
     atol = {row.output: row.atol for row in report.rows}
     assert atol["logits"] == pytest.approx(3e-2) and atol["present.0.key"] == pytest.approx(2e-2)

@@ -1,0 +1,299 @@
+"""The ``engine`` verb: an export folder to a TensorRT / TensorRT-RTX engine + build report."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from armor_export.config import EngineConfig
+from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+ENGINE_FILE = "model.engine"
+REPORT_JSON = "build_report.json"
+REPORT_MD = "build_report.md"
+# what TensorRT prints about 2:4 weights (builder log, INFO/VERBOSE)
+ELIGIBLE = re.compile(r"eligible for sparse math:\s*(.*)", re.IGNORECASE)
+PICKED = re.compile(r"picked sparse implementation for layers:\s*(.*)", re.IGNORECASE)
+SPARSE_DTYPES = ("float16", "bfloat16")
+
+
+class EngineBuildError(UserError):
+    """The backend refused the network (parser or builder errors are in the message)."""
+
+
+@dataclass
+class EngineResult:
+    engine_path: Path
+    report_path: Path
+    report: dict
+    seconds: float
+
+
+def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineResult:
+    """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report."""
+    from armor_export.engine.backends import BACKENDS, load_backend
+    from armor_export.export.api import read_export_manifest
+
+    cfg.validate()
+    reporter = reporter or NullReporter()
+    export_dir = Path(cfg.export_dir)
+    manifest = read_export_manifest(export_dir)
+    out = Path(cfg.output_dir) if cfg.output_dir else export_dir / "engine"
+    limits = resolve_limits(cfg, manifest)
+    trt = load_backend(cfg.backend)
+    spec = BACKENDS[cfg.backend]
+    start = time.perf_counter()
+    with reporter.task(f"{spec.name} engine", total=3) as task:
+        builder, network, _parser, logger, plugin = _parse(trt, cfg, manifest, export_dir)
+        task.advance(1, stage="parsed")
+        config, profile = _builder_config(trt, builder, network, cfg, manifest, limits, out)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineBuildError(
+                f"{spec.name} could not build the engine: "
+                + ("; ".join(logger.errors()[-5:]) or "no error message from the builder")
+            )
+        task.advance(1, stage="built")
+        engine = bytes(serialized)
+        seconds = time.perf_counter() - start
+        from armor_export.io import write_bytes
+
+        write_bytes(out / ENGINE_FILE, engine)
+        _save_timing_cache(config, cfg, out)
+        report = _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin)
+        report_path = write_report(out, report)
+        task.advance(1, stage="written")
+    return EngineResult(out / ENGINE_FILE, report_path, report, seconds)
+
+
+def resolve_limits(cfg: EngineConfig, manifest: dict) -> dict:
+    """Profile limits: the engine's own, never beyond what the export promised."""
+    exported = manifest["limits"]
+    limits = {}
+    for key in ("max_batch", "max_prompt", "max_context"):
+        asked = getattr(cfg, key) or exported[key]
+        if asked > exported[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"{key} {asked} exceeds the export's {exported[key]}: re-export with {flag} {asked}"
+            )
+        limits[key] = asked
+    if limits["max_prompt"] > limits["max_context"]:
+        raise ConfigError(
+            f"max_prompt {limits['max_prompt']} exceeds max_context {limits['max_context']}"
+        )
+    return limits
+
+
+def _parse(trt, cfg: EngineConfig, manifest: dict, export_dir: Path):
+    from armor_export.engine.backends import CollectingLogger, strongly_typed_flags
+
+    logger = CollectingLogger(trt)
+    trt_logger = logger.make()
+    builder = trt.Builder(trt_logger)
+    plugin = _load_plugin(builder, cfg, manifest)
+    network = builder.create_network(strongly_typed_flags(trt))
+    parser = trt.OnnxParser(network, trt_logger)
+    onnx_path = export_dir / manifest["onnx"]
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"{onnx_path}: the ONNX parser failed: {'; '.join(errors[:5])}")
+    # the caller keeps the parser alive until the build: it owns the parsed weights
+    return builder, network, parser, logger, plugin
+
+
+def _load_plugin(builder, cfg: EngineConfig, manifest: dict) -> dict | None:
+    plugin = manifest.get("plugin")
+    if manifest["lowering"] != "plugin":
+        return None
+    library = Path(cfg.plugin_library) if cfg.plugin_library else None
+    if library is None or not library.is_file():
+        raise ConfigError(
+            f"this export uses the {plugin['name']} plugin node: build "
+            "plugins/armorBlockDiagPlugin (see its README) and pass --plugin-library "
+            "libarmor_blockdiag_plugin.so, or export with --lowering plain"
+        )
+    registry = builder.get_plugin_registry()
+    if registry.load_library(str(library)) is None:
+        raise EngineBuildError(f"{library}: the plugin registry could not load this library")
+    return {**plugin, "library": str(library)}
+
+
+def _profile_shapes(manifest: dict, limits: dict) -> dict[str, tuple]:
+    """min / opt / max per input: opt is a one-sequence prefill of half the prompt limit."""
+    batch, prompt, context = limits["max_batch"], limits["max_prompt"], limits["max_context"]
+    spec = manifest["decoder"]
+    heads, head_dim = spec["num_kv_heads"], spec["head_dim"]
+    opt_prompt = max(1, prompt // 2)
+    shapes = {
+        "input_ids": ((1, 1), (1, opt_prompt), (batch, prompt)),
+        "position_ids": ((1, 1), (1, opt_prompt), (batch, prompt)),
+        "attention_mask": ((1, 1), (1, opt_prompt), (batch, context)),
+    }
+    for name in manifest["input_names"][3:]:
+        shapes[name] = ((1, heads, 0, head_dim), (1, heads, 0, head_dim),
+                        (batch, heads, context - 1, head_dim))  # fmt: skip
+    return shapes
+
+
+def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
+    from armor_export.engine.backends import compute_capability
+
+    config = builder.create_builder_config()
+    if cfg.sparse_weights:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    config.builder_optimization_level = cfg.optimization_level
+    if hasattr(trt, "ProfilingVerbosity"):
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for the inspector
+    if cfg.backend == "rtx" and cfg.compute_capability != "current":
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(compute_capability(trt, cfg.compute_capability), 0)
+    profile = builder.create_optimization_profile()
+    shapes = _profile_shapes(manifest, limits)
+    for index in range(network.num_inputs):
+        name = network.get_input(index).name
+        if name not in shapes:
+            raise CorruptFileError(f"the ONNX input {name!r} is not in the export manifest")
+        profile.set_shape(name, *shapes[name])
+    config.add_optimization_profile(profile)
+    cache_path = Path(cfg.timing_cache) if cfg.timing_cache else out / "timing.cache"
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    return config, {k: [list(s) for s in v] for k, v in shapes.items() if k in shapes}
+
+
+def _save_timing_cache(config, cfg: EngineConfig, out: Path) -> None:
+    from armor_export.io import write_bytes
+
+    cache = config.get_timing_cache()
+    if cache is not None:
+        path = Path(cfg.timing_cache) if cfg.timing_cache else out / "timing.cache"
+        write_bytes(path, bytes(cache.serialize()))
+
+
+def sparsity_from_log(messages: list[tuple[str, str]]) -> dict:
+    """Layers TensorRT reported as eligible for / running sparse kernels (None: not reported)."""
+    eligible, picked = None, None
+    for _, msg in messages:
+        if m := ELIGIBLE.search(msg):
+            eligible = (eligible or []) + [s.strip() for s in m.group(1).split(",") if s.strip()]
+        if m := PICKED.search(msg):
+            picked = (picked or []) + [s.strip() for s in m.group(1).split(",") if s.strip()]
+    return {"eligible_layers": eligible, "picked_layers": picked}
+
+
+def _inspect(trt, engine: bytes, logger) -> dict:
+    """Engine-inspector layer info (needs a GPU to deserialise); a reason when unavailable."""
+    try:
+        runtime = trt.Runtime(logger.make())
+        deserialized = runtime.deserialize_cuda_engine(engine)
+    except Exception as exc:  # no GPU / driver: the backend raises its own error types
+        return {"available": False, "reason": f"cannot deserialise here ({exc})"[:300]}
+    if deserialized is None:
+        return {"available": False, "reason": "deserialising needs a GPU of the target kind"}
+    import json
+
+    inspector = deserialized.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    layers = info.get("Layers", [])
+    sparse = [
+        layer.get("Name", "?")
+        for layer in layers
+        if isinstance(layer, dict) and "sparse" in json.dumps(layer).lower()
+    ]
+    return {"available": True, "layers": len(layers), "sparse_layers": sparse}
+
+
+def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin) -> dict:
+    from armor_export import __version__
+
+    sparsity = sparsity_from_log(logger.messages)
+    notes = []
+    if manifest["dtype"] not in SPARSE_DTYPES:
+        notes.append(
+            f"{manifest['dtype']} engine: TensorRT's 2:4 kernels are for fp16/bf16 (and int8/"
+            "fp8); export with --dtype float16 to run the cores on sparse tensor cores"
+        )
+    if sparsity["eligible_layers"] is None and spec.aot:
+        notes.append(
+            f"{spec.name} picks kernels on the GPU when the engine first runs, so the build "
+            "log names no sparse layers; the 2:4 cores below are the candidates"
+        )
+    inspector = (
+        _inspect(trt, engine, logger)
+        if not spec.aot
+        else {
+            "available": False,
+            "reason": "AOT build: the inspector needs the target GPU to deserialise the engine",
+        }
+    )
+    return {
+        "backend": spec.name,
+        "backend_module": spec.module,
+        "versions": {"armor_export": __version__, spec.module: trt.__version__},
+        "compute_capability": cfg.compute_capability if spec.aot else "the local GPU",
+        "precision": manifest["dtype"],
+        "strongly_typed": True,
+        "sparse_weights_flag": cfg.sparse_weights,
+        "optimization_level": cfg.optimization_level,
+        "limits": limits,
+        "profile": profile,
+        "plugin": plugin,
+        "sparsity": {
+            "core_matmuls_2_4": manifest["counts"]["cores"],
+            "armor_linears": manifest["counts"]["armor"],
+            **sparsity,
+            "inspector": inspector,
+        },
+        "engine_bytes": len(engine),
+        "engine_sha256": hashlib.sha256(engine).hexdigest(),
+        "onnx_sha256": manifest["sha256"].get(manifest["onnx"]),
+        "build_seconds": round(seconds, 2),
+        "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
+        "notes": notes,
+        "config": cfg.to_dict(),
+    }
+
+
+def write_report(out: Path, report: dict) -> Path:
+    from armor_export.io import write_json, write_text
+
+    write_json(out / REPORT_JSON, report)
+    write_text(out / REPORT_MD, report_markdown(report))
+    return out / REPORT_JSON
+
+
+def report_markdown(report: dict) -> str:
+    sp = report["sparsity"]
+
+    def layers(value):
+        return "not reported" if value is None else f"{len(value)}"
+
+    rows = [
+        ("backend", f"{report['backend']} {report['versions'][report['backend_module']]}"),
+        ("target", report["compute_capability"]),
+        ("precision", f"{report['precision']} (strongly typed)"),
+        ("SPARSE_WEIGHTS", "on" if report["sparse_weights_flag"] else "off"),
+        ("limits", ", ".join(f"{k} {v}" for k, v in report["limits"].items())),
+        ("plugin", report["plugin"]["library"] if report["plugin"] else "none (plain MatMuls)"),
+        ("2:4 core MatMuls in the graph", str(sp["core_matmuls_2_4"])),
+        ("eligible for sparse math (builder log)", layers(sp["eligible_layers"])),
+        ("picked sparse kernels (builder log)", layers(sp["picked_layers"])),
+        (
+            "engine inspector",
+            "; ".join(f"{k}: {v}" for k, v in sp["inspector"].items() if k != "available"),
+        ),  # fmt: skip
+        ("engine size", f"{report['engine_bytes'] / 2**20:.1f} MiB"),
+        ("build time", f"{report['build_seconds']:.1f} s"),
+    ]
+    lines = ["# Engine build report", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += [""] + [f"- {note}" for note in report["notes"]] + [""]
+    return "\n".join(lines)

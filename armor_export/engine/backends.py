@@ -1,0 +1,86 @@
+"""The two real engine builders behind one small interface, imported lazily.
+
+Datacenter TensorRT (``tensorrt``, 10.x/11.x) and TensorRT-RTX (``tensorrt_rtx``) share the
+builder API used here (Builder, OnnxParser, SPARSE_WEIGHTS, optimisation profiles, timing
+cache, plugin registry). TensorRT-RTX also builds ahead of time for a chosen compute
+capability on a machine without a GPU; datacenter TensorRT needs the GPU it builds for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from armor_export.errors import BackendUnavailableError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    module: str
+    install_hint: str
+    aot: bool  # builds for a stated compute capability without that GPU
+
+
+BACKENDS = {
+    "rtx": BackendSpec("TensorRT-RTX", "tensorrt_rtx", "pip install 'armor-export[rtx]'", True),
+    "trt": BackendSpec(
+        "TensorRT",
+        "tensorrt",
+        "pip install 'armor-export[trt]' (NVIDIA's wheels; needs NVIDIA's package index)",
+        False,
+    ),
+}
+
+
+def load_backend(kind: str):
+    """The backend's Python module, or a clear error with the install hint."""
+    spec = BACKENDS[kind]
+    try:
+        return importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{spec.name} is not importable ({exc}): {spec.install_hint}"
+        ) from None
+
+
+@dataclass
+class CollectingLogger:
+    """A TensorRT logger that keeps every message (the build report reads sparsity lines)."""
+
+    trt: object
+    messages: list[tuple[str, str]] = field(default_factory=list)
+
+    def make(self):
+        trt = self.trt
+        outer = self
+
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+
+            def log(self, severity, msg):
+                outer.messages.append((str(severity).rsplit(".", 1)[-1], msg))
+
+        return _Logger()
+
+    def errors(self) -> list[str]:
+        return [m for s, m in self.messages if s in ("ERROR", "INTERNAL_ERROR")]
+
+
+def strongly_typed_flags(trt) -> int:
+    """Network creation flags: strongly typed (TensorRT 11 / RTX: precision from ONNX types)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def compute_capability(trt, name: str):
+    """``sm80`` -> ``trt.ComputeCapability.SM80`` (TensorRT-RTX AOT targets)."""
+    members = getattr(trt, "ComputeCapability", None)
+    value = getattr(members, name.upper(), None) if members is not None else None
+    if value is None:
+        known = [n.lower() for n in dir(members) if n.startswith("SM")] if members else []
+        raise BackendUnavailableError(
+            f"this backend cannot target compute capability {name} (it knows {known or 'none'})"
+        )
+    return value
