@@ -262,6 +262,51 @@ class EngineConfig:
         return dataclasses.asdict(self)
 
 
+STAGES = ("prune", "export", "engine", "verify")
+
+
+@dataclass
+class BuildConfig:
+    """``armor-export build``: prune → export → engine → verify into one folder.
+
+    The stages' own paths are derived from ``output_dir`` (checkpoint/, onnx/, engine/,
+    verify/); their other settings come from the nested tables.
+    """
+
+    model: str = "smollm2-135m"  # a HF model to prune, or an existing pruned checkpoint
+    output_dir: str = "runs/build"
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=lambda: ExportConfig(dtype="float16"))
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    version: int = CONFIG_VERSION
+
+    def validate(self) -> None:
+        for stage in self.stages:
+            _check_choice("stages", stage, STAGES)
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"config version {self.version} is not supported")
+        self.export.validate()
+        self.engine.validate()
+        self.verify.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> BuildConfig:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        cfg = from_dict(cls, data)
+        cfg.validate()
+        return cfg
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
     if not isinstance(data, dict):
@@ -272,13 +317,29 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}")
     kwargs = {}
+    defaults = cls()
     for key, value in data.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value, f"{where}{key}.")
+            # a nested table overrides only the keys it names, on top of this class's own
+            # default for the field (BuildConfig's export defaults to float16, say)
+            nested = from_dict(hint, value, f"{where}{key}.")
+            base = dataclasses.asdict(getattr(defaults, key))
+            named = _merge(base, value)
+            kwargs[key] = from_dict(hint, named, f"{where}{key}.") if named != value else nested
             continue
         kwargs[key] = _coerce(value, hint, where + key)
     return cls(**kwargs)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

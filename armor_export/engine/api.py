@@ -67,7 +67,9 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
 
         write_bytes(out / ENGINE_FILE, engine)
         _save_timing_cache(config, cfg, out)
-        report = _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin)
+        report = _report(
+            trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out
+        )
         report_path = write_report(out, report)
         task.advance(1, stage="written")
     return EngineResult(out / ENGINE_FILE, report_path, report, seconds)
@@ -163,19 +165,28 @@ def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
             raise CorruptFileError(f"the ONNX input {name!r} is not in the export manifest")
         profile.set_shape(name, *shapes[name])
     config.add_optimization_profile(profile)
-    cache_path = Path(cfg.timing_cache) if cfg.timing_cache else out / "timing.cache"
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    if uses_timing_cache(cfg):
+        path = timing_cache_path(cfg, out)
+        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=True)
     return config, {k: [list(s) for s in v] for k, v in shapes.items() if k in shapes}
+
+
+def uses_timing_cache(cfg: EngineConfig) -> bool:
+    """TensorRT-RTX made timing-cache operations no-ops (1.2+): only TensorRT keeps one."""
+    return cfg.backend == "trt"
+
+
+def timing_cache_path(cfg: EngineConfig, out: Path) -> Path:
+    return Path(cfg.timing_cache) if cfg.timing_cache else out / "timing.cache"
 
 
 def _save_timing_cache(config, cfg: EngineConfig, out: Path) -> None:
     from armor_export.io import write_bytes
 
-    cache = config.get_timing_cache()
+    cache = config.get_timing_cache() if uses_timing_cache(cfg) else None
     if cache is not None:
-        path = Path(cfg.timing_cache) if cfg.timing_cache else out / "timing.cache"
-        write_bytes(path, bytes(cache.serialize()))
+        write_bytes(timing_cache_path(cfg, out), bytes(cache.serialize()))
 
 
 def sparsity_from_log(messages: list[tuple[str, str]]) -> dict:
@@ -211,7 +222,7 @@ def _inspect(trt, engine: bytes, logger) -> dict:
     return {"available": True, "layers": len(layers), "sparse_layers": sparse}
 
 
-def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin) -> dict:
+def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out):
     from armor_export import __version__
 
     sparsity = sparsity_from_log(logger.messages)
@@ -252,6 +263,9 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
             **sparsity,
             "inspector": inspector,
         },
+        "timing_cache": str(timing_cache_path(cfg, out))
+        if uses_timing_cache(cfg)
+        else "not used: timing-cache operations are no-ops in TensorRT-RTX",
         "engine_bytes": len(engine),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
         "onnx_sha256": manifest["sha256"].get(manifest["onnx"]),

@@ -17,7 +17,7 @@
 #include <utility>
 
 #ifndef ARMOR_STATIC_REGISTRATION
-#define ARMOR_STATIC_REGISTRATION 1
+#define ARMOR_STATIC_REGISTRATION 0 // CMake option, OFF by default (see below)
 #endif
 
 using nvinfer1::DataType;
@@ -376,10 +376,10 @@ IPluginV3* ArmorBlockDiagPluginCreator::createPlugin(
 }
 
 #if ARMOR_STATIC_REGISTRATION
-// Registers the creator when the library is loaded (dlopen / ctypes.CDLL / trtexec
-// --staticPlugins). Build with -DARMOR_STATIC_REGISTRATION=OFF when loading the library
-// through IPluginRegistry::loadLibrary instead, which registers getCreators()'s list itself
-// and refuses a creator that is already registered.
+// -DARMOR_STATIC_REGISTRATION=ON: register the creator when the library is dlopen'ed
+// (ctypes.CDLL, trtexec --staticPlugins, polygraphy --plugins). Off by default because
+// IPluginRegistry::loadLibrary (armor-export's engine build) registers getCreators()'s list
+// itself and refuses a creator that is already registered.
 REGISTER_TENSORRT_PLUGIN(ArmorBlockDiagPluginCreator);
 #endif
 

@@ -1,0 +1,87 @@
+"""``armor-export build``: prune → export → engine → verify in one resumable command."""
+
+from __future__ import annotations
+
+COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
+
+
+def add_parser(sub):
+    p = sub.add_parser("build", help="prune → export → engine → verify, resumable")
+    p.add_argument("--config", help="TOML with model/output_dir/stages and [prune] [export] "
+                   "[engine] [verify] tables; flags override it")  # fmt: skip
+    p.add_argument("--model", help="HF model to prune or an existing pruned checkpoint")
+    p.add_argument("-o", "--output-dir", help="build folder (default runs/build)")
+    p.add_argument("--stages", help="comma list of prune,export,engine,verify (default all)")
+    p.add_argument("--force", default="", help="comma list of stages to redo even if done")
+    p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
+    p.add_argument("--block-size", type=int, help="ARMOR block size")
+    p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
+    p.add_argument("--calib-samples", type=int, help="calibration sequences")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="ONNX/engine type")
+    p.add_argument("--lowering", choices=["plain", "plugin"])
+    p.add_argument("--backend", choices=["rtx", "trt"], help="engine backend (default rtx)")
+    p.add_argument("--compute-capability", choices=list(COMPUTE_CAPABILITIES))
+    p.add_argument("--plugin-library", help="libarmor_blockdiag_plugin.so (plugin lowering)")
+    p.add_argument("--max-batch", type=int)
+    p.add_argument("--max-prompt", type=int)
+    p.add_argument("--max-context", type=int)
+    return p
+
+
+def config_from_args(args):
+    from armor_export.config import BuildConfig
+    from armor_export.errors import ConfigError
+
+    cfg = BuildConfig.from_toml(args.config) if args.config else BuildConfig()
+    if args.model:
+        cfg.model = args.model
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.stages:
+        cfg.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    sets = {
+        "method": (cfg.prune, "method"),
+        "block_size": (cfg.prune.armor, "block_size"),
+        "iterations": (cfg.prune.armor, "iterations"),
+        "calib_samples": (cfg.prune.calibration, "n_samples"),
+        "dtype": (cfg.export, "dtype"),
+        "lowering": (cfg.export, "lowering"),
+        "backend": (cfg.engine, "backend"),
+        "compute_capability": (cfg.engine, "compute_capability"),
+        "plugin_library": (cfg.engine, "plugin_library"),
+        "max_batch": (cfg.export.limits, "max_batch"),
+        "max_prompt": (cfg.export.limits, "max_prompt"),
+        "max_context": (cfg.export.limits, "max_context"),
+    }
+    for attr, (obj, key) in sets.items():
+        if getattr(args, attr) is not None:
+            setattr(obj, key, getattr(args, attr))
+    force = tuple(s.strip() for s in args.force.split(",") if s.strip())
+    unknown = set(force) - {"prune", "export", "engine", "verify"}
+    if unknown:
+        raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}")
+    cfg.prune.validate()
+    cfg.validate()
+    return cfg, force
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from armor_export.pipeline import build
+    from armor_export.progress import RichReporter
+
+    cfg, force = config_from_args(args)
+    result = build(cfg, RichReporter(), force)
+    table = Table(title=f"armor-export build: {result.output_dir}")
+    for col in ("stage", "status", "seconds", "detail"):
+        table.add_column(col)
+    for stage in result.stages:
+        color = {"done": "green", "failed": "red"}.get(stage.status, "dim")
+        table.add_row(stage.name, f"[{color}]{stage.status}[/]",
+                      f"{stage.seconds:.0f}" if stage.seconds else "", stage.detail)  # fmt: skip
+    console = Console(soft_wrap=True)
+    console.print(table)
+    console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")
+    return 0 if result.passed else 1

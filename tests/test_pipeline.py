@@ -1,0 +1,107 @@
+"""``armor-export build``: stages chain, finished stages are skipped, failures resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
+
+from armor_export.cli.main import main  # noqa: E402
+from armor_export.config import BuildConfig, from_dict  # noqa: E402
+from armor_export.pipeline import MANIFEST, build  # noqa: E402
+
+
+def statuses(result):
+    return {s.name: s.status for s in result.stages}
+
+
+def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path):
+    data = {
+        "model": str(tiny_checkpoint),
+        "output_dir": str(tmp_path),
+        "export": {"dtype": "float32"},
+    }
+    result = build(from_dict(BuildConfig, data))
+    assert result.passed
+    assert statuses(result) == {
+        "prune": "provided",
+        "export": "done",
+        "engine": "done",
+        "verify": "done",
+    }
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["stages"]["engine"]["detail"].startswith("TensorRT-RTX sm80")
+    assert (tmp_path / "engine" / "model.engine").is_file()
+    assert (tmp_path / "verify" / "verify_report.json").is_file()
+
+    again = build(from_dict(BuildConfig, data))
+    assert set(statuses(again).values()) == {"provided", "skipped (up to date)"}
+
+    data["engine"] = {"compute_capability": "sm86"}  # engine and what follows it are redone
+    changed = build(from_dict(BuildConfig, data))
+    assert statuses(changed) == {
+        "prune": "provided",
+        "export": "skipped (up to date)",
+        "engine": "done",
+        "verify": "done",  # every stage after a changed one runs again
+    }
+
+    (tmp_path / "onnx" / "export_manifest.json").write_text("{}")  # a damaged artefact
+    redone = build(from_dict(BuildConfig, data))
+    assert statuses(redone)["export"] == "done"
+    # the export is deterministic: the same files again, so the engine stays valid
+    assert statuses(redone)["engine"] == "skipped (up to date)"
+
+
+def test_failed_verify_exits_1_keeps_report_and_reruns(tiny_checkpoint, tmp_path, capsys):
+    toml = tmp_path / "build.toml"
+    toml.write_text(
+        f'model = "{tiny_checkpoint}"\noutput_dir = "{tmp_path / "b"}"\n'
+        'stages = ["export", "verify"]\n[export]\ndtype = "float32"\n'
+        "[verify]\natol = 1e-12\nrtol = 1e-12\n"
+    )
+    assert main(["build", "--config", str(toml)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "not selected" in out
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["stages"]["verify"]["status"] == "failed"
+    assert not json.loads((tmp_path / "b" / "verify" / "verify_report.json").read_text())["passed"]
+
+    toml.write_text(toml.read_text().replace("atol = 1e-12\nrtol = 1e-12\n", ""))
+    assert main(["build", "--config", str(toml)]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and "skipped (up to date)" in out  # export was not redone
+
+
+def test_build_prunes_a_dense_model_first(tiny_model_dir, text_file, tmp_path):
+    data = {
+        "model": str(tiny_model_dir),
+        "output_dir": str(tmp_path),
+        "stages": ["prune", "export"],
+        "prune": {
+            "workers": 1,
+            "armor": {"block_size": 16, "iterations": 2, "compile": False},
+            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
+        },
+    }
+    result = build(from_dict(BuildConfig, data))
+    assert statuses(result) == {
+        "prune": "done",
+        "export": "done",
+        "engine": "not selected",
+        "verify": "not selected",
+    }
+    assert (tmp_path / "checkpoint" / "armor_manifest.json").is_file()
+    export = json.loads((tmp_path / "onnx" / "export_manifest.json").read_text())
+    assert export["dtype"] == "float16" and export["counts"]["armor"] == 14  # build default fp16
+
+
+def test_unknown_stage_is_refused():
+    from armor_export.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stages"):
+        from_dict(BuildConfig, {"stages": ["prune", "deploy"]}).validate()
+    assert main(["build", "--force", "deploy"]) == 1
