@@ -29,7 +29,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2
-    assert "armor-export prune" in commands[0]
+    assert "armor-export build" in commands[0]
     test_cmd = commands[1].split("&& ")[-1]
     assert "pytest" in test_cmd
     assert test_cmd in (ROOT / ".ci" / "run").read_text()

@@ -39,6 +39,7 @@ def run(args) -> int:
         "tokenizers",
         "gguf",
         "onnx",
+        "onnxscript",
         "onnxruntime",
         "polygraphy",
         "tensorrt",

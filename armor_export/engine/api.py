@@ -235,7 +235,8 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
     if sparsity["eligible_layers"] is None and spec.aot:
         notes.append(
             f"{spec.name} picks kernels on the GPU when the engine first runs, so the build "
-            "log names no sparse layers; the 2:4 cores below are the candidates"
+            "log names no sparse layers; the 2:4 core MatMuls counted in this report are "
+            "the candidates"
         )
     inspector = (
         _inspect(trt, engine, logger)

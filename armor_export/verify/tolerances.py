@@ -1,17 +1,20 @@
 """Default parity tolerances by export dtype and output (elementwise: |a - b| <= atol + rtol·|b|).
 
-fp32 graphs reorder sums but keep ~1e-6 relative error per op; fp16 has a 2^-11 unit
-roundoff and bf16 2^-8, accumulated over tens of layers, so the low-precision defaults are
-looser. Logits are sums over the hidden size on top of the last layer, so they get more
-absolute slack than the KV cache. Padded positions are masked out before comparing.
+fp32 graphs reorder sums but keep ~1e-6 relative error per op. fp16 (unit roundoff 2^-11)
+and bf16 (2^-8) errors accumulate over the layers: on SmolLM2-135M ARMOR (30 layers) the
+fp16 PyTorch model itself differs from its fp32 self by up to 0.12 on the logits (p99
+0.06, logits up to ~32), and the fp16 ONNX Runtime graph by up to 0.10 from fp16 PyTorch.
+The fp16 defaults allow about twice that noise, and bf16 eight times fp16 (its mantissa is
+3 bits shorter). A lowering bug moves outputs by whole units, far beyond these. Logits get
+more absolute slack than the KV cache. Padded positions are masked out before comparing.
 """
 
 from __future__ import annotations
 
 DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
     "float32": {"logits": (5e-4, 1e-3), "present": (2e-4, 1e-3)},
-    "float16": {"logits": (3e-2, 2e-2), "present": (2e-2, 2e-2)},
-    "bfloat16": {"logits": (2e-1, 5e-2), "present": (1.5e-1, 5e-2)},
+    "float16": {"logits": (2.5e-1, 2e-2), "present": (1e-1, 2e-2)},
+    "bfloat16": {"logits": (2.0, 5e-2), "present": (8e-1, 5e-2)},
 }
 
 

@@ -102,7 +102,8 @@ def test_float16_export_verifies_on_ort(tiny_fp16_export, tmp_path):
     report = verify(cfg).report
     assert report.passed, report.markdown()
     atol = {row.output: row.atol for row in report.rows}
-    assert atol["logits"] == pytest.approx(3e-2) and atol["present.0.key"] == pytest.approx(2e-2)
+    assert atol["logits"] == pytest.approx(0.25) and atol["present.0.key"] == pytest.approx(0.1)
+    assert all(row.max_abs < 0.02 for row in report.rows)  # tiny model: far inside them
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
