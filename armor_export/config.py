@@ -144,13 +144,7 @@ class PruneConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> PruneConfig:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_toml(path))
 
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
@@ -296,15 +290,19 @@ class BuildConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> BuildConfig:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        cfg = from_dict(cls, data)
+        cfg = from_dict(cls, read_toml(path))
         cfg.validate()
         return cfg
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or invalid file is a ConfigError naming it."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:

@@ -39,6 +39,17 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (exports and engines are large)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_json(path: str | Path, data: Any) -> None:
     def write(tmp: str) -> None:
         Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from armor_export.config import BuildConfig
 from armor_export.errors import UserError
-from armor_export.io import read_json, write_json
+from armor_export.io import read_json, sha256_file, write_json
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def _is_checkpoint(model: str) -> bool:
 def _hash_config(stage_cfg) -> str:
     text = json.dumps(stage_cfg.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _outputs(stage: str, cfg) -> list[Path]:
@@ -150,7 +142,7 @@ def build(cfg: BuildConfig, reporter: Reporter | None = None, force: tuple = ())
 
 
 def _hash_paths(paths: list[Path]) -> str:
-    return hashlib.sha256("".join(_file_hash(p) for p in paths).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()[:16]
 
 
 def _up_to_date(record: dict, key: dict, stage: str, stage_cfg) -> bool:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import cpu_description
 
 log = logging.getLogger("bench_onnx")
 
@@ -173,17 +174,7 @@ class Runner:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, no GPU"
+    return f"{cpu_description()}, {platform.system()} {platform.release()}, no GPU"
 
 
 def main(argv=None) -> int:

@@ -19,13 +19,13 @@ import argparse
 import datetime as dt
 import json
 import logging
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchlib import cpu_description
 from safetensors import safe_open
 
 from armor_export.config import CalibrationConfig, EvalConfig, PruneConfig
@@ -79,17 +79,7 @@ def runs(args) -> list[tuple[str, str, int | None, str | None]]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, no GPU, torch {torch.__version__}"
+    return f"{cpu_description()}, no GPU, torch {torch.__version__}"
 
 
 def main(argv=None) -> int:

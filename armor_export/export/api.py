@@ -8,7 +8,6 @@ manifest holds a complete, checked export.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from armor_export.config import ExportConfig
 from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.io import sha256_file
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def export_onnx(
                 report,
                 checkpoint_manifest,
                 external,
-                {f: _sha256(tmp_dir / f) for f in files},
+                {f: sha256_file(tmp_dir / f) for f in files},
             )
             _publish(tmp_dir, out, files, manifest)
         task.advance(1, stage="written")
@@ -323,14 +323,6 @@ def export_versions() -> dict:
         "transformers": transformers.__version__,
         "onnx": onnx.__version__,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: dict) -> None:
