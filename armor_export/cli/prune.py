@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def add_parser(sub):
@@ -82,6 +83,9 @@ def run(args) -> int:
     from armor_export.prune.api import prune
 
     cfg = config_from_args(args)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports, evaluates and prints
+        prune(cfg)
+        return 0
     console = Console(stderr=True)
     reporter = RichReporter(console)
     dense_ppl = None

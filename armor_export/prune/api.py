@@ -144,11 +144,21 @@ def _check_finite_weights(targets: dict[str, nn.Linear]) -> None:
 
 
 def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
-    """Prune ``cfg.model`` with ``cfg.method``; write a checkpoint into ``cfg.output_dir``."""
+    """Prune ``cfg.model`` with ``cfg.method``; write a checkpoint into ``cfg.output_dir``.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the jobs are spread over the ranks
+    (``prune/distributed.py``); rank 0 writes the checkpoint, other ranks return only the
+    results they computed.
+    """
     from armor_export.data.models import load_model_and_tokenizer
+    from armor_export.prune import distributed
 
     cfg.validate()
-    reporter = reporter or NullReporter()
+    ranks = distributed.init(cfg.device) if distributed.launched_distributed() else None
+    if ranks and cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
+        raise UserError("sequential SparseGPT cannot be spread over ranks: run it on one")
+    main = ranks is None or ranks.is_main
+    reporter = (reporter or NullReporter()) if main else NullReporter()
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     _check_run_dir(out, cfg)
@@ -158,21 +168,26 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     targets, skipped = select_linears(model, adapter, cfg)
     _check_finite_weights(targets)
     # the run is valid: from here on, its directory belongs to this config
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "run_config.json", _defining_config(cfg))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "run_config.json", _defining_config(cfg))
     store = JobStore(out / "work" / "jobs")
     timings: dict[str, float] = {"load": time.perf_counter() - start}
     with torch.no_grad(), _JobLoop(cfg, store, reporter, len(targets)) as runner:
         if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
             _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
         else:
+            if not main:
+                distributed.barrier()  # rank 0 computes and writes the statistics first
             stats = _dense_statistics(model, adapter, tokenizer, targets, cfg, out, reporter)
+            if ranks and main:
+                distributed.barrier()
             timings["calibration"] = time.perf_counter() - start - timings["load"]
             batch = [
                 MatrixJob(name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram"))
                 for name, mod in targets.items()
             ]
-            run_jobs(batch, cfg, store, lambda r: runner.record(model, r), cfg.workers)
+            _run_share(batch, cfg, store, runner, model, ranks)
     timings["total_prune"] = time.perf_counter() - start
     results = runner.results
     manifest = {
@@ -181,8 +196,30 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         "prune_config": cfg.to_dict(),
         "skipped": skipped,
     }
-    save_checkpoint(out, model, tokenizer, results, manifest)
+    if main:
+        save_checkpoint(out, model, tokenizer, results, manifest)
+    if ranks:
+        distributed.finish()
     return PruneResult(out, results, skipped, time.perf_counter() - start, timings)
+
+
+def _run_share(batch, cfg, store, runner, model, ranks) -> None:
+    """All jobs here, or (distributed) this rank's share, then rank 0 collects everything."""
+    if ranks is None:
+        run_jobs(batch, cfg, store, lambda r: runner.record(model, r), cfg.workers)
+        return
+    from armor_export.prune import distributed
+
+    shares = distributed.assign({job.name: job.weight.numel() for job in batch}, ranks.world)
+    mine = set(shares[ranks.rank])
+    workers = cfg.workers or 1  # the ranks already share the cores
+    on_result = runner.record if ranks.is_main else (lambda _m, _r: None)
+    run_jobs([j for j in batch if j.name in mine], cfg, store, lambda r: on_result(model, r),
+             workers)  # fmt: skip
+    distributed.barrier()  # every share is in the store
+    if ranks.is_main:
+        others = [j for j in batch if j.name not in mine]
+        run_jobs(others, cfg, store, lambda r: runner.record(model, r), workers)
 
 
 class _JobLoop:

@@ -1,0 +1,78 @@
+"""Spreading the per-matrix jobs over torch.distributed ranks (``torchrun``).
+
+Rank 0 computes the calibration statistics once and writes them to the shared output
+folder; every rank then solves its share of the jobs (balanced by matrix size, the same
+assignment on every rank) into the shared job store, and rank 0 assembles the
+checkpoint. A relaunch after any rank died reuses the statistics and every finished job,
+exactly like a single-process resume.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    local_world: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_distributed() -> bool:
+    """True under ``torchrun`` (or any launcher setting WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: str) -> Ranks:
+    """Join the process group (gloo on CPU, nccl on CUDA); long timeout for calibration."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
+    ranks = Ranks(
+        dist.get_rank(),
+        dist.get_world_size(),
+        int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
+    )
+    # share this machine's cores between its ranks (torch would give each rank all of them)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_world))
+    return ranks
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def finish() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def assign(sizes: dict[str, int], world: int) -> list[list[str]]:
+    """Longest-processing-time-first: each job to the least loaded rank (deterministic)."""
+    loads = [0] * world
+    shares: list[list[str]] = [[] for _ in range(world)]
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        rank = min(range(world), key=lambda r: (loads[r], r))
+        shares[rank].append(name)
+        loads[rank] += sizes[name]
+    return shares

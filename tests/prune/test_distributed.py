@@ -1,0 +1,96 @@
+"""Pruning spread over torch.distributed ranks: real gloo processes, equality, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from armor_export.config import PruneConfig
+from armor_export.prune import api
+from armor_export.prune.checkpoint import load_checkpoint
+from armor_export.prune.distributed import assign
+
+
+def test_assignment_is_balanced_and_deterministic():
+    sizes = {f"m{i}": s for i, s in enumerate([9, 7, 6, 5, 4, 3, 3, 1])}
+    shares = assign(sizes, 2)
+    assert sorted(sum(shares, [])) == sorted(sizes)
+    loads = [sum(sizes[n] for n in share) for share in shares]
+    assert max(loads) <= 4 / 3 * sum(loads) / 2  # LPT's guarantee against the optimum
+    assert assign(dict(reversed(list(sizes.items()))), 2) == shares
+
+
+def write_config(path, model_dir, text_file, out, iterations=8):
+    path.write_text(
+        f'model = "{model_dir}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
+        f"[armor]\nblock_size = 16\niterations = {iterations}\ncompile = false\n"
+        f'[calibration]\ntext = "{text_file}"\nn_samples = 4\nseqlen = 32\nbatch_size = 2\n'
+    )
+    return path
+
+
+def torchrun(config, **kwargs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "armor_export", "prune", "-q", "--config", str(config)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True, **kwargs)  # fmt: skip
+
+
+def assert_same_checkpoints(a, b):
+    model_a, manifest_a = load_checkpoint(a)
+    model_b, manifest_b = load_checkpoint(b)
+    assert set(manifest_a["matrices"]) == set(manifest_b["matrices"])
+    for name in manifest_a["matrices"]:
+        mod_a, mod_b = model_a.get_submodule(name), model_b.get_submodule(name)
+        assert torch.equal(mod_a.mask, mod_b.mask), name
+        for attr in ("core", "a_blocks", "b_blocks"):
+            torch.testing.assert_close(getattr(mod_a, attr), getattr(mod_b, attr))
+
+
+def test_two_gloo_ranks_give_the_single_process_result(
+    tiny_model_dir, text_file, tmp_path, one_torch_thread
+):
+    config = write_config(tmp_path / "dist.toml", tiny_model_dir, text_file, tmp_path / "dist")
+    proc = torchrun(config)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    single = PruneConfig.from_toml(config)
+    single.output_dir = str(tmp_path / "single")
+    api.prune(single)
+    assert_same_checkpoints(tmp_path / "dist", tmp_path / "single")
+
+
+def test_relaunch_after_a_kill_redoes_no_finished_job(
+    tiny_model_dir, text_file, tmp_path, one_torch_thread
+):
+    out = tmp_path / "dist"
+    config = write_config(tmp_path / "d.toml", tiny_model_dir, text_file, out, iterations=400)
+    jobs = out / "work" / "jobs"
+    proc = torchrun(config)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if jobs.is_dir() and len(list(jobs.glob("*.safetensors"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, mid-run
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in jobs.glob("*.safetensors")}
+    assert 2 <= len(finished) < 14, "the kill should land mid-run"
+    assert not (out / "armor_manifest.json").exists()
+
+    proc = torchrun(config)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    for name, mtime in finished.items():
+        assert (jobs / name).stat().st_mtime_ns == mtime, f"{name} was solved again"
+    assert len(list(jobs.glob("*.safetensors"))) == 14
+    single = PruneConfig.from_toml(config)
+    single.output_dir = str(tmp_path / "single")
+    api.prune(single)
+    assert_same_checkpoints(out, tmp_path / "single")
