@@ -174,6 +174,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     store = JobStore(out / "work" / "jobs")
     timings: dict[str, float] = {"load": time.perf_counter() - start}
     with torch.no_grad(), _JobLoop(cfg, store, reporter, len(targets)) as runner:
+        share = len(targets)
         if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
             _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
         else:
@@ -187,7 +188,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
                 MatrixJob(name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram"))
                 for name, mod in targets.items()
             ]
-            _run_share(batch, cfg, store, runner, model, ranks)
+            share = _run_share(batch, cfg, store, runner, model, ranks)
     timings["total_prune"] = time.perf_counter() - start
     results = runner.results
     manifest = {
@@ -199,15 +200,19 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     if main:
         save_checkpoint(out, model, tokenizer, results, manifest)
     if ranks:
+        distributed.record_rank(out / "work" / "ranks", ranks, share, time.perf_counter() - start)
         distributed.finish()
     return PruneResult(out, results, skipped, time.perf_counter() - start, timings)
 
 
-def _run_share(batch, cfg, store, runner, model, ranks) -> None:
-    """All jobs here, or (distributed) this rank's share, then rank 0 collects everything."""
+def _run_share(batch, cfg, store, runner, model, ranks) -> int:
+    """All jobs here, or (distributed) this rank's share, then rank 0 collects everything.
+
+    Returns the number of jobs this process was responsible for.
+    """
     if ranks is None:
         run_jobs(batch, cfg, store, lambda r: runner.record(model, r), cfg.workers)
-        return
+        return len(batch)
     from armor_export.prune import distributed
 
     shares = distributed.assign({job.name: job.weight.numel() for job in batch}, ranks.world)
@@ -220,6 +225,7 @@ def _run_share(batch, cfg, store, runner, model, ranks) -> None:
     if ranks.is_main:
         others = [j for j in batch if j.name not in mine]
         run_jobs(others, cfg, store, lambda r: runner.record(model, r), workers)
+    return len(mine)
 
 
 class _JobLoop:

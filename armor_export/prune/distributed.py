@@ -59,6 +59,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def record_rank(folder, ranks: Ranks, jobs: int, seconds: float) -> None:
+    """``work/ranks/rank<r>.json``: this rank's share, wall time and peak memory."""
+    import resource
+
+    from armor_export.io import write_json
+
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    write_json(
+        folder / f"rank{ranks.rank}.json",
+        {"rank": ranks.rank, "world": ranks.world, "jobs": jobs, "seconds": round(seconds, 2),
+         "peak_rss_mib": round(peak_kib / 1024, 1)},
+    )  # fmt: skip
+
+
 def finish() -> None:
     import torch.distributed as dist
 

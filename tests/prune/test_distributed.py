@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +65,10 @@ def test_two_gloo_ranks_give_the_single_process_result(
     single.output_dir = str(tmp_path / "single")
     api.prune(single)
     assert_same_checkpoints(tmp_path / "dist", tmp_path / "single")
+    ranks = [json.loads((tmp_path / "dist" / "work" / "ranks" / f"rank{r}.json").read_text())
+             for r in (0, 1)]  # fmt: skip
+    assert sum(r["jobs"] for r in ranks) == 14 and all(r["jobs"] >= 5 for r in ranks)
+    assert all(r["peak_rss_mib"] > 0 and r["world"] == 2 for r in ranks)
 
 
 def test_relaunch_after_a_kill_redoes_no_finished_job(

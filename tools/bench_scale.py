@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Scale benchmark: the full ARMOR prune with 1 and 2 torch.distributed ranks (torchrun).
+
+Each rank count runs from a fresh folder with the quality benchmark's settings; the script
+records wall time, per-rank peak RSS and jobs (``work/ranks/rank<r>.json``), the speed-up
+over 1 rank, and whether the results are identical (same ``model.safetensors`` bytes;
+otherwise how many masks agree). Writes docs/benchmarks/scale.md and scale.json.
+
+    python tools/bench_scale.py                     # SmolLM2-135M, ranks 1 and 2
+    python tools/bench_scale.py --model DIR --iterations 5 --calib-samples 8   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchlib import cpu_description
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--ranks", default="1,2", help="comma list of rank counts")
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--calib-samples", type=int, default=128)
+    p.add_argument("--calib-seqlen", type=int, default=512)
+    p.add_argument("--work", default="runs/bench_scale")
+    p.add_argument("--out", default="docs/benchmarks")
+    return p.parse_args(argv)
+
+
+def config_toml(args, out: Path) -> str:
+    return (
+        f'model = "{args.model}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
+        f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
+        f"[calibration]\nn_samples = {args.calib_samples}\nseqlen = {args.calib_seqlen}\n"
+    )
+
+
+def run(args, ranks: int, work: Path) -> dict:
+    out = work / f"ranks{ranks}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = work / f"ranks{ranks}.toml"
+    config.write_text(config_toml(args, out))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(ranks), "-m", "armor_export", "prune", "-q",
+           "--config", str(config)]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    rank_files = sorted((out / "work" / "ranks").glob("rank*.json"))
+    per_rank = [json.loads(p.read_text()) for p in rank_files]
+    if not per_rank:  # one rank runs the plain single-process path: measure it from here
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        per_rank = [{"rank": 0, "world": 1, "jobs": None, "peak_rss_mib": round(peak, 1)}]
+    return {"ranks": ranks, "wall_seconds": round(seconds, 1), "per_rank": per_rank,
+            "output": str(out)}  # fmt: skip
+
+
+def compare(a: Path, b: Path) -> dict:
+    import torch
+
+    from armor_export.io import sha256_file
+    from armor_export.prune.checkpoint import load_checkpoint
+
+    same_bytes = sha256_file(a / "model.safetensors") == sha256_file(b / "model.safetensors")
+    model_a, manifest = load_checkpoint(a)
+    model_b, _ = load_checkpoint(b)
+    names = list(manifest["matrices"])
+    equal_masks = sum(
+        torch.equal(model_a.get_submodule(n).mask, model_b.get_submodule(n).mask) for n in names
+    )
+    return {"identical_files": same_bytes, "equal_masks": equal_masks, "matrices": len(names)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    runs = [run(args, int(n), work) for n in args.ranks.split(",")]
+    base = runs[0]
+    for r in runs:
+        r["speedup_vs_first"] = round(base["wall_seconds"] / r["wall_seconds"], 3)
+    identical = [compare(Path(base["output"]), Path(r["output"])) for r in runs[1:]]
+    command = "python tools/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_description()}, {platform.system()}, no GPU",
+        "settings": {k: getattr(args, k) for k in ("model", "block_size", "iterations",
+                                                     "calib_samples", "calib_seqlen")},
+    }  # fmt: skip
+    write(Path(args.out), meta, runs, identical)
+    return 0
+
+
+def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> None:
+    from armor_export.io import write_json, write_text
+
+    write_json(out / "scale.json", {"meta": meta, "runs": runs, "identical": identical})
+    lines = [
+        "# Scale: ARMOR prune over torch.distributed ranks (CPU, gloo)",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        f"- settings: {meta['settings']}",
+        "",
+        "| ranks | wall time (s) | speed-up | peak RSS per rank (MiB) | jobs per rank |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        rss = ", ".join(str(p["peak_rss_mib"]) for p in r["per_rank"])
+        jobs = ", ".join(str(p["jobs"]) for p in r["per_rank"])
+        lines.append(
+            f"| {r['ranks']} | {r['wall_seconds']:.0f} | {r['speedup_vs_first']:.2f} | "
+            f"{rss} | {jobs} |"
+        )
+    for r, same in zip(runs[1:], identical, strict=True):
+        lines.append("")
+        lines.append(
+            f"{r['ranks']} ranks vs {runs[0]['ranks']}: checkpoint bytes identical: "
+            f"{'yes' if same['identical_files'] else 'no'}; equal masks "
+            f"{same['equal_masks']}/{same['matrices']}."
+        )
+    lines.append("")
+    write_text(out / "scale.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
