@@ -128,7 +128,7 @@ def _load_plugin(builder, cfg: EngineConfig, manifest: dict) -> dict | None:
     return {**plugin, "library": str(library)}
 
 
-def _profile_shapes(manifest: dict, limits: dict) -> dict[str, tuple]:
+def profile_shapes(manifest: dict, limits: dict) -> dict[str, tuple]:
     """min / opt / max per input: opt is a one-sequence prefill of half the prompt limit."""
     batch, prompt, context = limits["max_batch"], limits["max_prompt"], limits["max_context"]
     spec = manifest["decoder"]
@@ -158,7 +158,7 @@ def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
         config.num_compute_capabilities = 1
         config.set_compute_capability(compute_capability(trt, cfg.compute_capability), 0)
     profile = builder.create_optimization_profile()
-    shapes = _profile_shapes(manifest, limits)
+    shapes = profile_shapes(manifest, limits)
     for index in range(network.num_inputs):
         name = network.get_input(index).name
         if name not in shapes:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import numpy as np
 
 from armor_export.errors import ShapeError
+from armor_export.runtime.inputs import left_pad, position_ids
 
 
 def numpy_dtype(name: str):
@@ -31,24 +32,16 @@ def prefill_feed(tokenizer_path, prompts: list[str], manifest: dict) -> OrderedD
         raise ShapeError(
             f"a prompt of {longest} tokens exceeds the export's max_prompt {limits['max_prompt']}"
         )
-    pad = manifest["tokens"]["pad_token_id"]
-    input_ids = np.full((len(ids), longest), pad, dtype=np.int64)
-    mask = np.zeros((len(ids), longest), dtype=np.int64)
-    for row, seq in enumerate(ids):
-        input_ids[row, longest - len(seq) :] = seq
-        mask[row, longest - len(seq) :] = 1
+    batch = left_pad(ids, manifest["tokens"]["pad_token_id"])
     feed = OrderedDict(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions(mask, longest)
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
     )
     shape = (len(ids), spec["num_kv_heads"], 0, spec["head_dim"])
     for name in manifest["input_names"][3:]:
         feed[name] = np.zeros(shape, dtype=numpy_dtype(manifest["dtype"]))
     return feed
-
-
-def positions(mask: np.ndarray, seq: int) -> np.ndarray:
-    """Positions of the last ``seq`` tokens, counting only real (unpadded) tokens."""
-    return np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, -seq:].astype(np.int64)
 
 
 def decode_feed(previous: OrderedDict, outputs: dict, manifest: dict) -> OrderedDict:
@@ -61,7 +54,7 @@ def decode_feed(previous: OrderedDict, outputs: dict, manifest: dict) -> Ordered
             f"{manifest['limits']['max_context']}"
         )
     feed = OrderedDict(
-        input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions(mask, 1)
+        input_ids=next_ids[:, None], attention_mask=mask, position_ids=position_ids(mask)[:, -1:]
     )
     dtype = numpy_dtype(manifest["dtype"])
     pairs = zip(manifest["input_names"][3:], manifest["output_names"][1:], strict=True)

@@ -176,15 +176,11 @@ def tensorrt_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
         TrtRunner,
     )
 
-    limits, spec = manifest["limits"], manifest["decoder"]
-    b, p, c = limits["max_batch"], limits["max_prompt"], limits["max_context"]
+    from armor_export.engine.api import profile_shapes
+
     profile = Profile()
-    profile.add("input_ids", (1, 1), (1, p // 2 or 1), (b, p))
-    profile.add("position_ids", (1, 1), (1, p // 2 or 1), (b, p))
-    profile.add("attention_mask", (1, 1), (1, c // 2 or 1), (b, c))
-    h, d = spec["num_kv_heads"], spec["head_dim"]
-    for name in manifest["input_names"][3:]:
-        profile.add(name, (1, h, 0, d), (1, h, c // 2, d), (b, h, c - 1, d))
+    for name, (low, opt, high) in profile_shapes(manifest, manifest["limits"]).items():
+        profile.add(name, low, opt, high)
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     config = CreateConfig(sparse_weights=True, profiles=[profile])
     return Float32Runner(TrtRunner(EngineFromNetwork(network, config=config)), name="tensorrt")
