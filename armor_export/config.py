@@ -107,6 +107,7 @@ class PruneConfig:
     skip_incompatible: bool = False
     device: str = "cpu"  # where the per-matrix solves run (e.g. "cuda:0")
     workers: int = 0  # processes for independent jobs; 0 = one per CPU core
+    low_memory: bool = False  # read decoder layers and weights from disk one at a time
     armor: ArmorConfig = field(default_factory=ArmorConfig)
     sparsegpt: SparseGPTConfig = field(default_factory=SparseGPTConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -170,7 +170,7 @@ def _run_stage(stage: str, stage_cfg, reporter) -> tuple[str, bool]:
         from armor_export.prune.api import prune
 
         res = prune(stage_cfg, reporter)
-        return f"{len(res.results)} matrices pruned ({stage_cfg.method})", True
+        return f"{len(res.metrics)} matrices pruned ({stage_cfg.method})", True
     if stage == "export":
         from armor_export.export import export_onnx
 

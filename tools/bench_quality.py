@@ -168,9 +168,7 @@ def main(argv=None) -> int:
             entry["block_size"] = block
             entry["weighting"] = weighting
             entry.update(result.armor_summary)
-            losses = [
-                (r.metrics["proxy_loss"], r.metrics["nowag_loss"]) for r in result.results.values()
-            ]
+            losses = [(m["proxy_loss"], m["nowag_loss"]) for m in result.metrics.values()]
             entry["mean_loss_ratio_vs_nowag"] = sum(a / b for a, b in losses) / len(losses)
             entry["iterations"] = cfg.armor.iterations
         state["results"][key] = entry

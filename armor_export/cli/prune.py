@@ -32,6 +32,14 @@ def add_parser(sub):
         default=None,
         help="leave layers whose shape does not fit the block size dense",
     )
+    p.add_argument("--device", help="where the per-matrix solves run: cpu (default), cuda[:i]")
+    p.add_argument("--workers", type=int, help="worker processes for the jobs (0 = one per core)")
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        default=None,
+        help="read decoder layers and weights from disk one at a time (models larger than RAM)",
+    )
     p.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
     p.add_argument("--eval-text", default="wikipedia", help="evaluation text (default wikipedia)")
     p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows")
@@ -48,6 +56,9 @@ def config_from_args(args):
         "method": "method",
         "output_dir": "output_dir",
         "skip_incompatible": "skip_incompatible",
+        "device": "device",
+        "workers": "workers",
+        "low_memory": "low_memory",
     }
     for attr, key in simple.items():
         if getattr(args, attr) is not None:
@@ -99,7 +110,7 @@ def run(args) -> int:
     summary = {
         "output_dir": str(result.output_dir),
         "method": cfg.method,
-        "matrices": len(result.results),
+        "matrices": len(result.metrics),
         "skipped": len(result.skipped),
         "seconds": round(result.seconds, 1),
     }

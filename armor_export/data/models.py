@@ -88,3 +88,31 @@ def load_model_and_tokenizer(
         raise UserError(f"could not load model {name_or_path!r}: {reason}{hint}") from exc
     model.eval()
     return model, tokenizer
+
+
+def load_lazy_model_and_tokenizer(name_or_path: str):
+    """(:class:`~armor_export.prune.lazy.LazyModel`, tokenizer) of a local safetensors model.
+
+    Only the modules outside the decoder layers are read now; layers and weights are read
+    when needed (low-memory pruning).
+    """
+    from transformers import AutoTokenizer
+
+    from armor_export.prune.lazy import load_lazy_model
+
+    path = resolve_model_path(name_or_path)
+    if not Path(path).is_dir():
+        raise UserError(
+            f"low-memory mode reads the weights from a local folder; {name_or_path!r} is not "
+            "one (download it first, e.g. with `huggingface-cli download`)"
+        )
+    _check_local_weights(Path(path))
+    logger.info("opening model %s lazily (one decoder layer in memory at a time)", path)
+    try:
+        lazy = load_lazy_model(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:300] if lines else type(exc).__name__
+        raise UserError(f"could not load model {name_or_path!r}: {reason}") from exc
+    return lazy, tokenizer

@@ -29,7 +29,7 @@ from armor_export.io import read_json, read_tensors, write_json, write_tensors
 from armor_export.models.registry import Adapter, adapter_for
 from armor_export.progress import NullReporter, Reporter
 from armor_export.prune.calibrate import calibrate_layerwise
-from armor_export.prune.checkpoint import apply_result, save_checkpoint
+from armor_export.prune.checkpoint import apply_result, save_checkpoint, save_checkpoint_streaming
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
 from armor_export.prune.schedule import run_jobs
 
@@ -41,19 +41,18 @@ NEEDS_STATS = {"wanda", "nowag-p", "armor", "sparsegpt"}
 @dataclass
 class PruneResult:
     output_dir: Path
-    results: dict[str, MatrixResult]
+    results: dict[str, MatrixResult]  # empty in low-memory runs (the results stay on disk)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)  # per matrix, every run
 
     @property
     def armor_summary(self) -> dict:
-        armor = [r for r in self.results.values() if r.is_armor]
+        armor = [m for m in self.metrics.values() if m.get("block_size")]
         return {
             "matrices_total": len(armor),
-            "matrices_at_or_below_nowag": sum(
-                r.metrics["proxy_loss"] <= r.metrics["nowag_loss"] for r in armor
-            ),
+            "matrices_at_or_below_nowag": sum(m["proxy_loss"] <= m["nowag_loss"] for m in armor),
         }
 
 
@@ -119,6 +118,7 @@ def _defining_config(cfg: PruneConfig) -> dict:
     """The config fields that decide the results (not how the work is scheduled)."""
     data = cfg.to_dict()
     data.pop("workers")
+    data.pop("low_memory")
     data["armor"].pop("compile")
     return data
 
@@ -148,61 +148,93 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
 
     Under ``torchrun`` (WORLD_SIZE > 1) the jobs are spread over the ranks
     (``prune/distributed.py``); rank 0 writes the checkpoint, other ranks return only the
-    results they computed.
+    results they computed. With ``cfg.low_memory`` the decoder layers are read from disk
+    one at a time (``prune/lazy.py``) and the results stay in the job store until the
+    checkpoint is streamed out.
     """
-    from armor_export.data.models import load_model_and_tokenizer
     from armor_export.prune import distributed
 
     cfg.validate()
+    sequential = cfg.method == "sparsegpt" and cfg.sparsegpt.sequential
+    if sequential and cfg.low_memory:
+        raise UserError("sequential SparseGPT keeps the pruned layers in memory: drop --low-memory")
     ranks = distributed.init(cfg.device) if distributed.launched_distributed() else None
-    if ranks and cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
+    if ranks and sequential:
         raise UserError("sequential SparseGPT cannot be spread over ranks: run it on one")
     main = ranks is None or ranks.is_main
     reporter = (reporter or NullReporter()) if main else NullReporter()
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     _check_run_dir(out, cfg)
-    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    lazy = None
+    if cfg.low_memory:
+        from armor_export.data.models import load_lazy_model_and_tokenizer
+
+        lazy, tokenizer = load_lazy_model_and_tokenizer(cfg.model)
+        model = lazy.model
+    else:
+        from armor_export.data.models import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(cfg.model)
     model.eval()
     adapter = adapter_for(model)
     targets, skipped = select_linears(model, adapter, cfg)
-    _check_finite_weights(targets)
+    if lazy is None:
+        _check_finite_weights(targets)  # low-memory runs check each weight as it is read
     # the run is valid: from here on, its directory belongs to this config
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run_config.json", _defining_config(cfg))
     store = JobStore(out / "work" / "jobs")
     timings: dict[str, float] = {"load": time.perf_counter() - start}
-    with torch.no_grad(), _JobLoop(cfg, store, reporter, len(targets)) as runner:
+    loop = _JobLoop(cfg, store, reporter, len(targets), keep=lazy is None)
+    with torch.no_grad(), loop as runner:
         share = len(targets)
-        if cfg.method == "sparsegpt" and cfg.sparsegpt.sequential:
+        if sequential:
             _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
         else:
-            if not main:
-                distributed.barrier()  # rank 0 computes and writes the statistics first
-            stats = _dense_statistics(model, adapter, tokenizer, targets, cfg, out, reporter)
-            if ranks and main:
-                distributed.barrier()
+            stats = _dense_statistics(
+                model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
+            )
             timings["calibration"] = time.perf_counter() - start - timings["load"]
             batch = [
-                MatrixJob(name, mod.weight, stats.get(f"{name}.hdiag"), stats.get(f"{name}.gram"))
+                MatrixJob(
+                    name,
+                    mod.weight,
+                    stats.get(f"{name}.hdiag"),
+                    stats.get(f"{name}.gram"),
+                    None if lazy is None else _weight_reader(lazy, name),
+                )
                 for name, mod in targets.items()
             ]
             share = _run_share(batch, cfg, store, runner, model, ranks)
     timings["total_prune"] = time.perf_counter() - start
-    results = runner.results
     manifest = {
         "method": cfg.method,
         "base_model": cfg.model,
         "prune_config": cfg.to_dict(),
         "skipped": skipped,
     }
-    if main:
-        save_checkpoint(out, model, tokenizer, results, manifest)
+    if main and lazy is not None:
+        save_checkpoint_streaming(out, lazy, tokenizer, store, list(targets), manifest)
+    elif main:
+        save_checkpoint(out, model, tokenizer, runner.results, manifest)
     if ranks:
         distributed.record_rank(out / "work" / "ranks", ranks, share, time.perf_counter() - start)
         distributed.finish()
-    return PruneResult(out, results, skipped, time.perf_counter() - start, timings)
+    return PruneResult(
+        out, runner.results, skipped, time.perf_counter() - start, timings, runner.metrics
+    )
+
+
+def _weight_reader(lazy, name: str) -> Callable[[], torch.Tensor]:
+    def read() -> torch.Tensor:
+        weight = lazy.weight(name)
+        if not bool(torch.isfinite(weight).all()):
+            raise UserError(f"{name}: the model's weight contains NaN/Inf; refusing to prune it")
+        return weight
+
+    return read
 
 
 def _run_share(batch, cfg, store, runner, model, ranks) -> int:
@@ -231,9 +263,12 @@ def _run_share(batch, cfg, store, runner, model, ranks) -> int:
 class _JobLoop:
     """Runs (or reloads) jobs one after another and applies each result to the model."""
 
-    def __init__(self, cfg: PruneConfig, store: JobStore, reporter: Reporter, total: int):
-        self.cfg, self.store = cfg, store
+    def __init__(
+        self, cfg: PruneConfig, store: JobStore, reporter: Reporter, total: int, keep: bool = True
+    ):
+        self.cfg, self.store, self.keep = cfg, store, keep
         self.results: dict[str, MatrixResult] = {}
+        self.metrics: dict[str, dict] = {}
         self._task_cm = reporter.task(f"prune ({cfg.method})", total)
 
     def __enter__(self) -> _JobLoop:
@@ -249,17 +284,27 @@ class _JobLoop:
         return self.results[job.name]
 
     def record(self, model: nn.Module, result: MatrixResult) -> None:
-        """Apply a finished result to the model and report progress."""
-        apply_result(model, result)
-        self.results[result.name] = result
+        """Apply a finished result to the model (unless low-memory) and report progress."""
+        if self.keep:
+            apply_result(model, result)
+            self.results[result.name] = result
+        self.metrics[result.name] = result.metrics
         info = {}
         if "proxy_loss" in result.metrics:
             info["loss"] = f"{result.metrics['proxy_loss']:.4f}"
         self._task.advance(1, **info)
 
 
-def _dense_statistics(model, adapter, tokenizer, targets, cfg, out: Path, reporter):
-    """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``."""
+def _dense_statistics(
+    model, adapter, tokenizer, targets, cfg, out: Path, reporter, ranks=None, lazy=None
+):
+    """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``.
+
+    Under torch.distributed every rank runs its share of the batches and the sums are
+    all-reduced layer by layer; rank 0 writes the file.
+    """
+    from armor_export.prune import distributed
+
     if cfg.method not in NEEDS_STATS:
         return {}
     path = out / "work" / "stats.safetensors"
@@ -272,18 +317,23 @@ def _dense_statistics(model, adapter, tokenizer, targets, cfg, out: Path, report
             return stats
     gram = cfg.method == "sparsegpt"
     batches = calibration_batches(tokenizer, cfg)
+    if ranks is not None:
+        batches = batches[ranks.rank :: ranks.world]
     collected: dict[str, torch.Tensor] = {}
 
     def on_layer(_i, layer_stats):
+        if ranks is not None:
+            distributed.all_reduce_stats(layer_stats)
         for name, st in layer_stats.items():
             collected[f"{name}.hdiag"] = st.hdiag(name)
             if gram:
                 collected[f"{name}.gram"] = st.gram(name)
 
     _calibrate_with_progress(
-        reporter, "calibration", model, adapter, batches, targets, on_layer, gram=gram
+        reporter, "calibration", model, adapter, batches, targets, on_layer, gram=gram, lazy=lazy
     )
-    write_tensors(path, collected)
+    if ranks is None or ranks.is_main:
+        write_tensors(path, collected)
     return collected
 
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from armor_export.models.registry import Adapter
 from armor_export.prune.statistics import InputStatistics, collect_inputs
+
+if TYPE_CHECKING:
+    from armor_export.prune.lazy import LazyModel
 
 
 @dataclass
@@ -92,17 +96,22 @@ def calibrate_layerwise(
     gram: bool = False,
     sequential: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    lazy: LazyModel | None = None,
 ) -> None:
     """Run the calibration batches layer by layer; call ``on_layer(i, stats)`` for each layer.
 
     ``targets`` maps full module names to the linears whose inputs are summed. With
     ``sequential=True`` the layer's outputs are computed after ``on_layer`` returns (so a
     callback that prunes the layer propagates pruned outputs); otherwise before.
+    With ``lazy`` (a model whose decoder layers are on ``meta``) each layer is loaded from
+    disk before it runs and released after, so one layer is resident at a time.
     """
     captured = capture_layer_inputs(model, adapter, batches)
     hidden = captured.hidden
     layers = adapter.layers(model)
     for i, layer in enumerate(layers):
+        if lazy is not None:
+            layer = lazy.load_layer(i)
         prefix = adapter.layer_prefix(i) + "."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
         with collect_inputs(mine, gram=gram) as stats:
@@ -113,5 +122,7 @@ def calibrate_layerwise(
         else:
             on_layer(i, stats)
         hidden = outs
+        if lazy is not None:
+            lazy.release_layer(i)
         if progress is not None:
             progress(i + 1, len(layers))

@@ -7,6 +7,7 @@ Pruned matrices are stored compactly: ``<name>.core_values`` ``[d_out, d_in/2]``
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
@@ -75,18 +76,27 @@ def save_checkpoint(
         if res.is_armor:
             state[f"{name}.a_blocks"] = res.a_blocks
             state[f"{name}.b_blocks"] = res.b_blocks
-        metrics = {k: v for k, v in res.metrics.items() if k != "history"}
-        matrices[name] = {
-            "kind": "armor" if res.is_armor else "sparse",
-            "shape": list(res.core.shape),
-            "block_size": int(res.a_blocks.shape[-1]) if res.is_armor else None,
-            **metrics,
-        }
+        block = int(res.a_blocks.shape[-1]) if res.is_armor else None
+        matrices[name] = _matrix_entry(list(res.core.shape), block, res.metrics)
     state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     model.config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     write_tensors(out / WEIGHTS, state, {"format": FORMAT})
+    _write_manifest(out, matrices, manifest_extra)
+    return out
+
+
+def _matrix_entry(shape: list[int], block_size: int | None, metrics: dict) -> dict:
+    return {
+        "kind": "armor" if block_size else "sparse",
+        "shape": shape,
+        "block_size": block_size,
+        **{k: v for k, v in metrics.items() if k != "history"},
+    }
+
+
+def _write_manifest(out: Path, matrices: dict, manifest_extra: dict) -> None:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -94,8 +104,65 @@ def save_checkpoint(
         "matrices": matrices,
         **manifest_extra,
     }
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)  # last: its presence marks a complete checkpoint
+
+
+def save_checkpoint_streaming(
+    out_dir: str | Path, lazy, tokenizer, store, names: list[str], manifest_extra: dict
+) -> Path:
+    """The checkpoint of a low-memory run, one tensor in memory at a time.
+
+    ``lazy`` is a :class:`~armor_export.prune.lazy.LazyModel` (its tensors are read from the
+    source files), ``store`` the :class:`~armor_export.prune.jobs.JobStore` holding the
+    finished jobs ``names``, whose packed tensors are copied as they are. The file holds the
+    same tensors as :func:`save_checkpoint` writes for the same results.
+    """
+    from armor_export.io import read_metadata
+    from armor_export.prune.lazy import TensorEntry, tensor_info, write_safetensors_streaming
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, source = lazy.model, lazy.source
+    state = model.state_dict()  # meta tensors: names, shapes and dtypes only
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    pruned = set(names)
+    entries, matrices = [], {}
+    for name in names:
+        path = store.path(name)
+        info = tensor_info(path)
+        for key, (dtype, shape) in info.items():
+            entries.append(TensorEntry(f"{name}.{key}", dtype, shape, _job_tensor(path, key)))
+        metrics = json.loads(read_metadata(path)["metrics"])
+        block = info["a_blocks"][1][-1] if "a_blocks" in info else None
+        rows, half = info["core_values"][1]
+        matrices[name] = _matrix_entry([rows, 2 * half], block, metrics)
+    for key, tensor in state.items():
+        module, _, leaf = key.rpartition(".")
+        if module in pruned and leaf in ("weight", "core", "mask", "a_blocks", "b_blocks"):
+            continue
+        entries.append(TensorEntry(key, tensor.dtype, tuple(tensor.shape),
+                                   _source_tensor(source, key, tensor.dtype)))  # fmt: skip
+    model.config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
+    _write_manifest(out, matrices, manifest_extra)
     return out
+
+
+def _job_tensor(path: Path, key: str):
+    def load() -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.get_tensor(key)
+
+    return load
+
+
+def _source_tensor(source, key: str, dtype: torch.dtype):
+    return lambda: source.get(key, dtype if dtype.is_floating_point else None)
 
 
 def is_pruned_checkpoint(path: str | Path) -> bool:

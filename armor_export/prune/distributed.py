@@ -1,6 +1,7 @@
 """Spreading the per-matrix jobs over torch.distributed ranks (``torchrun``).
 
-Rank 0 computes the calibration statistics once and writes them to the shared output
+The ranks compute the calibration statistics together, each on its share of the batches
+(sums are all-reduced after every layer), and rank 0 writes them to the shared output
 folder; every rank then solves its share of the jobs (balanced by matrix size, the same
 assignment on every rank) into the shared job store, and rank 0 assembles the
 checkpoint. A relaunch after any rank died reuses the statistics and every finished job,
@@ -40,7 +41,8 @@ def init(device: str) -> Ranks:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
+        # calibration statistics stay on the CPU: gloo carries them even next to nccl
+        backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=6))
     ranks = Ranks(
         dist.get_rank(),
@@ -57,6 +59,20 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_reduce_stats(stats: dict) -> None:
+    """Sum every rank's calibration sums (each rank ran its share of the batches)."""
+    import torch.distributed as dist
+
+    for name in sorted(stats):
+        st = stats[name]
+        dist.all_reduce(st.sq_sum)
+        if st.gram_sum is not None:
+            dist.all_reduce(st.gram_sum)
+        count = torch.tensor([st.n_tokens], dtype=torch.int64)
+        dist.all_reduce(count)
+        st.n_tokens = int(count.item())
 
 
 def record_rank(folder, ranks: Ranks, jobs: int, seconds: float) -> None:

@@ -30,9 +30,16 @@ class MatrixJob:
     """Inputs of one job: the dense weight and its calibration statistics."""
 
     name: str
-    weight: torch.Tensor
+    weight: torch.Tensor  # may be a ``meta`` tensor when ``load_weight`` is given
     hdiag: torch.Tensor | None = None
     gram: torch.Tensor | None = None
+    load_weight: Callable[[], torch.Tensor] | None = None  # reads the weight when it runs
+
+    def resolved(self) -> MatrixJob:
+        """This job with its weight in memory (low-memory runs read it only now)."""
+        if self.load_weight is None:
+            return self
+        return MatrixJob(self.name, self.load_weight(), self.hdiag, self.gram)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
 import torch
@@ -58,7 +58,7 @@ def run_jobs(
     workers = resolve_workers(workers, len(pending))
     if workers == 1:
         for job in pending:
-            result = run_job(job, cfg)
+            result = run_job(job.resolved(), cfg)
             store.save(result)
             on_result(result)
         return
@@ -67,17 +67,31 @@ def run_jobs(
     threads = max(1, (os.cpu_count() or 1) // workers)
     log.info("running %d jobs on %d worker processes", len(pending), workers)
     ctx = get_context("spawn")
+    queue = iter(pending)
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
     ) as pool:
-        futures = [pool.submit(_work, _portable(job), cfg) for job in pending]
+        in_flight: set = set()
+
+        def submit_next() -> None:
+            # a bounded queue: only a few jobs' weights are in memory at once
+            job = next(queue, None)
+            if job is not None:
+                in_flight.add(pool.submit(_work, _portable(job.resolved()), cfg))
+
         try:
-            for fut in as_completed(futures):
-                result = fut.result()
-                store.save(result)
-                on_result(result)
+            for _ in range(2 * workers):
+                submit_next()
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    in_flight.discard(fut)
+                    result = fut.result()
+                    store.save(result)
+                    on_result(result)
+                    submit_next()
         except BaseException:
-            for fut in futures:
+            for fut in in_flight:
                 fut.cancel()
             raise
 

@@ -26,9 +26,10 @@ def test_assignment_is_balanced_and_deterministic():
     assert assign(dict(reversed(list(sizes.items()))), 2) == shares
 
 
-def write_config(path, model_dir, text_file, out, iterations=8):
+def write_config(path, model_dir, text_file, out, iterations=8, low_memory=False):
     path.write_text(
         f'model = "{model_dir}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
+        f"low_memory = {str(low_memory).lower()}\n"
         f"[armor]\nblock_size = 16\niterations = {iterations}\ncompile = false\n"
         f'[calibration]\ntext = "{text_file}"\nn_samples = 4\nseqlen = 32\nbatch_size = 2\n'
     )
@@ -57,12 +58,17 @@ def assert_same_checkpoints(a, b):
 def test_two_gloo_ranks_give_the_single_process_result(
     tiny_model_dir, text_file, tmp_path, one_torch_thread
 ):
-    config = write_config(tmp_path / "dist.toml", tiny_model_dir, text_file, tmp_path / "dist")
+    """Ranks share the calibration batches and read their layers lazily (low memory); the
+    reference is one ordinary in-memory process."""
+    config = write_config(
+        tmp_path / "dist.toml", tiny_model_dir, text_file, tmp_path / "dist", low_memory=True
+    )
     proc = torchrun(config)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
     single = PruneConfig.from_toml(config)
     single.output_dir = str(tmp_path / "single")
+    single.low_memory = False
     api.prune(single)
     assert_same_checkpoints(tmp_path / "dist", tmp_path / "single")
     ranks = [json.loads((tmp_path / "dist" / "work" / "ranks" / f"rank{r}.json").read_text())

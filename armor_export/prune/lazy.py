@@ -1,0 +1,244 @@
+"""Models larger than memory: decoder layers stay in their safetensors files until needed.
+
+``low_memory`` pruning builds the model on the ``meta`` device, materialises only what runs
+outside the decoder layers (embeddings, rotary tables, final norm), and loads one decoder
+layer at a time for calibration (:class:`LazyLayers`). Each job reads its own weight from
+disk, and the checkpoint is streamed tensor by tensor (:func:`write_safetensors_streaming`),
+so peak memory is one layer plus activations and statistics, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from armor_export.errors import CorruptFileError
+from armor_export.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class SafetensorsSource:
+    """Read single tensors from a model folder's safetensors file(s), on demand."""
+
+    def __init__(self, folder: str | Path):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in self.folder.glob("*.safetensors"))
+            weight_map = None
+        if not files:
+            raise CorruptFileError(f"{self.folder} has no model weights (*.safetensors)")
+        self._handles = {}
+        self._where: dict[str, str] = {}
+        for name in files:
+            try:
+                handle = safe_open(str(self.folder / name), framework="pt")
+            except Exception as exc:  # safetensors raises its own error types
+                raise CorruptFileError(f"{self.folder / name}: unreadable ({exc})") from None
+            self._handles[name] = handle
+            for key in handle.keys():
+                if weight_map is None or weight_map.get(key) == name:
+                    self._where[key] = name
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
+        if key not in self._where:
+            raise CorruptFileError(f"{self.folder}: tensor {key!r} is missing")
+        tensor = self._handles[self._where[key]].get_tensor(key)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor
+
+
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, is_param: bool) -> None:
+    if is_param:
+        module._parameters[name] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[name] = value
+
+
+def materialize(
+    model: nn.Module, root: nn.Module, prefix: str, source: SafetensorsSource,
+    skip: Callable[[nn.Module], bool] = lambda m: False,
+) -> None:  # fmt: skip
+    """Load every parameter and buffer under ``root`` (named ``prefix``) from ``source``.
+
+    Buffers absent from the files (rotary tables) are rebuilt by the model's own
+    ``_init_weights``; a missing parameter is a damaged checkpoint.
+    """
+    for mname, module in root.named_modules():
+        if skip(module):
+            continue
+        full = f"{prefix}.{mname}" if mname else prefix
+        present, missing_buffers = [], False
+        for kind, tensors in (("param", module._parameters), ("buffer", module._buffers)):
+            for tname, tensor in list(tensors.items()):
+                if tensor is None:
+                    continue
+                key = f"{full}.{tname}" if full else tname
+                if key in source:
+                    present.append((kind, tname, key, tensor))
+                elif kind == "param":
+                    raise CorruptFileError(f"{source.folder}: tensor {key!r} is missing")
+                else:
+                    missing_buffers = True
+                _set_tensor(module, tname, torch.empty(tensor.shape, dtype=tensor.dtype),
+                            kind == "param")  # fmt: skip
+        if missing_buffers:  # e.g. rotary tables; this may also initialise the parameters
+            model._init_weights(module)
+        for kind, tname, key, tensor in present:
+            value = source.get(key, tensor.dtype if tensor.is_floating_point() else None)
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise CorruptFileError(
+                    f"{source.folder}: {key} has shape {tuple(value.shape)}, the model "
+                    f"expects {tuple(tensor.shape)}"
+                )
+            _set_tensor(module, tname, value, kind == "param")
+
+
+def release(root: nn.Module) -> None:
+    """Drop the storage of every tensor under ``root`` (back to ``meta``)."""
+    root.to("meta")
+
+
+@dataclass
+class LazyModel:
+    """A model whose decoder layers are loaded one at a time from ``source``."""
+
+    model: nn.Module
+    source: SafetensorsSource
+    layers_path: str
+
+    def layer(self, index: int) -> nn.Module:
+        return self.model.get_submodule(self.layers_path)[index]
+
+    def load_layer(self, index: int) -> nn.Module:
+        layer = self.layer(index)
+        materialize(self.model, layer, f"{self.layers_path}.{index}", self.source)
+        return layer
+
+    def release_layer(self, index: int) -> None:
+        release(self.layer(index))
+
+    def weight(self, module_name: str) -> torch.Tensor:
+        return self.source.get(f"{module_name}.weight")
+
+
+def load_lazy_model(folder: str | Path) -> LazyModel:
+    """The model on ``meta``; the modules that run outside the decoder layers materialised.
+
+    ``lm_head`` stays on ``meta``: calibration runs only the base model.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from armor_export.models.registry import adapter_for
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    layers_path = adapter_for(model).layers_path
+    source = SafetensorsSource(folder)
+    parent_path, _, _ = layers_path.rpartition(".")
+    layers = model.get_submodule(layers_path)
+    in_layers = {id(m) for m in layers.modules()}
+    base = model.get_submodule(parent_path) if parent_path else model
+    materialize(model, base, parent_path, source, skip=lambda m: id(m) in in_layers)
+    return LazyModel(model, source, layers_path)
+
+
+# ---------------------------------------------------------------------------------------
+# streaming safetensors writer
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}  # fmt: skip
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+
+
+def tensor_info(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every tensor in a safetensors file, without reading data."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        out = {}
+        for key in fh.keys():
+            view = fh.get_slice(key)
+            out[key] = (_FROM_NAME[view.get_dtype()], tuple(view.get_shape()))
+    return out
+
+
+@dataclass
+class TensorEntry:
+    """One tensor of a streamed file: its header data and how to produce its values."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    load: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def write_safetensors_streaming(
+    path: str | Path, entries: Iterable[TensorEntry], metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file holding one tensor in memory at a time (atomically).
+
+    The header is computed from the declared dtypes and shapes; each loaded tensor is
+    checked against its declaration.
+    """
+    entries = sorted(entries, key=lambda e: e.name)
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for e in entries:
+        if e.dtype not in _DTYPES:
+            raise TypeError(f"{e.name}: dtype {e.dtype} cannot be stored")
+        header[e.name] = {
+            "dtype": _DTYPES[e.dtype], "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }  # fmt: skip
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)))
+            fh.write(raw)
+            for e in entries:
+                t = e.load()
+                if t.dtype != e.dtype or tuple(t.shape) != tuple(e.shape):
+                    raise ValueError(
+                        f"{e.name}: produced {t.dtype}{tuple(t.shape)}, "
+                        f"declared {e.dtype}{tuple(e.shape)}"
+                    )
+                fh.write(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+
+    atomic_path(path, write)

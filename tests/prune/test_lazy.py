@@ -1,0 +1,165 @@
+"""Low-memory pruning: layers read from disk one at a time give the in-memory results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from armor_export.config import PruneConfig
+from armor_export.errors import CorruptFileError
+from armor_export.io import read_json, read_tensors
+from armor_export.models.registry import adapter_for
+from armor_export.prune import api
+from armor_export.prune.calibrate import calibrate_layerwise
+from armor_export.prune.lazy import (
+    LazyModel,
+    SafetensorsSource,
+    TensorEntry,
+    load_lazy_model,
+    write_safetensors_streaming,
+)
+from tests.conftest import TEXT, tiny_model, train_tokenizer
+
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma"]
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    tokenizer = train_tokenizer([TEXT])
+    dirs = {}
+    for family in FAMILIES:
+        dirs[family] = root / family
+        tiny_model(family).save_pretrained(dirs[family])
+        tokenizer.save_pretrained(dirs[family])
+    return dirs
+
+
+def _hdiag(model, batches, lazy=None):
+    adapter = adapter_for(model)
+    out = {}
+
+    def on_layer(_i, stats):
+        out.update({name: st.hdiag(name) for name, st in stats.items()})
+
+    calibrate_layerwise(model, adapter, batches, adapter.linears(model), on_layer, lazy=lazy)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lazy_calibration_equals_in_memory_with_one_layer_resident(
+    family, family_dirs, one_torch_thread, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    folder = family_dirs[family]
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 300, (2, 16), generator=gen) for _ in range(2)]
+    eager = _hdiag(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), batches)
+
+    lazy = load_lazy_model(folder)
+    layers = lazy.model.get_submodule(lazy.layers_path)
+    assert all(p.is_meta for p in layers.parameters()) and lazy.model.lm_head.weight.is_meta
+    resident = []
+    load = LazyModel.load_layer
+
+    def counting_load(self, index):
+        layer = load(self, index)
+        resident.append(sum(not next(m.parameters()).is_meta for m in layers))
+        return layer
+
+    monkeypatch.setattr(LazyModel, "load_layer", counting_load)
+    result = _hdiag(lazy.model, batches, lazy)
+    assert resident == [1] * len(layers)  # one decoder layer in memory at a time
+    assert all(p.is_meta for p in layers.parameters())  # and released afterwards
+    assert result.keys() == eager.keys()
+    for name in eager:
+        assert torch.equal(result[name], eager[name]), name
+
+
+def _config(model_dir, text_file, out, low_memory, method="armor"):
+    return PruneConfig.from_dict(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "output_dir": str(out),
+            "workers": 1,
+            "low_memory": low_memory,
+            "armor": {"block_size": 16, "iterations": 3, "compile": False},
+            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32,
+                            "batch_size": 2},
+        }
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("family,method", [("llama", "armor"), ("qwen2", "wanda")])
+def test_low_memory_prune_writes_the_same_checkpoint(
+    family, method, family_dirs, text_file, tmp_path, one_torch_thread
+):
+    folder = family_dirs[family]
+    eager = api.prune(_config(folder, text_file, tmp_path / "eager", False, method))
+    low = api.prune(_config(folder, text_file, tmp_path / "low", True, method))
+    assert low.results == {} and low.metrics.keys() == eager.metrics.keys()
+    a = read_tensors(tmp_path / "eager" / "model.safetensors")
+    b = read_tensors(tmp_path / "low" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+    ma = read_json(tmp_path / "eager" / "armor_manifest.json")["matrices"]
+    mb = read_json(tmp_path / "low" / "armor_manifest.json")["matrices"]
+    for name in ma:
+        for entry in (ma[name], mb[name]):
+            entry.pop("seconds")
+        assert ma[name] == mb[name], name
+    if method == "armor":
+        assert low.armor_summary == eager.armor_summary
+        assert low.armor_summary["matrices_at_or_below_nowag"] == len(low.metrics)
+
+
+def test_streaming_writer_round_trips_every_dtype(tmp_path):
+    tensors = {
+        "f32": torch.randn(3, 5),
+        "bf16": torch.randn(4, 2).to(torch.bfloat16),
+        "f16": torch.randn(7).half(),
+        "u8": torch.randint(0, 255, (6, 3), dtype=torch.uint8),
+        "b": torch.rand(2, 2) > 0.5,
+        "i64": torch.arange(5),
+        "scalar": torch.tensor(2.5),
+    }
+    entries = [TensorEntry(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in tensors.items()]
+    write_safetensors_streaming(tmp_path / "s.safetensors", entries, {"format": "x"})
+    back = read_tensors(tmp_path / "s.safetensors")
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    header_len = int.from_bytes((tmp_path / "s.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "s.safetensors").read_bytes()[8 : 8 + header_len])
+    assert header["__metadata__"] == {"format": "x"}
+
+
+def test_streaming_writer_refuses_a_tensor_unlike_its_declaration(tmp_path):
+    bad = [TensorEntry("x", torch.float32, (2, 2), lambda: torch.zeros(3))]
+    with pytest.raises(ValueError, match="declared"):
+        write_safetensors_streaming(tmp_path / "s.safetensors", bad)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_source_reports_missing_and_misshapen_tensors(tmp_path, family_dirs):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    (folder / "config.json").write_text((family_dirs["llama"] / "config.json").read_text())
+    state = read_tensors(family_dirs["llama"] / "model.safetensors")
+    state.pop("model.norm.weight")
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CorruptFileError, match="model.norm.weight"):
+        load_lazy_model(folder)
+    state["model.norm.weight"] = torch.ones(3)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CorruptFileError, match="shape"):
+        load_lazy_model(folder)
+    source = SafetensorsSource(family_dirs["llama"])
+    with pytest.raises(CorruptFileError, match="nope"):
+        source.get("nope")
