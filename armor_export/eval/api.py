@@ -1,12 +1,28 @@
-"""The ``eval`` verb: perplexity of a dense model or a pruned checkpoint."""
+"""The ``eval`` verb: perplexity of a dense model or a pruned checkpoint.
+
+Evaluating a pruned checkpoint by its path also records the result in
+``<checkpoint>/eval_results.json`` (one entry per text, seqlen and window count; a
+re-evaluation replaces its entry), which ``armor-export report`` shows.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from armor_export.config import EvalConfig
+from armor_export.errors import CorruptFileError
+from armor_export.io import read_json, write_json
 from armor_export.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+EVAL_RESULTS = "eval_results.json"
+EVAL_FORMAT = "armor-export-eval-results"
+_KEY = ("text", "seqlen", "windows")
 
 
 @dataclass
@@ -16,6 +32,9 @@ class EvalResult:
     tokens: int
     seconds: float
     pruned: bool
+    text: str = ""
+    seqlen: int = 0
+    windows: int = 0
 
 
 def load_any_model(name_or_path: str):
@@ -25,8 +44,6 @@ def load_any_model(name_or_path: str):
 
     if is_pruned_checkpoint(name_or_path):
         from transformers import AutoTokenizer
-
-        from armor_export.errors import CorruptFileError
 
         model, manifest = load_checkpoint(name_or_path)
         try:
@@ -58,6 +75,55 @@ def evaluate(
     windows = eval_windows_for(tokenizer, cfg)
     start = time.perf_counter()
     ppl = perplexity(model, windows, cfg.batch_size, reporter, f"perplexity {cfg.text}")
-    return EvalResult(
-        name_or_path, ppl, windows.numel(), time.perf_counter() - start, manifest is not None
+    result = EvalResult(
+        name_or_path,
+        ppl,
+        windows.numel(),
+        time.perf_counter() - start,
+        manifest is not None,
+        cfg.text,
+        cfg.seqlen,
+        len(windows),
     )
+    if manifest is not None:
+        record_result(name_or_path, result)
+    return result
+
+
+def read_recorded(path: str | Path) -> list[dict]:
+    """The entries of an ``eval_results.json`` (none when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = read_json(path)
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != EVAL_FORMAT
+        or not isinstance(data.get("results"), list)
+        or not all(isinstance(entry, dict) for entry in data["results"])
+    ):
+        raise CorruptFileError(f"{path}: not an armor-export eval results file")
+    return data["results"]
+
+
+def record_result(checkpoint_dir: str | Path, result: EvalResult) -> Path | None:
+    """Add ``result`` to ``<checkpoint_dir>/eval_results.json`` atomically.
+
+    An entry with the same text, seqlen and window count is replaced. A checkpoint that
+    cannot be written (read-only) or holds a broken results file keeps it as it is: the
+    measurement itself was fine, so this only warns.
+    """
+    path = Path(checkpoint_dir) / EVAL_RESULTS
+    entry = asdict(result)
+    entry.pop("model")
+    entry.pop("pruned")
+    entry["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = [entry[k] for k in _KEY]
+    try:
+        kept = [e for e in read_recorded(path) if [e.get(k) for k in _KEY] != key]
+        write_json(path, {"format": EVAL_FORMAT, "format_version": 1, "results": kept + [entry]})
+    except (CorruptFileError, OSError) as exc:
+        log.warning("perplexity not recorded in %s: %s", path, exc)
+        return None
+    log.info("perplexity recorded in %s", path)
+    return path
