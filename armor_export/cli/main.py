@@ -21,7 +21,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from armor_export.cli import build, engine, env, evaluate, export, generate, prune, verify
+    from armor_export.cli import (
+        build,
+        engine,
+        env,
+        evaluate,
+        export,
+        generate,
+        prune,
+        report,
+        verify,
+    )
 
     parser = argparse.ArgumentParser(
         prog="armor-export",
@@ -29,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"armor-export {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
-    for module in (build, prune, evaluate, export, engine, verify, generate, env):
+    for module in (build, prune, evaluate, export, engine, verify, generate, report, env):
         p = module.add_parser(sub)
         _common(p)
         p.set_defaults(handler=module.run)

@@ -1,0 +1,349 @@
+"""Everything a pruning report shows, gathered from disk into plain data.
+
+Sources, all optional except the manifest:
+
+- ``<ckpt>/armor_manifest.json``: method, prune config, per-matrix shapes and losses;
+- ``<ckpt>/work/jobs/<name>.safetensors``: each ARMOR job's ``history`` (only the
+  safetensors metadata is read, never the tensors);
+- ``<ckpt>/eval_results.json`` (written by ``evaluate``) and ``armor-export eval --json``
+  files given by the user;
+- a ``verify_report.json``: given, or found at ``<ckpt>/../verify/`` (the layout of
+  ``armor-export build``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from armor_export.errors import CorruptFileError, UserError
+from armor_export.io import read_json, read_metadata
+
+# the order projections are shown in; other names follow alphabetically
+PROJECTION_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
+JOBS_DIR = Path("work") / "jobs"
+RANKS_DIR = Path("work") / "ranks"
+
+
+class NotACheckpointError(UserError):
+    """The report's input is not a pruned checkpoint directory."""
+
+
+@dataclass
+class MatrixRow:
+    """One pruned matrix: shape, wrappers and the proxy losses its job recorded."""
+
+    name: str
+    layer: int | None  # decoder layer index, None outside the decoder layers
+    projection: str  # "q", "k", ..., "down", or the module's own last name
+    kind: str  # "armor" | "sparse"
+    d_out: int
+    d_in: int
+    block_size: int | None
+    proxy_loss: float | None
+    nowag_loss: float | None
+    iterations: int | None = None
+    seconds: float | None = None
+    history: list[float] = field(default_factory=list)  # loss per iteration, [0] = start
+
+    @property
+    def ratio(self) -> float | None:
+        """``proxy_loss / nowag_loss`` (≤ 1 is ARMOR's promise)."""
+        if self.proxy_loss is None or self.nowag_loss is None or self.nowag_loss <= 0:
+            return None
+        return self.proxy_loss / self.nowag_loss
+
+    @property
+    def at_or_below_nowag(self) -> bool | None:
+        if self.proxy_loss is None or self.nowag_loss is None:
+            return None
+        return self.proxy_loss <= self.nowag_loss
+
+
+@dataclass
+class EvalRow:
+    """One perplexity measurement."""
+
+    model: str
+    pruned: bool
+    text: str
+    seqlen: int | None
+    windows: int | None
+    tokens: int | None
+    perplexity: float
+    source: str  # the file it came from
+
+
+@dataclass
+class Parity:
+    """A verify report, reduced to what the pruning report shows."""
+
+    path: Path
+    passed: bool
+    export_dir: str
+    model: str
+    dtype: str
+    lowering: str
+    runners: list[str]
+    skipped: dict[str, str]
+    error: str | None
+    rows: list[dict]  # VerifyReport.summary_rows()
+
+
+@dataclass
+class ReportData:
+    checkpoint: Path
+    manifest: dict
+    matrices: list[MatrixRow]
+    evals: list[EvalRow] = field(default_factory=list)
+    parity: Parity | None = None
+    history_note: str | None = None  # why there are no curves, when there are none
+    rank_seconds: list[float] = field(default_factory=list)  # wall time per torchrun rank
+
+    @property
+    def method(self) -> str:
+        return str(self.manifest.get("method", "?"))
+
+    @property
+    def prune_config(self) -> dict:
+        cfg = self.manifest.get("prune_config")
+        return cfg if isinstance(cfg, dict) else {}
+
+    @property
+    def with_losses(self) -> list[MatrixRow]:
+        return [m for m in self.matrices if m.ratio is not None]
+
+    @property
+    def above_nowag(self) -> list[MatrixRow]:
+        """Matrices that ended above their NoWag-P proxy loss (none, for ARMOR)."""
+        return [m for m in self.matrices if m.at_or_below_nowag is False]
+
+
+def collect(
+    checkpoint_dir: str | Path,
+    verify_report: str | Path | None = None,
+    eval_files: tuple[str | Path, ...] | list[str | Path] = (),
+) -> ReportData:
+    """Read a pruned checkpoint (and optional eval/verify files) into :class:`ReportData`."""
+    ckpt = Path(checkpoint_dir)
+    manifest = read_manifest(ckpt)
+    matrices = [_matrix_row(name, info, ckpt) for name, info in manifest["matrices"].items()]
+    matrices.sort(key=_matrix_order)
+    history_note = _attach_histories(ckpt, matrices)
+    evals = read_eval_results(ckpt) + [row for f in eval_files for row in read_eval_file(f)]
+    if verify_report is None:
+        found = ckpt.resolve().parent / "verify" / "verify_report.json"
+        verify_report = found if found.is_file() else None
+    parity = read_parity(verify_report) if verify_report is not None else None
+    return ReportData(ckpt, manifest, matrices, evals, parity, history_note, _rank_seconds(ckpt))
+
+
+def read_manifest(ckpt: Path) -> dict:
+    """The checkpoint's manifest, or a one-line error saying what ``ckpt`` is instead."""
+    from armor_export.prune.checkpoint import FORMAT, FORMAT_VERSION, MANIFEST
+
+    if not ckpt.is_dir():
+        raise NotACheckpointError(f"{ckpt}: no such directory")
+    if not (ckpt / MANIFEST).is_file():
+        raise NotACheckpointError(
+            f"{ckpt} is not a pruned checkpoint (no {MANIFEST}); "
+            "make one with `armor-export prune -o DIR`"
+        )
+    manifest = read_json(ckpt / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptFileError(f"{ckpt / MANIFEST}: not an armor-export checkpoint manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptFileError(
+            f"{ckpt / MANIFEST}: checkpoint format version {manifest.get('format_version')!r} "
+            f"(this armor-export reads version {FORMAT_VERSION})"
+        )
+    if not isinstance(manifest.get("matrices"), dict) or not manifest["matrices"]:
+        raise CorruptFileError(f"{ckpt / MANIFEST}: no pruned matrices listed")
+    return manifest
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """(decoder layer index, projection) of a module name such as
+    ``model.layers.3.self_attn.q_proj`` -> ``(3, "q")``."""
+    parts = name.split(".")
+    layer = next((int(p) for p in parts if p.isdigit()), None)
+    projection = parts[-1]
+    return layer, projection[: -len("_proj")] if projection.endswith("_proj") else projection
+
+
+def projection_key(projection: str) -> tuple[int, str]:
+    if projection in PROJECTION_ORDER:
+        return PROJECTION_ORDER.index(projection), ""
+    return len(PROJECTION_ORDER), projection
+
+
+def _matrix_order(row: MatrixRow) -> tuple:
+    layer = -1 if row.layer is None else row.layer
+    return (row.layer is None, layer, projection_key(row.projection), row.name)
+
+
+def _finite(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _matrix_row(name: str, info, ckpt: Path) -> MatrixRow:
+    where = f"{ckpt / 'armor_manifest.json'}: matrix {name}"
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{where}: entry is not a table")
+    shape = info.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) for d in shape)):
+        raise CorruptFileError(f"{where}: bad shape {shape!r}")
+    kind = info.get("kind")
+    block_size = info.get("block_size")
+    if kind == "armor" and not (isinstance(block_size, int) and block_size > 0):
+        raise CorruptFileError(f"{where}: ARMOR matrix without a block size")
+    layer, projection = split_name(name)
+    iterations = info.get("iterations")
+    return MatrixRow(
+        name=name,
+        layer=layer,
+        projection=projection,
+        kind=str(kind),
+        d_out=shape[0],
+        d_in=shape[1],
+        block_size=block_size if kind == "armor" else None,
+        proxy_loss=_finite(info.get("proxy_loss")),
+        nowag_loss=_finite(info.get("nowag_loss")),
+        iterations=iterations if isinstance(iterations, int) else None,
+        seconds=_finite(info.get("seconds")),
+    )
+
+
+def _attach_histories(ckpt: Path, matrices: list[MatrixRow]) -> str | None:
+    """Read each ARMOR job's ``history`` from its job file's metadata.
+
+    Returns a note when no curve can be drawn. A job store that exists but lacks the file
+    of an ARMOR matrix (or holds a corrupt one) is an error; a checkpoint copied without
+    its ``work/`` folder only loses the curves.
+    """
+    armor = [m for m in matrices if m.kind == "armor"]
+    if not armor:
+        return "no ARMOR matrices: loss curves exist only for ARMOR runs"
+    jobs = ckpt / JOBS_DIR
+    if not jobs.is_dir():
+        return f"no job store ({jobs} is missing), so no per-iteration losses"
+    missing = [m.name for m in armor if not (jobs / f"{m.name}.safetensors").is_file()]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CorruptFileError(
+            f"{jobs}: no job file for {', '.join(missing[:3])}{more} "
+            "(an interrupted or different run?)"
+        )
+    for m in armor:
+        m.history = _job_history(jobs / f"{m.name}.safetensors", m.name)
+    return None
+
+
+def _job_history(path: Path, name: str) -> list[float]:
+    meta = read_metadata(path)
+    if meta.get("name") != name:
+        raise CorruptFileError(f"{path}: holds matrix {meta.get('name')!r}, not {name!r}")
+    try:
+        metrics = json.loads(meta["metrics"])
+    except (KeyError, json.JSONDecodeError):
+        raise CorruptFileError(f"{path}: no readable metrics in its metadata") from None
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    if not isinstance(history, list):
+        raise CorruptFileError(f"{path}: metrics hold no loss history")
+    return [v if (v := _finite(x)) is not None else math.nan for x in history]
+
+
+# --- perplexity results ---------------------------------------------------------------
+
+
+def read_eval_results(ckpt: Path) -> list[EvalRow]:
+    """The rows ``evaluate`` recorded in ``<ckpt>/eval_results.json`` (none if absent)."""
+    from armor_export.eval.api import EVAL_RESULTS, read_recorded
+
+    path = ckpt / EVAL_RESULTS
+    return [_eval_row(entry, path, str(ckpt), True) for entry in read_recorded(path)]
+
+
+def read_eval_file(path: str | Path) -> list[EvalRow]:
+    """Rows of an ``armor-export eval --json`` file (or of another ``eval_results.json``)."""
+    path = Path(path)
+    data = read_json(path)
+    if isinstance(data, dict) and "results" in data:
+        from armor_export.eval.api import read_recorded
+
+        model = str(path.parent)
+        return [_eval_row(entry, path, model, True) for entry in read_recorded(path)]
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path}: not an `armor-export eval --json` result")
+    return [_eval_row(data, path, None, None)]
+
+
+def _eval_row(entry: dict, path: Path, model: str | None, pruned: bool | None) -> EvalRow:
+    ppl = _finite(entry.get("perplexity")) if isinstance(entry, dict) else None
+    if ppl is None:
+        raise CorruptFileError(f"{path}: not an `armor-export eval --json` result (no perplexity)")
+
+    def opt_int(key: str) -> int | None:
+        value = entry.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return EvalRow(
+        model=str(entry.get("model", "?")) if model is None else model,
+        pruned=bool(entry.get("pruned", False)) if pruned is None else pruned,
+        text=str(entry.get("text", "?")),
+        seqlen=opt_int("seqlen"),
+        windows=opt_int("windows"),
+        tokens=opt_int("tokens"),
+        perplexity=ppl,
+        source=str(path),
+    )
+
+
+# --- parity ---------------------------------------------------------------------------
+
+
+def read_parity(path: str | Path) -> Parity:
+    """A ``verify_report.json`` as written by ``armor_export/verify/report.py``."""
+    from dataclasses import fields
+
+    from armor_export.verify.report import OutputParity, VerifyReport
+
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise CorruptFileError(f"{path}: not a verify report (no 'rows')")
+    names = {f.name for f in fields(VerifyReport)} - {"rows"}
+    row_names = [f.name for f in fields(OutputParity)]
+    try:
+        rows = [OutputParity(**{k: row[k] for k in row_names}) for row in data["rows"]]
+        report = VerifyReport(**{k: v for k, v in data.items() if k in names}, rows=rows)
+        summary = report.summary_rows()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: malformed verify report ({exc})") from None
+    return Parity(
+        path=path,
+        passed=report.passed,
+        export_dir=str(report.export_dir),
+        model=str(report.model),
+        dtype=str(report.dtype),
+        lowering=str(report.lowering),
+        runners=[str(r) for r in report.runners],
+        skipped={str(k): str(v) for k, v in dict(report.skipped).items()},
+        error=report.error,
+        rows=summary,
+    )
+
+
+def _rank_seconds(ckpt: Path) -> list[float]:
+    """Wall time of each torchrun rank, when the run was distributed."""
+    seconds = []
+    for path in sorted((ckpt / RANKS_DIR).glob("rank*.json")):
+        record = read_json(path)
+        value = _finite(record.get("seconds")) if isinstance(record, dict) else None
+        if value is not None:
+            seconds.append(value)
+    return seconds
