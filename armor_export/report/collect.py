@@ -100,7 +100,9 @@ class ReportData:
     evals: list[EvalRow] = field(default_factory=list)
     parity: Parity | None = None
     history_note: str | None = None  # why there are no curves, when there are none
-    rank_seconds: list[float] = field(default_factory=list)  # wall time per torchrun rank
+    # wall time of the prune run per process (work/ranks/rank<r>.json): one record for a
+    # single-process run, one per rank under torchrun
+    rank_seconds: list[float] = field(default_factory=list)
 
     @property
     def method(self) -> str:
@@ -339,7 +341,7 @@ def read_parity(path: str | Path) -> Parity:
 
 
 def _rank_seconds(ckpt: Path) -> list[float]:
-    """Wall time of each torchrun rank, when the run was distributed."""
+    """Wall time of each process of the prune run, as it recorded it in ``work/ranks/``."""
     seconds = []
     for path in sorted((ckpt / RANKS_DIR).glob("rank*.json")):
         record = read_json(path)

@@ -226,9 +226,11 @@ def _run_section(data: ReportData) -> list[Block]:
             f"{_seconds(sum(solve))} summed over the matrices (longest "
             f"{_seconds(max(solve))}; parallel workers overlap)",
         )
-    if data.rank_seconds:
-        ranks = data.rank_seconds
-        add("torchrun ranks", f"{len(ranks)}, wall time {_seconds(max(ranks))}")
+    ranks = data.rank_seconds
+    if len(ranks) == 1:
+        add("wall time", _seconds(ranks[0]))
+    elif ranks:
+        add("wall time", f"{_seconds(max(ranks))} on {len(ranks)} torchrun ranks")
     timings = data.manifest.get("timings")
     if isinstance(timings, dict):
         for key, value in timings.items():

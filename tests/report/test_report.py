@@ -86,6 +86,21 @@ def test_magnitude_report_says_there_are_no_losses(tmp_path):
     assert "Proxy loss curves" not in text
 
 
+def test_header_holds_the_run_settings(ckpt):
+    write_json(ckpt / "work" / "ranks" / "rank0.json", {"rank": 0, "world": 1, "seconds": 75.0})
+    md = write_report(ckpt).with_suffix(".md").read_text()
+    for row in (
+        "| method | ARMOR |",
+        "| block size b | 16 |",
+        "| iterations | 3 at most, 3 run (patience 20) |",
+        "| matrices pruned | 14 (14 with ARMOR wrappers) |",
+        "| skipped (left dense) | none |",
+        "| wall time | 75.0 s |",
+    ):
+        assert row in md
+    assert ": 4 × 32 = 128 tokens, batch 2, seed 0 |" in md
+
+
 # --- overhead -----------------------------------------------------------------------------
 
 
