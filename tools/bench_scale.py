@@ -6,7 +6,7 @@ records wall time, per-rank peak RSS and jobs (``work/ranks/rank<r>.json``), the
 over 1 rank, and whether the results are identical (same ``model.safetensors`` bytes;
 otherwise how many masks agree). Writes docs/benchmarks/scale.md and scale.json.
 
-    python tools/bench_scale.py                     # SmolLM2-135M, ranks 1 and 2
+    python tools/bench_scale.py      # SmolLM2-135M: 1 rank, 2 ranks, 1 rank on 1 thread
     python tools/bench_scale.py --model DIR --iterations 5 --calib-samples 8   # smoke
 """
 
@@ -29,7 +29,14 @@ from benchlib import cpu_description
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--ranks", default="1,2", help="comma list of rank counts")
+    p.add_argument(
+        "--ranks",
+        default="1,2,1t1",
+        help="comma list of runs: N = N ranks (cores shared), NtK = N ranks of K threads each",
+    )
+    p.add_argument(
+        "--in-memory", action="store_true", help="load the whole model (default: --low-memory)"
+    )
     p.add_argument("--block-size", type=int, default=64)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--calib-samples", type=int, default=128)
@@ -42,30 +49,30 @@ def parse_args(argv=None):
 def config_toml(args, out: Path) -> str:
     return (
         f'model = "{args.model}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
+        f"low_memory = {'false' if args.in_memory else 'true'}\n"
         f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
         f"[calibration]\nn_samples = {args.calib_samples}\nseqlen = {args.calib_seqlen}\n"
     )
 
 
-def run(args, ranks: int, work: Path) -> dict:
-    out = work / f"ranks{ranks}"
+def run(args, spec: str, work: Path) -> dict:
+    ranks, _, threads = spec.partition("t")
+    out = work / f"ranks{spec}"
     shutil.rmtree(out, ignore_errors=True)
-    config = work / f"ranks{ranks}.toml"
+    config = work / f"ranks{spec}.toml"
     config.write_text(config_toml(args, out))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(ranks), "-m", "armor_export", "prune", "-q",
+           "--nproc-per-node", ranks, "-m", "armor_export", "prune", "-q",
            "--config", str(config)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run(cmd, check=True, env=env)
     seconds = time.perf_counter() - start
-    rank_files = sorted((out / "work" / "ranks").glob("rank*.json"))
-    per_rank = [json.loads(p.read_text()) for p in rank_files]
-    if not per_rank:  # one rank runs the plain single-process path: measure it from here
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        per_rank = [{"rank": 0, "world": 1, "jobs": None, "peak_rss_mib": round(peak, 1)}]
-    return {"ranks": ranks, "wall_seconds": round(seconds, 1), "per_rank": per_rank,
+    per_rank = [json.loads(p.read_text()) for p in sorted((out / "work" / "ranks").glob("*.json"))]
+    return {"run": spec, "ranks": int(ranks), "threads_per_rank": int(threads) if threads else None,
+            "wall_seconds": round(seconds, 1), "per_rank": per_rank,
             "output": str(out)}  # fmt: skip
 
 
@@ -89,10 +96,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    runs = [run(args, int(n), work) for n in args.ranks.split(",")]
+    runs = [run(args, spec.strip(), work) for spec in args.ranks.split(",")]
     base = runs[0]
     for r in runs:
         r["speedup_vs_first"] = round(base["wall_seconds"] / r["wall_seconds"], 3)
+        r["speedup_vs"] = {o["run"]: round(o["wall_seconds"] / r["wall_seconds"], 3) for o in runs}
     identical = [compare(Path(base["output"]), Path(r["output"])) for r in runs[1:]]
     command = "python tools/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
@@ -100,7 +108,8 @@ def main(argv=None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_description()}, {platform.system()}, no GPU",
         "settings": {k: getattr(args, k) for k in ("model", "block_size", "iterations",
-                                                     "calib_samples", "calib_seqlen")},
+                                                     "calib_samples", "calib_seqlen",
+                                                     "in_memory")},
     }  # fmt: skip
     write(Path(args.out), meta, runs, identical)
     return 0
@@ -118,20 +127,27 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
         f"- machine: {meta['machine']}",
         f"- settings: {meta['settings']}",
         "",
-        "| ranks | wall time (s) | speed-up | peak RSS per rank (MiB) | jobs per rank |",
-        "|---|---|---|---|---|",
+        "Threads per rank: torch's default shares this machine's cores between the ranks;"
+        " `1` pins each rank to one thread (OMP_NUM_THREADS=1).",
+        "",
+        "| run | ranks | threads per rank | wall time (s) | speed-up vs "
+        + " / ".join(f"`{o['run']}`" for o in runs)
+        + " | peak RSS per rank (MiB) | jobs per rank |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         rss = ", ".join(str(p["peak_rss_mib"]) for p in r["per_rank"])
         jobs = ", ".join(str(p["jobs"]) for p in r["per_rank"])
+        speedups = " / ".join(f"{v:.2f}" for v in r["speedup_vs"].values())
+        threads = r["threads_per_rank"] or "default"
         lines.append(
-            f"| {r['ranks']} | {r['wall_seconds']:.0f} | {r['speedup_vs_first']:.2f} | "
+            f"| `{r['run']}` | {r['ranks']} | {threads} | {r['wall_seconds']:.0f} | {speedups} | "
             f"{rss} | {jobs} |"
         )
     for r, same in zip(runs[1:], identical, strict=True):
         lines.append("")
         lines.append(
-            f"{r['ranks']} ranks vs {runs[0]['ranks']}: checkpoint bytes identical: "
+            f"`{r['run']}` vs `{runs[0]['run']}`: checkpoint bytes identical: "
             f"{'yes' if same['identical_files'] else 'no'}; equal masks "
             f"{same['equal_masks']}/{same['matrices']}."
         )

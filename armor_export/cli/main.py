@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate,
         export,
         generate,
+        plan,
         prune,
         report,
         verify,
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"armor-export {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
-    for module in (build, prune, evaluate, export, engine, verify, generate, report, env):
+    for module in (build, plan, prune, evaluate, export, engine, verify, generate, report, env):
         p = module.add_parser(sub)
         _common(p)
         p.set_defaults(handler=module.run)

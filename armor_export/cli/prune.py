@@ -8,6 +8,16 @@ import os
 
 def add_parser(sub):
     p = sub.add_parser("prune", help="prune a causal LM to 2:4 (ARMOR or a baseline)")
+    add_prune_arguments(p)
+    p.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
+    p.add_argument("--eval-text", default="wikipedia", help="evaluation text (default wikipedia)")
+    p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows")
+    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
+    return p
+
+
+def add_prune_arguments(p) -> None:
+    """The flags that make a PruneConfig (shared by ``prune`` and ``plan``)."""
     p.add_argument("--config", help="TOML recipe (see prune/*.toml); flags override it")
     p.add_argument("--model", help="model dir, hub id or 'smollm2-135m' (default)")
     p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
@@ -40,11 +50,6 @@ def add_parser(sub):
         default=None,
         help="read decoder layers and weights from disk one at a time (models larger than RAM)",
     )
-    p.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
-    p.add_argument("--eval-text", default="wikipedia", help="evaluation text (default wikipedia)")
-    p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows")
-    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
-    return p
 
 
 def config_from_args(args):

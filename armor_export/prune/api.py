@@ -219,8 +219,9 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         save_checkpoint_streaming(out, lazy, tokenizer, store, list(targets), manifest)
     elif main:
         save_checkpoint(out, model, tokenizer, runner.results, manifest)
+    seconds = time.perf_counter() - start
+    distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds)
     if ranks:
-        distributed.record_rank(out / "work" / "ranks", ranks, share, time.perf_counter() - start)
         distributed.finish()
     return PruneResult(
         out, runner.results, skipped, time.perf_counter() - start, timings, runner.metrics

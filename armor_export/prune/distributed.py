@@ -31,6 +31,9 @@ class Ranks:
         return self.rank == 0
 
 
+SINGLE = Ranks(0, 1, 1)  # a plain single-process run
+
+
 def launched_distributed() -> bool:
     """True under ``torchrun`` (or any launcher setting WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -1,0 +1,243 @@
+"""``armor-export plan``: what a prune run will do, how much memory and how long, up front.
+
+Nothing is pruned and the model is never loaded whole: the plan opens it lazily
+(``prune/lazy.py``), lists the jobs, and measures a short probe: a few solver iterations on
+one real weight of every distinct shape, and one calibration batch through one decoder
+layer. Estimates are extrapolated from those measurements and labelled as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from armor_export.config import PruneConfig
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class ShapePlan:
+    """The jobs of one weight shape and the probe measured on one of them."""
+
+    shape: tuple[int, int]
+    names: list[str]
+    probe_matrix: str
+    probe_iterations: int  # solver iterations measured (0: a whole baseline job was timed)
+    setup_seconds: float  # measured: the job's fixed cost (NoWag-P start, normalisation)
+    seconds_per_iteration: float  # measured
+    est_seconds_per_job: float  # setup + iterations × per-iteration (ARMOR may stop sooner)
+
+    @property
+    def pattern(self) -> str:
+        parts = {n.split(".", 3)[-1] if n.count(".") >= 3 else n for n in self.names}
+        return ", ".join(sorted(parts))
+
+
+@dataclass
+class Plan:
+    model: str
+    method: str
+    low_memory: bool
+    ranks: int
+    layers: int
+    jobs: int
+    skipped: list[str]
+    shapes: list[ShapePlan]
+    calibration: dict  # measured per-layer-batch time and the extrapolated total
+    memory_mib: dict  # per worker, by component
+    per_rank: list[dict]  # jobs and estimated seconds per rank
+    est_total_seconds: float
+    job_ranks: dict[str, int]  # the rank each job goes to (the same LPT rule as prune)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for s, sp in zip(data["shapes"], self.shapes, strict=True):
+            s["pattern"] = sp.pattern
+        return data
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+    except (OSError, ValueError):  # not Linux: the peak is the best we have
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _probe_job(cfg: PruneConfig, name: str, weight: torch.Tensor, iterations: int):
+    """(setup seconds, seconds per iteration, iterations measured) for one real matrix."""
+    from armor_export.prune.jobs import MatrixJob, run_job
+
+    d_out, d_in = weight.shape
+    hdiag = torch.ones(d_in)  # timing does not depend on the statistics' values
+    gram = torch.eye(d_in) if cfg.method == "sparsegpt" else None
+    if cfg.method != "armor":
+        start = time.perf_counter()
+        run_job(MatrixJob(name, weight, hdiag, gram), cfg)
+        return time.perf_counter() - start, 0.0, 0
+    probe = PruneConfig.from_dict(cfg.to_dict())
+    probe.armor.iterations = iterations
+    probe.armor.patience = iterations + 1  # never stop early in the probe
+    probe.armor.compile = False
+    stamps: list[float] = []
+    start = time.perf_counter()
+    run_job(
+        MatrixJob(name, weight, hdiag), probe, lambda _it, _loss: stamps.append(time.perf_counter())
+    )
+    end = time.perf_counter()
+    if len(stamps) >= 2:
+        per_it = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    else:
+        per_it = (end - start) / max(1, len(stamps))
+    setup = max(0.0, end - start - per_it * len(stamps))
+    return setup, per_it, len(stamps)
+
+
+def _probe_calibration(cfg: PruneConfig, lazy, adapter, tokenizer) -> dict:
+    """Time reading one decoder layer and running one calibration batch through it."""
+    from armor_export.prune.api import calibration_batches
+    from armor_export.prune.calibrate import _layer_forward, capture_layer_inputs
+
+    batches = calibration_batches(tokenizer, cfg)
+    first = batches[:1]
+    captured = capture_layer_inputs(lazy.model, adapter, first)
+    start = time.perf_counter()
+    layer = lazy.load_layer(0)
+    read = time.perf_counter() - start
+    with torch.no_grad():
+        start = time.perf_counter()
+        _layer_forward(layer, captured.hidden[0], captured.kwargs[0][0])
+        forward = time.perf_counter() - start
+    lazy.release_layer(0)
+    n_layers = len(adapter.layers(lazy.model))
+    total = n_layers * (read + forward * len(batches))
+    return {
+        "batches": len(batches),
+        "batch_shape": list(first[0].shape),
+        "layer_read_seconds": round(read, 4),
+        "layer_batch_forward_seconds": round(forward, 4),
+        "est_seconds": round(total, 3),
+    }
+
+
+def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -> dict:
+    """Per-worker memory by component (MiB): measured runtime, sizes from the model's shapes."""
+    model, config = lazy.model, lazy.model.config
+    layers = adapter.layers(model)
+    layer_bytes = max(sum(p.numel() for p in layer.parameters()) for layer in layers) * 4
+    parent_path = adapter.layers_path.rpartition(".")[0]
+    base = model.get_submodule(parent_path) if parent_path else model
+    in_layers = {id(p) for p in layers.parameters()}
+    # what a low-memory run keeps: the base model outside the layers (lm_head stays on disk)
+    outside = sum(p.numel() for p in base.parameters() if id(p) not in in_layers) * 4
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    whole = sum(t.numel() for t in state.values()) * 4
+    hidden = config.hidden_size
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    rows, seqlen = calib["batch_shape"]
+    tokens = -(-calib["batches"] // ranks) * rows * seqlen  # each rank runs its share
+    # layer inputs and outputs of every calibration batch, plus one batch's intermediates
+    activations = 2 * tokens * hidden * 4 + rows * seqlen * (inter * 3 + 4 * hidden) * 4
+    heads = getattr(config, "num_attention_heads", 1)
+    activations += rows * heads * seqlen * seqlen * 4  # attention scores of one batch
+    stats = sum(m.in_features for m in targets.values()) * 8 + (
+        sum(m.in_features**2 for m in targets.values()) * 8 if cfg.method == "sparsegpt" else 0
+    )
+    largest = max(m.in_features * m.out_features for m in targets.values())
+    job = largest * 4 * 10  # weight, normalised copy, core, error, best iterate, mask, temps
+    memory = {
+        "runtime_measured": _rss_mib(),
+        "model_resident": (outside + layer_bytes if cfg.low_memory else whole) / MIB,
+        "calibration_activations": activations / MIB,
+        "statistics": stats / MIB,
+        "largest_job": job / MIB,
+    }
+    memory["total_per_worker"] = sum(memory.values())
+    memory["one_decoder_layer"] = layer_bytes / MIB
+    memory["whole_model_fp32"] = whole / MIB
+    return {k: round(v, 1) for k, v in memory.items()}
+
+
+def _probe(cfg, lazy, adapter, tokenizer, by_shape, iterations, progress):
+    from armor_export.prune.api import NEEDS_STATS
+
+    shapes = []
+    for shape, names in sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+        weight = lazy.weight(names[0])
+        setup, per_it, measured = _probe_job(cfg, names[0], weight, iterations)
+        total_iterations = cfg.armor.iterations if cfg.method == "armor" else 0
+        shapes.append(
+            ShapePlan(shape, names, names[0], measured, round(setup, 4), round(per_it, 4),
+                      round(setup + per_it * total_iterations, 3))
+        )  # fmt: skip
+        if progress is not None:
+            progress(shape)
+    if cfg.method in NEEDS_STATS:
+        calib = _probe_calibration(cfg, lazy, adapter, tokenizer)
+    else:
+        calib = {"batches": 0, "batch_shape": [0, 0], "est_seconds": 0.0}
+    return shapes, calib
+
+
+def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progress=None) -> Plan:
+    """Plan ``cfg`` over ``ranks`` workers (torchrun ranks or local worker processes)."""
+    from armor_export.data.models import load_lazy_model_and_tokenizer
+    from armor_export.models.registry import adapter_for
+    from armor_export.prune import distributed
+    from armor_export.prune.api import select_linears
+
+    cfg.validate()
+    if ranks < 1:
+        from armor_export.errors import UserError
+
+        raise UserError("--ranks must be at least 1")
+    lazy, tokenizer = load_lazy_model_and_tokenizer(cfg.model)
+    adapter = adapter_for(lazy.model)
+    targets, skipped = select_linears(lazy.model, adapter, cfg)
+    by_shape: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for name, mod in targets.items():
+        by_shape[(mod.out_features, mod.in_features)].append(name)
+    # time the probe with the threads each of `ranks` workers on this machine would get
+    threads = torch.get_num_threads()
+    probe_threads = max(1, (os.cpu_count() or 1) // ranks) if ranks > 1 else threads
+    torch.set_num_threads(probe_threads)
+    try:
+        shapes, calib = _probe(cfg, lazy, adapter, tokenizer, by_shape, probe_iterations, progress)
+    finally:
+        torch.set_num_threads(threads)
+    memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
+
+    est = {n: sp.est_seconds_per_job for sp in shapes for n in sp.names}
+    shares = distributed.assign({n: max(1, round(s * 1000)) for n, s in est.items()}, ranks)
+    per_rank = [
+        {"rank": r, "jobs": len(share), "est_seconds": round(sum(est[n] for n in share), 1)}
+        for r, share in enumerate(shares)
+    ]
+    calib_wall = calib["est_seconds"] / ranks if ranks > 1 else calib["est_seconds"]
+    total = calib_wall + max(r["est_seconds"] for r in per_rank)
+    notes = [
+        f"probe timed with {probe_threads} torch thread(s) per worker",
+        "times are extrapolated from the probe on this machine; ARMOR stops early when the "
+        f"loss stalls for {cfg.armor.patience} iterations, so solve times are upper bounds",
+        "the probe solves with unit statistics: solver time does not depend on their values",
+    ]
+    if ranks > 1 and not cfg.low_memory:
+        notes.append("every rank holds the whole model: add --low-memory to hold one layer")
+    return Plan(
+        cfg.model, cfg.method, cfg.low_memory, ranks, len(adapter.layers(lazy.model)),
+        len(targets), skipped, shapes, calib, memory, per_rank, round(total, 1),
+        {n: r for r, share in enumerate(shares) for n in share}, notes,
+    )  # fmt: skip

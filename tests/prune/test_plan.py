@@ -1,0 +1,86 @@
+"""``armor-export plan``: jobs, memory and time estimates from a short probe, nothing pruned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from armor_export.cli.main import main
+from armor_export.config import PruneConfig
+from armor_export.prune.plan import make_plan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _cfg(model_dir, text_file, out, method="armor", **extra):
+    return PruneConfig.from_dict(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "output_dir": str(out),
+            "workers": 1,
+            "armor": {"block_size": 16, "iterations": 50, "compile": False},
+            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32,
+                            "batch_size": 2},
+            **extra,
+        }
+    )  # fmt: skip
+
+
+def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "never-written"
+    plan = make_plan(_cfg(tiny_model_dir, text_file, out, low_memory=True), ranks=2)
+    assert not out.exists()  # planning prunes nothing and writes nothing
+    assert plan.jobs == 14 and plan.layers == 2
+    names = sorted(n for sp in plan.shapes for n in sp.names)
+    assert len(names) == len(set(names)) == 14
+    assert sorted(plan.job_ranks) == names
+    for sp in plan.shapes:
+        suffixes = tuple(sp.pattern.split(", "))
+        assert all(n.endswith(suffixes) for n in sp.names)
+        assert sp.probe_iterations == 3 and sp.seconds_per_iteration > 0
+        assert sp.est_seconds_per_job == pytest.approx(
+            sp.setup_seconds + 50 * sp.seconds_per_iteration,
+            abs=5e-3,  # fields are rounded
+        )
+    assert sum(r["jobs"] for r in plan.per_rank) == 14 and len(plan.per_rank) == 2
+    assert {plan.job_ranks[n] for n in names} == {0, 1}
+    est = {n: sp.est_seconds_per_job for sp in plan.shapes for n in sp.names}
+    for r in plan.per_rank:
+        mine = [n for n, rank in plan.job_ranks.items() if rank == r["rank"]]
+        assert r["est_seconds"] == pytest.approx(sum(est[n] for n in mine), abs=0.1)
+    assert plan.calibration["batches"] == 2 and plan.calibration["est_seconds"] > 0
+    mem = plan.memory_mib
+    assert mem["model_resident"] < mem["whole_model_fp32"]  # low memory: one layer + base
+    parts = ("runtime_measured", "model_resident", "calibration_activations", "statistics",
+             "largest_job")  # fmt: skip
+    assert mem["total_per_worker"] == pytest.approx(sum(mem[k] for k in parts), abs=0.3)
+
+
+def test_in_memory_plan_counts_the_whole_model(tiny_model_dir, text_file, tmp_path):
+    plan = make_plan(_cfg(tiny_model_dir, text_file, tmp_path / "o", method="wanda"))
+    assert plan.memory_mib["model_resident"] == plan.memory_mib["whole_model_fp32"]
+    assert all(sp.probe_iterations == 0 for sp in plan.shapes)  # a whole baseline job timed
+    assert len(plan.per_rank) == 1 and plan.per_rank[0]["jobs"] == 14
+
+
+def test_cli_plan_prints_and_writes_json(tiny_model_dir, text_file, tmp_path, capsys):
+    config = tmp_path / "r.toml"
+    config.write_text(
+        f'model = "{tiny_model_dir}"\nworkers = 1\n[armor]\nblock_size = 16\ncompile = false\n'
+        f'[calibration]\ntext = "{text_file}"\nn_samples = 4\nseqlen = 32\nbatch_size = 2\n'
+    )
+    code = main(["plan", "--config", str(config), "--ranks", "2", "--list-jobs",
+                 "--json", str(tmp_path / "plan.json")])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    out = " ".join(out.split())  # rich wraps long lines
+    assert "14 jobs in 2 decoder layers" in out and "estimated wall time" in out
+    assert "model.layers.1.mlp.down_proj" in out  # --list-jobs
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["jobs"] == 14 and data["ranks"] == 2 and data["shapes"][0]["pattern"]
+
+    code = main(["plan", "--config", str(config), "--ranks", "0"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "--ranks must be at least 1" in err
