@@ -109,6 +109,12 @@ class ReportData:
         return str(self.manifest.get("method", "?"))
 
     @property
+    def method_name(self) -> str:
+        """The method as papers spell it."""
+        names = {"armor": "ARMOR", "nowag-p": "NoWag-P", "sparsegpt": "SparseGPT"}
+        return names.get(self.method, self.method.capitalize())
+
+    @property
     def prune_config(self) -> dict:
         cfg = self.manifest.get("prune_config")
         return cfg if isinstance(cfg, dict) else {}

@@ -120,7 +120,7 @@ def heatmap_png(data: ReportData) -> bytes | None:
     height = max(3.8, 0.3 * len(layers) + 1.9)
     fig = Figure(figsize=(WIDTH_IN, height), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
-    method = data.method if data.method != "armor" else "ARMOR"
+    method = data.method_name
     panels = (
         (losses, loss_norm, loss_cmap, f"{method}: final proxy loss"),
         (nowag, loss_norm, loss_cmap, "NoWag-P: proxy loss"),
@@ -137,9 +137,9 @@ def heatmap_png(data: ReportData) -> bytes | None:
     axes[0].set_ylabel("decoder layer")
     if len(layers) <= 48:
         _annotate(axes[2], ratio, ratio_norm, ratio_cmap)
-    for i, line in enumerate(ratio):  # cells above NoWag-P: outlined, whatever their colour
+    for i, line in enumerate(ratio):  # ARMOR cells above NoWag-P: outlined, whatever colour
         for j, value in enumerate(line):
-            if value > 1:
+            if value > 1 and data.method == "armor":
                 axes[2].add_patch(
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="#d50000", lw=2.5)
                 )
@@ -196,8 +196,8 @@ def _ratio_ticks(spread: float) -> list[float]:
         candidates = [m * 10.0**e for e in range(-3, 4) for m in steps]
         ticks = [round(t, 6) for t in candidates if 1 / spread <= t <= spread]
         if len(ticks) >= 4:
-            break
-    return ticks
+            return ticks
+    return sorted({round(1 / spread, 2), 1.0, round(spread, 2), *ticks})
 
 
 def _with_grey(name: str):

@@ -55,7 +55,7 @@ def write_report(
     data = collect(checkpoint_dir, verify_report, tuple(eval_files))
     missing = matplotlib_missing()
     figs = {} if missing else figures(data)
-    title = f"Pruning report: {_method_name(data.method)} on {_model_name(data)}"
+    title = f"Pruning report: {data.method_name} on {_model_name(data)}"
     blocks = build_blocks(data, figs, missing)
     out = Path(output_dir) if output_dir is not None else data.checkpoint / REPORT_DIR
     try:
@@ -94,11 +94,6 @@ def build_blocks(data: ReportData, figs: dict[str, bytes], missing: str | None) 
 
 
 # --- formatting ---------------------------------------------------------------------------
-
-
-def _method_name(method: str) -> str:
-    names = {"armor": "ARMOR", "nowag-p": "NoWag-P", "sparsegpt": "SparseGPT", "wanda": "Wanda"}
-    return names.get(method, method)
 
 
 def _model_name(data: ReportData) -> str:
@@ -181,7 +176,7 @@ def _run_section(data: ReportData) -> list[Block]:
 
     add("checkpoint", f"`{data.checkpoint.resolve()}`")
     add("model", f"`{_model_name(data)}`")
-    add("method", _method_name(data.method))
+    add("method", data.method_name)
     if data.method == "armor":
         armor = cfg.get("armor", {})
         done = sorted(m.iterations for m in data.matrices if m.iterations is not None)
@@ -200,8 +195,8 @@ def _run_section(data: ReportData) -> list[Block]:
             "SparseGPT",
             ", ".join(f"{k} {sg.get(k, '?')}" for k in ("block_size", "damp", "sequential")),
         )
-    if data.method != "magnitude":
-        cal = cfg.get("calibration", {})
+    cal = cfg.get("calibration")
+    if data.method != "magnitude" and isinstance(cal, dict):
         n, seqlen = cal.get("n_samples"), cal.get("seqlen")
         tokens = n * seqlen if isinstance(n, int) and isinstance(seqlen, int) else None
         total = f" = {_count(tokens)} tokens" if tokens else ""
@@ -217,8 +212,9 @@ def _run_section(data: ReportData) -> list[Block]:
     add("matrices pruned", f"{len(data.matrices)} ({', '.join(kinds)})")
     skipped = data.manifest.get("skipped") or []
     add("skipped (left dense)", ", ".join(f"`{s}`" for s in skipped) or "none")
-    include, exclude = cfg.get("include") or [], cfg.get("exclude") or []
-    add("selection", f"include {_globs(include)}; exclude {_globs(exclude)}")
+    if "include" in cfg:
+        include, exclude = cfg.get("include") or [], cfg.get("exclude") or []
+        add("selection", f"include {_globs(include)}; exclude {_globs(exclude)}")
     solve = [m.seconds for m in data.matrices if m.seconds is not None]
     if solve:
         add(
@@ -237,7 +233,7 @@ def _run_section(data: ReportData) -> list[Block]:
             if isinstance(value, (int, float)):
                 add(f"time: {key}", _seconds(value))
     versions = data.manifest.get("versions")
-    if isinstance(versions, dict):
+    if isinstance(versions, dict) and versions:
         add("versions", ", ".join(f"{k} {v}" for k, v in versions.items()))
     return [Heading("Run"), Table(["", ""], rows)]
 
@@ -267,7 +263,7 @@ def _curves_section(data: ReportData, figs: dict[str, bytes], missing: str | Non
 
 
 def _loss_section(data: ReportData, figs: dict[str, bytes], missing: str | None) -> list[Block]:
-    method = _method_name(data.method)
+    method = data.method_name
     blocks: list[Block] = [Heading("Final proxy loss", "final-proxy-loss")]
     rows = data.with_losses
     if not rows:
@@ -304,7 +300,7 @@ def _loss_section(data: ReportData, figs: dict[str, bytes], missing: str | None)
             Notice(
                 f"{len(above)} of {len(rows)} matrices ended ABOVE their NoWag-P proxy loss"
                 + (" (ARMOR promises none)." if data.method == "armor" else "."),
-                "bad",
+                "bad" if data.method == "armor" else "info",
             )
         )
         blocks.append(
@@ -432,7 +428,7 @@ def _overhead_section(data: ReportData) -> list[Block]:
     if not armor:
         return blocks + [
             Paragraph(
-                f"{_method_name(data.method)} adds no wrappers: each matrix is its 2:4 core "
+                f"{data.method_name} adds no wrappers: each matrix is its 2:4 core "
                 "alone (d_in·d_out FLOPs per token, half the dense matmul)."
             )
         ]

@@ -17,6 +17,7 @@ from armor_export.eval.api import EVAL_RESULTS, EvalResult, evaluate, read_recor
 from armor_export.io import read_json, write_json
 from armor_export.report import collect, write_report
 from armor_export.report.overhead import WrapperOverhead, total, wrapper_flops_per_token
+from armor_export.report.plots import matplotlib_missing
 from armor_export.verify.report import OutputParity, VerifyReport
 from tests.conftest import TINY_DIMS, prune_tiny
 
@@ -99,6 +100,32 @@ def test_header_holds_the_run_settings(ckpt):
     ):
         assert row in md
     assert ": 4 × 32 = 128 tokens, batch 2, seed 0 |" in md
+
+
+def test_a_matrix_above_nowag_is_listed_at_the_top(ckpt):
+    manifest = read_json(ckpt / "armor_manifest.json")
+    entry = manifest["matrices"]["model.layers.1.self_attn.k_proj"]
+    entry["proxy_loss"] = entry["nowag_loss"] * 1.5
+    write_json(ckpt / "armor_manifest.json", manifest)
+    data = collect(ckpt)
+    assert [m.name for m in data.above_nowag] == ["model.layers.1.self_attn.k_proj"]
+    md = write_report(ckpt).with_suffix(".md").read_text()
+    top = md.split("## Run")[0]
+    assert "1 of 14 ARMOR matrices ended ABOVE their NoWag-P proxy loss" in top
+    assert "`model.layers.1.self_attn.k_proj`" in top
+    assert "| `model.layers.1.self_attn.k_proj` |" in md and "| 1.5000 |" in md
+
+
+def test_baseline_report_has_heat_map_but_no_curves(tmp_path):
+    ckpt = prune_tiny(tmp_path, method="wanda")
+    data = collect(ckpt)
+    assert all(m.kind == "sparse" and m.ratio is not None for m in data.matrices)
+    assert "only for ARMOR" in data.history_note
+    md = write_report(ckpt).with_suffix(".md").read_text()
+    assert "Proxy loss curves" not in md
+    assert "median Wanda loss" in md
+    assert ("](heatmap.png)" in md) == (matplotlib_missing() is None)
+    assert "Wanda adds no wrappers" in md
 
 
 # --- overhead -----------------------------------------------------------------------------
