@@ -223,9 +223,24 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds)
     if ranks:
         distributed.finish()
+    if main:
+        _write_report(out)
     return PruneResult(
         out, runner.results, skipped, time.perf_counter() - start, timings, runner.metrics
     )
+
+
+def _write_report(out: Path) -> None:
+    """The pruning report (``<out>/report/``); a failure here never loses the checkpoint."""
+    from armor_export.report import write_report
+
+    try:
+        path = write_report(out)
+    except Exception as exc:  # the checkpoint is complete; the report can be redone
+        log.warning("could not write the pruning report (%s); run `armor-export report %s`",
+                    exc, out)  # fmt: skip
+    else:
+        log.info("pruning report: %s", path)
 
 
 def _weight_reader(lazy, name: str) -> Callable[[], torch.Tensor]:

@@ -114,6 +114,9 @@ def test_low_memory_prune_writes_the_same_checkpoint(
         for entry in (ma[name], mb[name]):
             entry.pop("seconds")
         assert ma[name] == mb[name], name
+    for run in ("eager", "low"):  # every prune ends with its report
+        assert (tmp_path / run / "report" / "report.html").is_file()
+        assert (tmp_path / run / "report" / "report.md").is_file()
     if method == "armor":
         assert low.armor_summary == eager.armor_summary
         assert low.armor_summary["matrices_at_or_below_nowag"] == len(low.metrics)
