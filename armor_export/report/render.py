@@ -68,7 +68,7 @@ def write_report(
         write_text(out / REPORT_HTML, to_html(title, blocks))
     except OSError as exc:
         raise UserError(f"cannot write the report into {out}: {exc.strerror or exc}") from None
-    log.info("report written to %s", out / REPORT_HTML)
+    log.debug("report written to %s", out / REPORT_HTML)
     return out / REPORT_HTML
 
 
