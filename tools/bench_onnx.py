@@ -104,11 +104,12 @@ def dense_shapes(source: str) -> dict:
 def wrapper_flops_per_token(checkpoint: str) -> int:
     """Extra MatMul FLOPs per token of the ARMOR wrappers: 2·b·(d_in + d_out) per matrix."""
     manifest = json.loads((Path(checkpoint) / "armor_manifest.json").read_text())
+    from armor_export.report.overhead import wrapper_flops_per_token as per_matrix
+
     total = 0
     for info in manifest["matrices"].values():
         if info.get("kind") == "armor":
-            d_out, d_in = info["shape"]
-            total += 2 * info["block_size"] * (d_in + d_out)
+            total += per_matrix(*info["shape"], info["block_size"])
     return total
 
 
