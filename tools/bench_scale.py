@@ -152,6 +152,12 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
             f"{same['equal_masks']}/{same['matrices']}."
         )
     lines.append("")
+    # keep the solver section that tools/bench_solver.py maintains in the same file
+    previous = (out / "scale.md").read_text() if (out / "scale.md").exists() else ""
+    begin, end = "<!-- solver:begin -->", "<!-- solver:end -->"
+    if begin in previous and end in previous:
+        kept = previous[previous.index(begin) : previous.index(end) + len(end)]
+        lines += [kept, ""]
     write_text(out / "scale.md", "\n".join(lines))
 
 

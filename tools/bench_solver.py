@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""ARMOR solver speed: iterations per second for one matrix, on the CPU and (if present) a GPU.
+
+Times the real solver (``armor_export.prune.armor.solve``) on random weights and
+statistics of the given shapes: a few warm-up iterations, then ``--iterations`` timed
+ones (patience disabled, so every iteration runs). Writes a section of
+docs/benchmarks/scale.md (between markers, the rest of the file is kept) and
+docs/benchmarks/solver.json.
+
+    python tools/bench_solver.py                          # 4096x4096 and 11008x4096, b=128
+    python tools/bench_solver.py --devices cpu,cuda --iterations 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import sys
+import time
+from pathlib import Path
+
+from benchlib import cpu_description
+
+BEGIN, END = "<!-- solver:begin -->", "<!-- solver:end -->"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="4096x4096,11008x4096", help="d_out x d_in, comma list")
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations per shape")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--devices", default="cpu,cuda", help="devices to try (absent ones skipped)")
+    p.add_argument("--out", default="docs/benchmarks")
+    return p.parse_args(argv)
+
+
+def time_solver(shape, block_size: int, iterations: int, warmup: int, device: str) -> dict:
+    import torch
+
+    from armor_export.prune import armor
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(shape, generator=gen).to(device)
+    hdiag = torch.rand(shape[1], generator=gen).add_(0.1).to(device)
+    settings = armor.SolverSettings(
+        block_size=block_size, iterations=warmup + iterations, patience=10**9
+    )
+    stamps: list[float] = []
+
+    def tick(_it, _loss):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    start = time.perf_counter()
+    armor.solve(weight, hdiag, settings, tick)
+    total = time.perf_counter() - start
+    timed = stamps[warmup:]
+    if warmup == 0:
+        timed = [start] + timed
+    per_it = (timed[-1] - timed[0]) / (len(timed) - 1)
+    return {
+        "shape": list(shape),
+        "block_size": block_size,
+        "device": device,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
+        "timed_iterations": len(timed) - 1,
+        "seconds_per_iteration": round(per_it, 4),
+        "iterations_per_s": round(1 / per_it, 3),
+        "solve_seconds": round(total, 2),
+    }
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_description()
+
+
+def main(argv=None) -> int:
+    import torch
+
+    args = parse_args(argv)
+    shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")]
+    devices = []
+    for dev in args.devices.split(","):
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            print(f"skipping {dev}: no CUDA device here", file=sys.stderr)
+            continue
+        devices.append(dev)
+    rows = []
+    for dev in devices:
+        for shape in shapes:
+            row = time_solver(shape, args.block_size, args.iterations, args.warmup, dev)
+            row["device_name"] = device_name(dev)
+            print(row, file=sys.stderr)
+            rows.append(row)
+    command = "python tools/bench_solver.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{cpu_description()}, {platform.system()}, torch {torch.__version__}",
+    }
+    write(Path(args.out), meta, rows)
+    return 0
+
+
+def write(out: Path, meta: dict, rows: list[dict]) -> None:
+    from armor_export.io import write_json, write_text
+
+    write_json(out / "solver.json", {"meta": meta, "rows": rows})
+    lines = [
+        BEGIN,
+        "## ARMOR solver: iterations per second, one matrix",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}",
+        f"- machine: {meta['machine']}",
+        "- random weight and statistics, every iteration runs (patience off); fp32",
+        "",
+        "| device | shape | b | threads | s / iteration | iterations / s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['device_name']} | {r['shape'][0]}x{r['shape'][1]} | {r['block_size']} | "
+            f"{r['threads'] or '-'} | {r['seconds_per_iteration']:.3f} | "
+            f"{r['iterations_per_s']:.2f} |"
+        )
+    if not any(r["device"].startswith("cuda") for r in rows):
+        lines += [
+            "",
+            "No GPU on this machine: the GPU rows are still to be measured "
+            "(`python tools/bench_solver.py --devices cpu,cuda` on a GPU machine).",
+        ]
+    lines.append(END)
+    section = "\n".join(lines)
+    path = out / "scale.md"
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    write_text(path, text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
