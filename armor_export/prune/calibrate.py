@@ -107,21 +107,24 @@ def calibrate_layerwise(
     disk before it runs and released after, so one layer is resident at a time.
     """
     captured = capture_layer_inputs(model, adapter, batches)
-    hidden = captured.hidden
+    hidden, captured.hidden = captured.hidden, []  # one reference: old inputs can be freed
     layers = adapter.layers(model)
     for i, layer in enumerate(layers):
         if lazy is not None:
             layer = lazy.load_layer(i)
         prefix = adapter.layer_prefix(i) + "."
         mine = {n: m for n, m in targets.items() if n.startswith(prefix)}
+        kwargs = captured.kwargs[i]
         with collect_inputs(mine, gram=gram) as stats:
-            outs = _run_layer(layer, hidden, captured.kwargs[i])
-        if sequential:
-            on_layer(i, stats)
-            outs = _run_layer(layer, hidden, captured.kwargs[i])
-        else:
-            on_layer(i, stats)
-        hidden = outs
+            if sequential:  # statistics only: the outputs come after on_layer
+                for h, kw in zip(hidden, kwargs, strict=True):
+                    _layer_forward(layer, h, kw)
+            else:  # each batch's output replaces its input: one copy of the activations
+                for j, kw in enumerate(kwargs):
+                    hidden[j] = _layer_forward(layer, hidden[j], kw)
+        on_layer(i, stats)
+        if sequential:  # the inputs again, through the layer as on_layer left it
+            hidden = _run_layer(layer, hidden, kwargs)
         if lazy is not None:
             lazy.release_layer(i)
         if progress is not None:
