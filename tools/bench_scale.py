@@ -130,19 +130,20 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
         "Threads per rank: torch's default shares this machine's cores between the ranks;"
         " `1` pins each rank to one thread (OMP_NUM_THREADS=1).",
         "",
-        "| run | ranks | threads per rank | wall time (s) | speed-up vs "
+        "| run | ranks | threads per rank | wall time (s) | calibration (s) | speed-up vs "
         + " / ".join(f"`{o['run']}`" for o in runs)
         + " | peak RSS per rank (MiB) | jobs per rank |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         rss = ", ".join(str(p["peak_rss_mib"]) for p in r["per_rank"])
+        calib = ", ".join(str(p.get("calibration_seconds", "?")) for p in r["per_rank"])
         jobs = ", ".join(str(p["jobs"]) for p in r["per_rank"])
         speedups = " / ".join(f"{v:.2f}" for v in r["speedup_vs"].values())
         threads = r["threads_per_rank"] or "default"
         lines.append(
-            f"| `{r['run']}` | {r['ranks']} | {threads} | {r['wall_seconds']:.0f} | {speedups} | "
-            f"{rss} | {jobs} |"
+            f"| `{r['run']}` | {r['ranks']} | {threads} | {r['wall_seconds']:.0f} | {calib} | "
+            f"{speedups} | {rss} | {jobs} |"
         )
     for r, same in zip(runs[1:], identical, strict=True):
         lines.append("")

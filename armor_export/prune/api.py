@@ -220,7 +220,9 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     elif main:
         save_checkpoint(out, model, tokenizer, runner.results, manifest)
     seconds = time.perf_counter() - start
-    distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds)
+    calibration = round(timings.get("calibration", 0.0), 2)
+    distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds,
+                            calibration_seconds=calibration)  # fmt: skip
     if ranks:
         distributed.finish()
     if main:

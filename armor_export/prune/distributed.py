@@ -78,7 +78,7 @@ def all_reduce_stats(stats: dict) -> None:
         st.n_tokens = int(count.item())
 
 
-def record_rank(folder, ranks: Ranks, jobs: int, seconds: float) -> None:
+def record_rank(folder, ranks: Ranks, jobs: int, seconds: float, **extra) -> None:
     """``work/ranks/rank<r>.json``: this rank's share, wall time and peak memory."""
     import resource
 
@@ -88,7 +88,7 @@ def record_rank(folder, ranks: Ranks, jobs: int, seconds: float) -> None:
     write_json(
         folder / f"rank{ranks.rank}.json",
         {"rank": ranks.rank, "world": ranks.world, "jobs": jobs, "seconds": round(seconds, 2),
-         "peak_rss_mib": round(peak_kib / 1024, 1)},
+         "peak_rss_mib": round(peak_kib / 1024, 1), **extra},
     )  # fmt: skip
 
 
