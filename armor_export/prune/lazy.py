@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 
 
 class SafetensorsSource:
-    """Read single tensors from a model folder's safetensors file(s), on demand."""
+    """Read single tensors from a model folder's safetensors file(s), on demand.
+
+    Tensors are read with plain file reads into memory they own, not through a memory map:
+    a mapped file's touched pages count towards the process's resident size for the whole
+    run, while what is read here is freed with the tensor (the OS still caches the file).
+    """
 
     def __init__(self, folder: str | Path):
-        from safetensors import safe_open
-
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
@@ -41,17 +44,13 @@ class SafetensorsSource:
             weight_map = None
         if not files:
             raise CorruptFileError(f"{self.folder} has no model weights (*.safetensors)")
-        self._handles = {}
-        self._where: dict[str, str] = {}
+        # key -> (file, absolute byte offset, byte length, dtype, shape)
+        self._where: dict[str, tuple[Path, int, int, torch.dtype, tuple[int, ...]]] = {}
         for name in files:
-            try:
-                handle = safe_open(str(self.folder / name), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types
-                raise CorruptFileError(f"{self.folder / name}: unreadable ({exc})") from None
-            self._handles[name] = handle
-            for key in handle.keys():
+            path = self.folder / name
+            for key, entry in _read_header(path).items():
                 if weight_map is None or weight_map.get(key) == name:
-                    self._where[key] = name
+                    self._where[key] = (path, *entry)
 
     def __contains__(self, key: str) -> bool:
         return key in self._where
@@ -63,10 +62,46 @@ class SafetensorsSource:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
             raise CorruptFileError(f"{self.folder}: tensor {key!r} is missing")
-        tensor = self._handles[self._where[key]].get_tensor(key)
+        path, offset, length, stored, shape = self._where[key]
+        buf = bytearray(length)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            if fh.readinto(buf) != length:
+                raise CorruptFileError(f"{path}: {key} is cut short (truncated file?)")
+        if length:
+            tensor = torch.frombuffer(buf, dtype=stored).reshape(shape)
+        else:
+            tensor = torch.empty(shape, dtype=stored)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         return tensor
+
+
+def _read_header(path: Path) -> dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]]:
+    """key -> (absolute offset, length, dtype, shape) from a safetensors file's header."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error) as exc:
+        raise CorruptFileError(f"{path}: unreadable safetensors file ({exc})") from None
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype = _FROM_NAME[info["dtype"]]
+            begin, end = info["data_offsets"]
+            shape = tuple(int(d) for d in info["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{path}: bad header entry for {key} ({exc})") from None
+        if not 0 <= begin <= end or 8 + n + end > size:
+            raise CorruptFileError(f"{path}: {key} lies outside the file (truncated?)")
+        out[key] = (8 + n + begin, end - begin, dtype, shape)
+    return out
 
 
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, is_param: bool) -> None:

@@ -24,11 +24,15 @@ class InputStatistics:
         )
         self.n_tokens = 0
 
+    CHUNK = 1024  # tokens converted to float64 at a time (bounds the hook's extra memory)
+
     def add_batch(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(self.sq_sum.device, torch.float64)
-        self.sq_sum += x.pow(2).sum(0)
-        if self.gram_sum is not None:
-            self.gram_sum += x.T @ x
+        x = x.reshape(-1, x.shape[-1])
+        for part in x.split(self.CHUNK):
+            part = part.to(self.sq_sum.device, torch.float64)
+            self.sq_sum += part.square().sum(0)
+            if self.gram_sum is not None:
+                self.gram_sum += part.T @ part
         self.n_tokens += x.shape[0]
 
     def hdiag(self, name: str = "layer") -> torch.Tensor:

@@ -166,3 +166,19 @@ def test_source_reports_missing_and_misshapen_tensors(tmp_path, family_dirs):
     source = SafetensorsSource(family_dirs["llama"])
     with pytest.raises(CorruptFileError, match="nope"):
         source.get("nope")
+
+
+def test_source_reads_owned_copies_and_rejects_truncated_files(tmp_path, family_dirs):
+    source = SafetensorsSource(family_dirs["llama"])
+    key = "model.layers.0.mlp.down_proj.weight"
+    a, b = source.get(key), source.get(key)
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # each call owns its memory
+    reference = read_tensors(family_dirs["llama"] / "model.safetensors")
+    for name, tensor in reference.items():
+        assert torch.equal(source.get(name, None), tensor), name
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    data = (family_dirs["llama"] / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="outside the file"):
+        SafetensorsSource(folder)
