@@ -197,6 +197,8 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
                 model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
             )
             timings["calibration"] = time.perf_counter() - start - timings["load"]
+            if lazy is not None:
+                lazy.release_all()  # embeddings etc. are not needed by the jobs
             batch = [
                 MatrixJob(
                     name,

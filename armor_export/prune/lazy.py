@@ -191,6 +191,10 @@ class LazyModel:
     def release_layer(self, index: int) -> None:
         release(self.layer(index))
 
+    def release_all(self) -> None:
+        """Back to a skeleton (after calibration: jobs and the checkpoint read from disk)."""
+        release(self.model)
+
     def weight(self, module_name: str) -> torch.Tensor:
         return self.source.get(f"{module_name}.weight")
 
