@@ -57,9 +57,8 @@ def time_solver(shape, block_size: int, iterations: int, warmup: int, device: st
     start = time.perf_counter()
     armor.solve(weight, hdiag, settings, tick)
     total = time.perf_counter() - start
-    timed = stamps[warmup:]
-    if warmup == 0:
-        timed = [start] + timed
+    # from the end of the last warm-up iteration (or the start) to the end of the last one
+    timed = stamps[warmup - 1 :] if warmup > 0 else [start, *stamps]
     per_it = (timed[-1] - timed[0]) / (len(timed) - 1)
     return {
         "shape": list(shape),
@@ -120,7 +119,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
         f"- machine: {meta['machine']}",
-        "- random weight and statistics, every iteration runs (patience off); fp32",
+        "- random weight and statistics, every iteration runs (patience off); fp32; "
+        f"{rows[0]['timed_iterations'] if rows else 0} timed iterations after warm-up",
         "",
         "| device | shape | b | threads | s / iteration | iterations / s |",
         "|---|---|---|---|---|---|",
