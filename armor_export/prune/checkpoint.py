@@ -176,7 +176,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     do not fit the model) raises :class:`CorruptFileError` naming the file and the matrix.
     """
     path = Path(path)
-    manifest = _read_manifest(path)
+    manifest = read_checkpoint_manifest(path)
     state = read_tensors(path / WEIGHTS)
     config = _read_config(path)
     model = _empty_model(path, config, dtype)
@@ -215,7 +215,8 @@ def _one_line(exc: Exception, last: bool = False) -> str:
     return (lines[-1] if last else lines[0])[:300]
 
 
-def _read_manifest(path: Path) -> dict:
+def read_checkpoint_manifest(path: Path) -> dict:
+    """The checked manifest of a pruned checkpoint folder (CorruptFileError otherwise)."""
     manifest = read_json(path / MANIFEST)
     if (
         not isinstance(manifest, dict)

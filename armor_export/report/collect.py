@@ -150,7 +150,7 @@ def collect(
 
 def read_manifest(ckpt: Path) -> dict:
     """The checkpoint's manifest, or a one-line error saying what ``ckpt`` is instead."""
-    from armor_export.prune.checkpoint import FORMAT, FORMAT_VERSION, MANIFEST
+    from armor_export.prune.checkpoint import MANIFEST, read_checkpoint_manifest
 
     if not ckpt.is_dir():
         raise NotACheckpointError(f"{ckpt}: no such directory")
@@ -159,15 +159,8 @@ def read_manifest(ckpt: Path) -> dict:
             f"{ckpt} is not a pruned checkpoint (no {MANIFEST}); "
             "make one with `armor-export prune -o DIR`"
         )
-    manifest = read_json(ckpt / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptFileError(f"{ckpt / MANIFEST}: not an armor-export checkpoint manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"{ckpt / MANIFEST}: checkpoint format version {manifest.get('format_version')!r} "
-            f"(this armor-export reads version {FORMAT_VERSION})"
-        )
-    if not isinstance(manifest.get("matrices"), dict) or not manifest["matrices"]:
+    manifest = read_checkpoint_manifest(ckpt)  # format, version and matrix table checked
+    if not manifest["matrices"]:
         raise CorruptFileError(f"{ckpt / MANIFEST}: no pruned matrices listed")
     return manifest
 
