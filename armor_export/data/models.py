@@ -82,10 +82,8 @@ def load_model_and_tokenizer(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        lines = str(exc).strip().splitlines()
-        reason = lines[0][:300] if lines else type(exc).__name__
         hint = "" if is_local else " (no network? pass a local directory)"
-        raise UserError(f"could not load model {name_or_path!r}: {reason}{hint}") from exc
+        raise _load_failure(name_or_path, exc, hint) from exc
     model.eval()
     return model, tokenizer
 
@@ -112,7 +110,12 @@ def load_lazy_model_and_tokenizer(name_or_path: str):
         lazy = load_lazy_model(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        lines = str(exc).strip().splitlines()
-        reason = lines[0][:300] if lines else type(exc).__name__
-        raise UserError(f"could not load model {name_or_path!r}: {reason}") from exc
+        raise _load_failure(name_or_path, exc) from exc
     return lazy, tokenizer
+
+
+def _load_failure(name_or_path: str, exc: Exception, hint: str = "") -> UserError:
+    """A one-line error from what ``from_pretrained`` raised (its first line)."""
+    lines = str(exc).strip().splitlines()
+    reason = lines[0][:300] if lines else type(exc).__name__
+    return UserError(f"could not load model {name_or_path!r}: {reason}{hint}")

@@ -117,8 +117,10 @@ def save_checkpoint_streaming(
     finished jobs ``names``, whose packed tensors are copied as they are. The file holds the
     same tensors as :func:`save_checkpoint` writes for the same results.
     """
+    from dataclasses import replace
+
     from armor_export.io import read_metadata
-    from armor_export.prune.lazy import TensorEntry, tensor_info, write_safetensors_streaming
+    from armor_export.prune.lazy import TensorEntry, file_entries, write_safetensors_streaming
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,12 +132,11 @@ def save_checkpoint_streaming(
     entries, matrices = [], {}
     for name in names:
         path = store.path(name)
-        info = tensor_info(path)
-        for key, (dtype, shape) in info.items():
-            entries.append(TensorEntry(f"{name}.{key}", dtype, shape, _job_tensor(path, key)))
+        job = {e.name: e for e in file_entries(path)}  # the job's packed tensors, as stored
+        entries += [replace(e, name=f"{name}.{key}") for key, e in job.items()]
         metrics = json.loads(read_metadata(path)["metrics"])
-        block = info["a_blocks"][1][-1] if "a_blocks" in info else None
-        rows, half = info["core_values"][1]
+        block = job["a_blocks"].shape[-1] if "a_blocks" in job else None
+        rows, half = job["core_values"].shape
         matrices[name] = _matrix_entry([rows, 2 * half], block, metrics)
     for key, tensor in state.items():
         module, _, leaf = key.rpartition(".")
@@ -149,16 +150,6 @@ def save_checkpoint_streaming(
     write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
     _write_manifest(out, matrices, manifest_extra)
     return out
-
-
-def _job_tensor(path: Path, key: str):
-    def load() -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            return fh.get_tensor(key)
-
-    return load
 
 
 def _source_tensor(source, key: str, dtype: torch.dtype):

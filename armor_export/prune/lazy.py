@@ -2,7 +2,7 @@
 
 ``low_memory`` pruning builds the model on the ``meta`` device, materialises only what runs
 outside the decoder layers (embeddings, rotary tables, final norm), and loads one decoder
-layer at a time for calibration (:class:`LazyLayers`). Each job reads its own weight from
+layer at a time for calibration (:class:`LazyModel`). Each job reads its own weight from
 disk, and the checkpoint is streamed tensor by tensor (:func:`write_safetensors_streaming`),
 so peak memory is one layer plus activations and statistics, not the model.
 """
@@ -14,6 +14,7 @@ import logging
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -62,19 +63,25 @@ class SafetensorsSource:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
             raise CorruptFileError(f"{self.folder}: tensor {key!r} is missing")
-        path, offset, length, stored, shape = self._where[key]
-        buf = bytearray(length)
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            if fh.readinto(buf) != length:
-                raise CorruptFileError(f"{path}: {key} is cut short (truncated file?)")
-        if length:
-            tensor = torch.frombuffer(buf, dtype=stored).reshape(shape)
-        else:
-            tensor = torch.empty(shape, dtype=stored)
+        path, *entry = self._where[key]
+        tensor = _read_tensor(path, key, *entry)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         return tensor
+
+
+def _read_tensor(
+    path: Path, key: str, offset: int, length: int, dtype: torch.dtype, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """One tensor's bytes, read into a buffer the returned tensor owns."""
+    buf = bytearray(length)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        if fh.readinto(buf) != length:
+            raise CorruptFileError(f"{path}: {key} is cut short (truncated file?)")
+    if not length:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _read_header(path: Path) -> dict[str, tuple[int, int, torch.dtype, tuple[int, ...]]]:
@@ -233,16 +240,13 @@ _DTYPES = {
 _FROM_NAME = {v: k for k, v in _DTYPES.items()}
 
 
-def tensor_info(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    """Name -> (dtype, shape) of every tensor in a safetensors file, without reading data."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        out = {}
-        for key in fh.keys():
-            view = fh.get_slice(key)
-            out[key] = (_FROM_NAME[view.get_dtype()], tuple(view.get_shape()))
-    return out
+def file_entries(path: str | Path) -> list[TensorEntry]:
+    """Every tensor of a safetensors file as an entry that reads it when written out."""
+    path = Path(path)
+    return [
+        TensorEntry(key, dtype, shape, partial(_read_tensor, path, key, off, n, dtype, shape))
+        for key, (off, n, dtype, shape) in _read_header(path).items()
+    ]
 
 
 @dataclass
