@@ -116,9 +116,26 @@ def calib_batches():
 # --- tiny pruned checkpoints and their ONNX exports (export/verify/runtime tests) ---
 
 
+def tiny_prune_config(model_dir, text_file, out, method="armor", armor=None, **top):
+    """The tests' prune recipe on a tiny model: block size 16, no compile, one worker,
+    4 calibration samples of 32 tokens; ``armor`` and ``top`` override fields."""
+    from armor_export.config import PruneConfig
+
+    return PruneConfig.from_dict(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "output_dir": str(out),
+            "workers": 1,
+            "armor": {"block_size": 16, "iterations": 8, "compile": False, **(armor or {})},
+            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
+            **top,
+        }
+    )
+
+
 def prune_tiny(root, method: str = "armor", family: str = "llama"):
     """A tiny pruned checkpoint (block size 16, a few ARMOR iterations) in ``root``."""
-    from armor_export.config import PruneConfig
     from armor_export.prune import api
 
     model_dir = root / f"tiny-{family}"
@@ -127,16 +144,8 @@ def prune_tiny(root, method: str = "armor", family: str = "llama"):
         train_tokenizer([TEXT]).save_pretrained(model_dir)
     text = root / "text.txt"
     text.write_text(TEXT)
-    cfg = PruneConfig.from_dict(
-        {
-            "model": str(model_dir),
-            "method": method,
-            "output_dir": str(root / f"ckpt-{family}-{method}"),
-            "workers": 1,
-            "armor": {"block_size": 16, "iterations": 3, "compile": False},
-            "calibration": {"text": str(text), "n_samples": 4, "seqlen": 32, "batch_size": 2},
-        }
-    )
+    out = root / f"ckpt-{family}-{method}"
+    cfg = tiny_prune_config(model_dir, text, out, method, armor={"iterations": 3})
     return api.prune(cfg).output_dir
 
 

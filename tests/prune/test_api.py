@@ -11,21 +11,13 @@ from armor_export.prune import api, jobs, schedule
 from armor_export.prune.checkpoint import load_checkpoint
 from armor_export.prune.linear import ArmorLinear
 from armor_export.prune.masks import is_two_four
+from tests.conftest import tiny_prune_config
 
 N_LINEARS = 14  # 2 layers x 7
 
 
 def make_config(model_dir, text_file, out, method="armor", **armor):
-    return PruneConfig.from_dict(
-        {
-            "model": str(model_dir),
-            "method": method,
-            "output_dir": str(out),
-            "workers": 1,
-            "armor": {"block_size": 16, "iterations": 8, "compile": False, **armor},
-            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
-        }
-    )
+    return tiny_prune_config(model_dir, text_file, out, method, armor)
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "nowag-p", "sparsegpt", "armor"])

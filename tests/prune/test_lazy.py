@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from armor_export.config import PruneConfig
 from armor_export.errors import CorruptFileError
 from armor_export.io import read_json, read_tensors
 from armor_export.models.registry import adapter_for
@@ -21,7 +20,7 @@ from armor_export.prune.lazy import (
     load_lazy_model,
     write_safetensors_streaming,
 )
-from tests.conftest import TEXT, tiny_model, train_tokenizer
+from tests.conftest import TEXT, tiny_model, tiny_prune_config, train_tokenizer
 
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma"]
 
@@ -81,18 +80,9 @@ def test_lazy_calibration_equals_in_memory_with_one_layer_resident(
 
 
 def _config(model_dir, text_file, out, low_memory, method="armor"):
-    return PruneConfig.from_dict(
-        {
-            "model": str(model_dir),
-            "method": method,
-            "output_dir": str(out),
-            "workers": 1,
-            "low_memory": low_memory,
-            "armor": {"block_size": 16, "iterations": 3, "compile": False},
-            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32,
-                            "batch_size": 2},
-        }
-    )  # fmt: skip
+    return tiny_prune_config(
+        model_dir, text_file, out, method, armor={"iterations": 3}, low_memory=low_memory
+    )
 
 
 @pytest.mark.parametrize("family,method", [("llama", "armor"), ("qwen2", "wanda")])

@@ -7,25 +7,14 @@ import json
 import pytest
 
 from armor_export.cli.main import main
-from armor_export.config import PruneConfig
 from armor_export.prune.plan import make_plan
+from tests.conftest import tiny_prune_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(model_dir, text_file, out, method="armor", **extra):
-    return PruneConfig.from_dict(
-        {
-            "model": str(model_dir),
-            "method": method,
-            "output_dir": str(out),
-            "workers": 1,
-            "armor": {"block_size": 16, "iterations": 50, "compile": False},
-            "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32,
-                            "batch_size": 2},
-            **extra,
-        }
-    )  # fmt: skip
+    return tiny_prune_config(model_dir, text_file, out, method, armor={"iterations": 50}, **extra)
 
 
 def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file, tmp_path):
