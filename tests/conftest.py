@@ -183,3 +183,26 @@ def tiny_plugin_export(tiny_checkpoint, tmp_path_factory):
 def tiny_fp16_export(tiny_checkpoint, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     return export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "fp16", dtype="float16")
+
+
+def random_armorize(model, block_size=16, seed=0):
+    """Replace every decoder linear with an ArmorLinear of random factors (fast, no solve)."""
+    from armor_export.prune.linear import ArmorLinear, set_submodule
+    from armor_export.prune.masks import mask_from_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
+    ]
+    for name in names:
+        lin = model.get_submodule(name)
+        d_out, d_in = lin.weight.shape
+        eye = torch.eye(block_size)
+        a = eye + 0.1 * torch.randn(d_out // block_size, block_size, block_size, generator=gen)
+        b = eye + 0.1 * torch.randn(d_in // block_size, block_size, block_size, generator=gen)
+        core = lin.weight.detach()
+        bias = lin.bias.detach() if lin.bias is not None else None
+        set_submodule(
+            model, name, ArmorLinear.from_factors(a, core, mask_from_scores(core.abs()), b, bias)
+        )
+    return len(names)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import export_tiny, prune_tiny, tiny_model
+from tests.conftest import export_tiny, prune_tiny, random_armorize, tiny_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -145,29 +145,6 @@ def test_numpy_reference_is_the_armor_linear():
         reference.blockdiag_matmul(np.zeros((2, 40)), np.zeros((3, 16, 16)))
 
 
-def random_armorize(model, block_size=16, seed=0):
-    """Replace every decoder linear with an ArmorLinear of random factors (fast, no solve)."""
-    from armor_export.prune.linear import ArmorLinear, set_submodule
-    from armor_export.prune.masks import mask_from_scores
-
-    gen = torch.Generator().manual_seed(seed)
-    names = [
-        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n
-    ]
-    for name in names:
-        lin = model.get_submodule(name)
-        d_out, d_in = lin.weight.shape
-        eye = torch.eye(block_size)
-        a = eye + 0.1 * torch.randn(d_out // block_size, block_size, block_size, generator=gen)
-        b = eye + 0.1 * torch.randn(d_in // block_size, block_size, block_size, generator=gen)
-        core = lin.weight.detach()
-        bias = lin.bias.detach() if lin.bias is not None else None
-        set_submodule(
-            model, name, ArmorLinear.from_factors(a, core, mask_from_scores(core.abs()), b, bias)
-        )
-    return len(names)
-
-
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma"])
 def test_every_family_exports_with_kv_cache(family, tokenizer, tmp_path):
     model = tiny_model(family)
@@ -185,14 +162,14 @@ def test_dense_model_exports_as_dense_and_says_so(tiny_model_dir, tmp_path, capl
     with caplog.at_level(logging.WARNING):
         result = export_tiny(tiny_model_dir, tmp_path / "dense")
     assert "exporting it as dense" in caplog.text
-    assert result.counts == {"armor": 0, "sparse": 0}
+    assert result.counts == {"armor": 0, "sparse": 0, "blocked_mlps": 0}
     assert result.manifest["source"]["pruned"] is False
 
 
 def test_baseline_checkpoint_exports_its_2_4_linears(tmp_path):
     ckpt = prune_tiny(tmp_path, method="magnitude")
     result = export_tiny(ckpt, tmp_path / "onnx")
-    assert result.counts == {"armor": 0, "sparse": N_LINEARS}
+    assert result.counts == {"armor": 0, "sparse": N_LINEARS, "blocked_mlps": 0}
     assert result.manifest["counts"]["cores"] == N_LINEARS
 
 
