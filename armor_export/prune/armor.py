@@ -5,7 +5,12 @@ All work happens in NoWag-normalised coordinates on the calibration-weighted pro
     L = ||(A S B − w_bar) diag(γ)||² / ||w_bar diag(γ)||²,   γ_j = sqrt(h_j).
 
 Because ``A`` and ``B`` are block diagonal, the loss splits into independent ``b x b``
-tiles ``(p, q)``: ``A_p S_pq B_q``. Every step below is vectorised over all tiles.
+tiles ``(p, q)``: ``A_p S_pq B_q``. Every step below is vectorised over all tiles, and over
+a leading batch dimension ``E`` of independent same-shape problems (:func:`solve_batch`):
+every tensor of the solver is ``[E, ...]``, and each problem keeps its own losses, step
+size adaptation, early stopping and best iterate, so a batch gives each matrix what a solve
+of its own would (same arithmetic per element; only reductions over a bigger tensor may
+round differently).
 
 One iteration (``continuous_step="exact"``, the default) is a round of block coordinate
 descent in which **every step is an exact or safeguarded minimisation, so the loss never
@@ -76,27 +81,32 @@ class ArmorFactors:
 
 
 class _Problem:
-    """Fixed data of one solve: target, weights, tile geometry."""
+    """Fixed data of a batch of solves: targets ``[E, m, n]``, weights ``[E, n]``, tiles."""
 
     def __init__(self, w_bar: torch.Tensor, hdiag: torch.Tensor, block_size: int):
         self.w = w_bar
-        self.gamma = hdiag.to(w_bar.dtype).sqrt()
+        self.e, self.m, self.n = w_bar.shape
+        self.gamma = hdiag.to(w_bar.dtype).sqrt()[:, None, :]  # [E, 1, n]
         self.w_weighted = w_bar * self.gamma
-        self.den = float(self.w_weighted.double().pow(2).sum())
+        self.den = self.w_weighted.double().pow(2).sum((-1, -2))  # [E]
         self.b = block_size
-        self.m, self.n = w_bar.shape
         self.p, self.q = self.m // block_size, self.n // block_size
-        self.gamma_blocks = self.gamma.reshape(self.q, 1, block_size)
+        self.gamma_blocks = self.gamma.reshape(self.e, self.q, 1, block_size)
 
     def error(self, a: torch.Tensor, s: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Weighted error ``(A S B − w_bar) diag(γ)``."""
         return (blockdiag.left_mul(a, blockdiag.right_mul(s, b)) - self.w) * self.gamma
 
+    def losses(self, err: torch.Tensor) -> torch.Tensor:
+        """Proxy loss of every problem, ``[E]`` float64."""
+        return err.double().pow(2).sum((-1, -2)) / self.den
+
     def loss(self, err: torch.Tensor) -> float:
-        return float(err.double().pow(2).sum()) / self.den
+        """The loss of a batch of one."""
+        return float(self.losses(err)[0])
 
     def tile_losses(self, err: torch.Tensor) -> torch.Tensor:
-        return blockdiag.to_tiles(err, self.b).pow(2).sum((-1, -2))
+        return blockdiag.to_tiles(err, self.b).pow(2).sum((-1, -2))  # [E, P, Q]
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,9 +117,9 @@ class _Problem:
 class _GroupProposal:
     """Per group: the best 2:4 values and mask (matrix layout) and the loss decrease."""
 
-    values: torch.Tensor  # [d_out, d_in], each group's best values, zeros off-support
-    mask: torch.Tensor  # [d_out, d_in] bool, each group's best support
-    gain: torch.Tensor  # [P, Q, b, b/4]  >= 0 where an update helps
+    values: torch.Tensor  # [E, d_out, d_in], each group's best values, zeros off-support
+    mask: torch.Tensor  # [E, d_out, d_in] bool, each group's best support
+    gain: torch.Tensor  # [E, P, Q, b, b/4]  >= 0 where an update helps
 
 
 def group_candidates(
@@ -117,8 +127,8 @@ def group_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best support, values and gain of every group (pure elementwise maths).
 
-    Layout ``[4, P, Q, b, b/4]`` (position in the group first) for ``u`` and ``s_g``;
-    ``g4`` is ``[4, 4, 1, Q, 1, b/4]`` and ``alpha`` ``[P, 1, b, 1]``. Returns
+    Layout ``[4, E, P, Q, b, b/4]`` (position in the group first) for ``u`` and ``s_g``;
+    ``g4`` is ``[4, 4, E, 1, Q, 1, b/4]`` and ``alpha`` ``[E, P, 1, b, 1]``. Returns
     ``(values [4, ...], best support index [...], gain [...])``.
     """
     tiny = torch.finfo(u.dtype).tiny
@@ -196,34 +206,35 @@ def propose_groups(
     ``u = (A_pᵀ E B̃_qᵀ)[r, c] − α G s_g`` (E the current weighted error, s_g the current
     values). Each of the 6 supports is a 2x2 least-squares problem.
     """
-    bs, ng = prob.b, prob.b // GROUP
-    bt = b * prob.gamma_blocks  # B̃_q = B_q diag(γ_q), [Q, b, b]
+    bs, ng, e = prob.b, prob.b // GROUP, prob.e
+    bt = b * prob.gamma_blocks  # B̃_q = B_q diag(γ_q), [E, Q, b, b]
     # A_pᵀ E B̃_qᵀ for every tile, as block-diagonal products of the whole matrix
     v = blockdiag.right_mul(blockdiag.left_mul(a.transpose(-1, -2), err), bt.transpose(-1, -2))
-    alpha = a.pow(2).sum(1)[:, None, :, None]  # [P, 1, b, 1]
-    gram = bt @ bt.transpose(-1, -2)  # [Q, b, b]
-    g4 = torch.diagonal(gram.reshape(prob.q, ng, GROUP, ng, GROUP), dim1=1, dim2=3)
-    g4 = g4.permute(1, 2, 0, 3).reshape(GROUP, GROUP, 1, prob.q, 1, ng).contiguous()
+    alpha = a.pow(2).sum(-2)[:, :, None, :, None]  # [E, P, 1, b, 1]
+    gram = bt @ bt.transpose(-1, -2)  # [E, Q, b, b]
+    g4 = torch.diagonal(gram.reshape(e, prob.q, ng, GROUP, ng, GROUP), dim1=2, dim2=4)
+    g4 = g4.permute(2, 3, 0, 1, 4).reshape(GROUP, GROUP, e, 1, prob.q, 1, ng).contiguous()
 
-    def grouped(x: torch.Tensor) -> torch.Tensor:  # [d_out, d_in] -> [4, P, Q, b, b/4]
-        return x.view(prob.p, bs, prob.q, ng, GROUP).permute(4, 0, 2, 1, 3).contiguous()
+    def grouped(x: torch.Tensor) -> torch.Tensor:  # [E, d_out, d_in] -> [4, E, P, Q, b, b/4]
+        return x.view(e, prob.p, bs, prob.q, ng, GROUP).permute(5, 0, 1, 3, 2, 4).contiguous()
 
     s_g = grouped(s)
     # u = V − α G s_g
     gs = torch.stack([sum(g4[i, j] * s_g[j] for j in range(GROUP)) for i in range(GROUP)])
     u = grouped(v) - alpha * gs
     values, best, gain = _candidates(compiled, u, g4, alpha, s_g)
-    # back to matrix layout [P, b, Q, b/4, 4] -> [d_out, d_in]
-    values = values.permute(1, 3, 2, 4, 0).reshape(prob.m, prob.n)
-    new_mask = SUPPORT_MASKS.to(u.device)[best.permute(0, 2, 1, 3)].reshape(prob.m, prob.n)
+    # back to matrix layout [E, P, b, Q, b/4, 4] -> [E, d_out, d_in]
+    shape = (e, prob.m, prob.n)
+    values = values.permute(1, 2, 4, 3, 5, 0).reshape(shape)
+    new_mask = SUPPORT_MASKS.to(u.device)[best.permute(0, 1, 3, 2, 4)].reshape(shape)
     return _GroupProposal(values, new_mask, gain)
 
 
 def _write_groups(
     s: torch.Tensor, mask: torch.Tensor, prop: _GroupProposal, select: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Copies of (s, mask) with the selected groups ([P, Q, b, b/4] bool) replaced."""
-    sel = select.permute(0, 2, 1, 3).repeat_interleave(GROUP, -1).reshape(s.shape)
+    """Copies of (s, mask) with the selected groups ([E, P, Q, b, b/4] bool) replaced."""
+    sel = select.permute(0, 1, 3, 2, 4).repeat_interleave(GROUP, -1).reshape(s.shape)
     return torch.where(sel, prop.values, s), torch.where(sel, prop.mask, mask)
 
 
@@ -234,37 +245,46 @@ def sparse_step(
     mask: torch.Tensor,
     b: torch.Tensor,
     err: torch.Tensor,
-    groups_per_tile: int,
+    groups_per_tile: int | list[int],
     compiled: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """One monotone sparse-core step. Returns (s, mask, err, fraction of tiles taking the
-    multi-group update).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[float]]:
+    """One monotone sparse-core step. Returns (s, mask, err, per problem the fraction of
+    tiles taking the multi-group update).
 
     In each tile the best group of each row is a candidate; the ``groups_per_tile`` rows
-    with the largest gains are updated together. Groups of one tile interact through
-    ``A_pᵀA_p`` and ``B̃ B̃ᵀ``, so the joint update is checked: a tile keeps it only when it
-    beats the single best group, else it takes that group alone (exact, never worse).
+    with the largest gains are updated together (one count, or one per problem). Groups of
+    one tile interact through ``A_pᵀA_p`` and ``B̃ B̃ᵀ``, so the joint update is checked: a
+    tile keeps it only when it beats the single best group, else it takes that group alone
+    (exact, never worse).
     """
     bs = prob.b
+    per_problem = (
+        [groups_per_tile] * prob.e if isinstance(groups_per_tile, int) else groups_per_tile
+    )
+    ks = [max(1, min(k, bs)) for k in per_problem]
     prop = propose_groups(prob, a, s, b, err, compiled)
-    row_gain, row_group = prop.gain.max(-1)  # [P, Q, b]
-    k = max(1, min(groups_per_tile, bs))
-    top_gain, top_rows = row_gain.topk(k, dim=-1)  # [P, Q, k]
+    row_gain, row_group = prop.gain.max(-1)  # [E, P, Q, b]
+    top_gain, top_rows = row_gain.topk(max(ks), dim=-1)  # [E, P, Q, k]
+    if min(ks) < max(ks):  # problems moving fewer groups ignore the rest of their top k
+        rank = torch.arange(max(ks), device=top_gain.device)
+        within = rank < torch.tensor(ks, device=top_gain.device)[:, None, None, None]
+        top_gain = torch.where(within, top_gain, torch.zeros_like(top_gain))
     ng = bs // GROUP
-    one_hot_group = torch.nn.functional.one_hot(row_group, ng).bool()  # [P, Q, b, b/4]
+    one_hot_group = torch.nn.functional.one_hot(row_group, ng).bool()  # [E, P, Q, b, b/4]
     chosen_rows = torch.zeros_like(row_gain, dtype=torch.bool).scatter_(-1, top_rows, top_gain > 0)
     multi_sel = one_hot_group & chosen_rows[..., None]
 
-    best_row = top_rows[..., :1]  # [P, Q, 1]
+    best_row = top_rows[..., :1]  # [E, P, Q, 1]
     single_rows = torch.zeros_like(chosen_rows).scatter_(-1, best_row, top_gain[..., :1] > 0)
     single_sel = one_hot_group & single_rows[..., None]
     single_gain = top_gain[..., 0].clamp_min(0)
 
     old_tiles = prob.tile_losses(err)
-    if k > 1:
+    if max(ks) > 1:
         s_multi, m_multi = _write_groups(s, mask, prop, multi_sel)
         err_multi = prob.error(a, s_multi, b)
         multi_ok = prob.tile_losses(err_multi) <= old_tiles - single_gain
+        multi_ok &= torch.tensor([k > 1 for k in ks], device=old_tiles.device)[:, None, None]
     else:
         multi_ok = torch.zeros_like(old_tiles, dtype=torch.bool)
     select = torch.where(multi_ok[..., None, None], multi_sel, single_sel)
@@ -273,13 +293,15 @@ def sparse_step(
     # exact arithmetic guarantees no increase; guard against round-off in low precision
     worse = prob.tile_losses(err_new) > old_tiles
     if bool(worse.any()):
-        keep = worse.repeat_interleave(bs, 0).repeat_interleave(bs, 1)
+        keep = worse.repeat_interleave(bs, -2).repeat_interleave(bs, -1)
         s_new = torch.where(keep, s, s_new)
         m_new = torch.where(keep, mask, m_new)
         err_new = prob.error(a, s_new, b)
-    active = single_gain > 0
-    frac = float(multi_ok[active].float().mean()) if bool(active.any()) else 1.0
-    return s_new, m_new, err_new, frac
+    active = (single_gain > 0).flatten(1)
+    taken = (multi_ok.flatten(1) & active).sum(1).tolist()
+    counts = active.sum(1).tolist()
+    fracs = [t / c if c else 1.0 for t, c in zip(taken, counts, strict=True)]
+    return s_new, m_new, err_new, fracs
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,16 +326,16 @@ def values_step(
     if steps <= 0:
         return s, err
     bt = b * prob.gamma_blocks
-    ata = a.transpose(-1, -2) @ a  # [P, b, b]
-    gram = bt @ bt.transpose(-1, -2)  # [Q, b, b]
+    ata = a.transpose(-1, -2) @ a  # [E, P, b, b]
+    gram = bt @ bt.transpose(-1, -2)  # [E, Q, b, b]
     m_f = mask.to(s.dtype)
-    shape4 = (prob.p, prob.b, prob.q, prob.b)
+    shape5 = (prob.e, prob.p, prob.b, prob.q, prob.b)
 
-    def tile_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [P, 1, Q, 1]
-        return (x * y).view(shape4).sum((1, 3), keepdim=True)
+    def tile_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [E, P, 1, Q, 1]
+        return (x * y).view(shape5).sum((2, 4), keepdim=True)
 
     def per_tile(scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (x.view(shape4) * scalars).view(prob.m, prob.n)
+        return (x.view(shape5) * scalars).view(s.shape)
 
     x = s.clone()
     r = -blockdiag.right_mul(blockdiag.left_mul(a.transpose(-1, -2), err), bt.transpose(-1, -2))
@@ -335,7 +357,7 @@ def values_step(
     # CG decreases a convex quadratic monotonically; guard against round-off anyway
     worse = prob.tile_losses(err_new) > prob.tile_losses(err)
     if bool(worse.any()):
-        keep = worse.repeat_interleave(prob.b, 0).repeat_interleave(prob.b, 1)
+        keep = worse.repeat_interleave(prob.b, -2).repeat_interleave(prob.b, -1)
         x = torch.where(keep, s, x)
         err_new = prob.error(a, x, b)
     return x, err_new
@@ -344,7 +366,7 @@ def values_step(
 def _ridge_solve(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     diag_mean = torch.diagonal(gram, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    return torch.linalg.solve(gram + 1e-7 * diag_mean[:, None, None] * eye, rhs)
+    return torch.linalg.solve(gram + 1e-7 * diag_mean[..., None, None] * eye, rhs)
 
 
 def a_step(
@@ -352,17 +374,17 @@ def a_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact least squares for every block ``A_p`` (rows decouple); monotone per block."""
     z = blockdiag.right_mul(s, b) * prob.gamma  # S B diag(γ)
-    zp = z.reshape(prob.p, prob.b, prob.n)
-    wp = prob.w_weighted.reshape(prob.p, prob.b, prob.n)
+    zp = z.reshape(prob.e, prob.p, prob.b, prob.n)
+    wp = prob.w_weighted.reshape(prob.e, prob.p, prob.b, prob.n)
     gram = zp @ zp.transpose(-1, -2)
-    cross = wp @ zp.transpose(-1, -2)  # [P, b, b]
+    cross = wp @ zp.transpose(-1, -2)  # [E, P, b, b]
     a_new = _ridge_solve(gram, cross.transpose(-1, -2)).transpose(-1, -2)
     err_new = blockdiag.left_mul(a_new, z) - prob.w_weighted
-    old = err.reshape(prob.p, -1).pow(2).sum(-1)
-    new = err_new.reshape(prob.p, -1).pow(2).sum(-1)
-    keep_new = (new <= old) & torch.isfinite(new)
-    a_new = torch.where(keep_new[:, None, None], a_new, a)
-    rows = keep_new.repeat_interleave(prob.b)[:, None]
+    old = err.reshape(prob.e, prob.p, -1).pow(2).sum(-1)
+    new = err_new.reshape(prob.e, prob.p, -1).pow(2).sum(-1)
+    keep_new = (new <= old) & torch.isfinite(new)  # [E, P]
+    a_new = torch.where(keep_new[..., None, None], a_new, a)
+    rows = keep_new.repeat_interleave(prob.b, -1)[..., None]
     return a_new, torch.where(rows, err_new, err)
 
 
@@ -371,17 +393,18 @@ def b_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact least squares for every block ``B_q`` (columns decouple, γ drops out)."""
     y = blockdiag.left_mul(a, s)  # A S
-    yq = y.reshape(prob.m, prob.q, prob.b).transpose(0, 1)  # [Q, m, b]
-    wq = prob.w.reshape(prob.m, prob.q, prob.b).transpose(0, 1)
+    split = (prob.e, prob.m, prob.q, prob.b)
+    yq = y.reshape(split).transpose(1, 2)  # [E, Q, m, b]
+    wq = prob.w.reshape(split).transpose(1, 2)
     gram = yq.transpose(-1, -2) @ yq
     cross = yq.transpose(-1, -2) @ wq
     b_new = _ridge_solve(gram, cross)
     err_new = (blockdiag.right_mul(y, b_new) - prob.w) * prob.gamma
-    old = err.reshape(prob.m, prob.q, prob.b).pow(2).sum((0, 2))
-    new = err_new.reshape(prob.m, prob.q, prob.b).pow(2).sum((0, 2))
-    keep_new = (new <= old) & torch.isfinite(new)
-    b_new = torch.where(keep_new[:, None, None], b_new, b)
-    cols = keep_new.repeat_interleave(prob.b)[None, :]
+    old = err.reshape(split).pow(2).sum((1, 3))
+    new = err_new.reshape(split).pow(2).sum((1, 3))
+    keep_new = (new <= old) & torch.isfinite(new)  # [E, Q]
+    b_new = torch.where(keep_new[..., None, None], b_new, b)
+    cols = keep_new.repeat_interleave(prob.b, -1)[:, None, :]
     return b_new, torch.where(cols, err_new, err)
 
 
@@ -401,87 +424,147 @@ def solve(
     progress: Callable[[int, float], None] | None = None,
 ) -> ArmorFactors:
     """Run ARMOR on one weight matrix ``[d_out, d_in]`` with input statistics ``hdiag``."""
+    tick = None if progress is None else (lambda it, losses: progress(it, losses[0]))
+    return solve_batch([weight], [hdiag], settings, tick)[0]
+
+
+def solve_batch(
+    weights: list[torch.Tensor],
+    hdiags: list[torch.Tensor],
+    settings: SolverSettings,
+    progress: Callable[[int, list[float]], None] | None = None,
+) -> list[ArmorFactors]:
+    """ARMOR on several same-shape matrices at once, as one batched problem.
+
+    Each matrix gets the result of its own solve: its own adaptive group count, early
+    stopping (a finished matrix rides along unchanged) and best iterate. On a GPU one
+    batched kernel replaces one launch per small matrix; ``progress(iteration, losses)``.
+    """
+    if not weights or len(weights) != len(hdiags):
+        raise ValueError("solve_batch needs one hdiag per weight, and at least one weight")
+    if len({tuple(w.shape) for w in weights}) != 1:
+        raise ValueError(
+            f"solve_batch needs same-shape weights, got {[tuple(w.shape) for w in weights]}"
+        )
     start = time.perf_counter()
+    weight, hdiag = torch.stack(weights), torch.stack(hdiags)
+    e = weight.shape[0]
     norm = normalize(weight)
     bs = settings.block_size
-    mask = nowag_p_mask(norm.w_bar, hdiag)
+    mask = nowag_p_mask(norm.w_bar, hdiag[:, None, :])
     s = norm.w_bar * mask
-    a = blockdiag.identity(norm.w_bar.shape[0] // bs, bs, weight.dtype, weight.device)
-    b = blockdiag.identity(norm.w_bar.shape[1] // bs, bs, weight.dtype, weight.device)
+    m, n = weight.shape[-2:]
+    a = blockdiag.identity(e * (m // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
+    b = blockdiag.identity(e * (n // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
     nowag_state = (a, s, b)
     if settings.weighting == "normalized":  # the authors' loss (spec §3)
         prob = _Problem(norm.w_bar, hdiag, bs)
     elif settings.weighting == "output":
         # The layer-output error ||(Â S B̂ − W) diag(√h)||² with Â = diag(r) A: the same
         # problem with target diag(r) w_bar, column weights c²h and A starting at diag(r).
-        prob = _Problem(norm.w_bar * norm.row_scale[:, None], hdiag * norm.col_scale**2, bs)
-        a = a * norm.row_scale.reshape(-1, bs, 1)
+        row, col = norm.row_scale, norm.col_scale
+        prob = _Problem(norm.w_bar * row[..., None], hdiag * col**2, bs)
+        a = a * row.reshape(e, -1, bs, 1)
     else:
         raise ValueError(f"unknown weighting {settings.weighting!r}")
     err = prob.error(a, s, b)
-    start_loss = prob.loss(err)
-    history = [start_loss]
-    best = (start_loss, a, s, mask, b)
+    start_losses = prob.losses(err).tolist()
+    histories = [[x] for x in start_losses]
+    best_loss = list(start_losses)
+    best = [a, s, mask, b]
     if settings.continuous_step == "exact":
-        step_fn = _ExactIteration(settings)
+        step_fn = _ExactIteration(settings, e)
     elif settings.continuous_step == "adam":
         step_fn = _AdamIteration(settings, a, s, b)
     else:
         raise ValueError(f"unknown continuous_step {settings.continuous_step!r}")
-    stale = 0
-    it = 0
+    stale = [0] * e
+    done = [False] * e
+    stopped_at = [settings.iterations] * e
     for it in range(1, settings.iterations + 1):
         a, s, mask, b, err = step_fn(prob, a, s, mask, b, err)
-        loss = prob.loss(err)
-        history.append(loss)
-        if not math.isfinite(loss):
-            log.warning("non-finite proxy loss at iteration %d; keeping the best iterate", it)
-            break
-        if loss < best[0] * (1 - settings.tolerance):
-            stale = 0
-        else:
-            stale += 1
-        if loss < best[0]:
-            best = (loss, a, s, mask, b)
+        losses = prob.losses(err).tolist()
+        improved = [False] * e
+        for i, loss in enumerate(losses):
+            if done[i]:
+                continue
+            histories[i].append(loss)
+            if not math.isfinite(loss):
+                log.warning("non-finite proxy loss at iteration %d; keeping the best iterate", it)
+                done[i], stopped_at[i] = True, it
+                continue
+            stale[i] = 0 if loss < best_loss[i] * (1 - settings.tolerance) else stale[i] + 1
+            if loss < best_loss[i]:
+                best_loss[i], improved[i] = loss, True
+            if stale[i] >= settings.patience:
+                done[i], stopped_at[i] = True, it
+        if any(improved):
+            take = torch.tensor(improved, device=weight.device)
+            best = [
+                _where_problem(take, new, old)
+                for new, old in zip((a, s, mask, b), best, strict=True)
+            ]
         if progress is not None:
-            progress(it, loss)
-        if stale >= settings.patience:
+            progress(it, losses)
+        if all(done):
             break
-    loss, a, s, mask, b = best
+    a, s, mask, b = best
     if settings.weighting == "output":
-        a = a / norm.row_scale.reshape(-1, bs, 1)  # back to normalised coordinates
+        a = a / norm.row_scale.reshape(e, -1, bs, 1)  # back to normalised coordinates
         spec = _Problem(norm.w_bar, hdiag, bs)
-        nowag = spec.loss(spec.error(*nowag_state))
-        final = spec.loss(spec.error(a, s, b))
+        nowags = spec.losses(spec.error(*nowag_state)).tolist()
+        finals = spec.losses(spec.error(a, s, b)).tolist()
     else:
-        nowag, final = start_loss, loss
-    return _fold(norm, a, s, mask, b, nowag, final, history, it, time.perf_counter() - start)
+        nowags, finals = start_losses, best_loss
+    seconds = (time.perf_counter() - start) / e
+    return [
+        _fold(
+            norm,
+            i,
+            a[i],
+            s[i],
+            mask[i],
+            b[i],
+            nowags[i],
+            finals[i],
+            histories[i],
+            stopped_at[i],
+            seconds,
+        )
+        for i in range(e)
+    ]
 
 
-def _fold(norm: Normalized, a, s, mask, b, nowag, loss, history, iters, secs) -> ArmorFactors:
-    """Fold the NoWag scales into the wrappers: ``(diag(r) A) S (B diag(c))``.
+def _where_problem(take: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per problem (leading dim), ``new`` where ``take`` else ``old``."""
+    return torch.where(take.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def _fold(norm: Normalized, i, a, s, mask, b, nowag, loss, history, iters, secs) -> ArmorFactors:
+    """Fold problem ``i``'s NoWag scales into its wrappers: ``(diag(r) A) S (B diag(c))``.
 
     ``nowag`` and ``loss`` are always the spec's normalised proxy loss; ``history`` is the
     loss actually optimised (they coincide for ``weighting="normalized"``).
     """
     bs = a.shape[-1]
-    a_out = a * norm.row_scale.reshape(-1, bs, 1)
-    b_out = b * norm.col_scale.reshape(-1, 1, bs)
+    a_out = a * norm.row_scale[i].reshape(-1, bs, 1)
+    b_out = b * norm.col_scale[i].reshape(-1, 1, bs)
     return ArmorFactors(a_out, s * mask, mask, b_out, nowag, loss, history, iters, secs)
 
 
 class _ExactIteration:
-    def __init__(self, settings: SolverSettings):
+    def __init__(self, settings: SolverSettings, problems: int):
         self.settings = settings
-        self.k = settings.groups_per_tile or max(1, settings.block_size // GROUP)
+        self.ks = [settings.groups_per_tile or max(1, settings.block_size // GROUP)] * problems
 
     def __call__(self, prob, a, s, mask, b, err):
-        s, mask, err, frac = sparse_step(prob, a, s, mask, b, err, self.k, self.settings.compile)
-        # adapt how many groups per tile are moved together
-        if frac < 0.5:
-            self.k = max(1, self.k // 2)
-        elif frac > 0.9:
-            self.k = min(prob.b, self.k * 2)
+        s, mask, err, fracs = sparse_step(prob, a, s, mask, b, err, self.ks, self.settings.compile)
+        # adapt, per problem, how many groups per tile are moved together
+        for i, frac in enumerate(fracs):
+            if frac < 0.5:
+                self.ks[i] = max(1, self.ks[i] // 2)
+            elif frac > 0.9:
+                self.ks[i] = min(prob.b, self.ks[i] * 2)
         s, err = values_step(prob, a, s, mask, b, err, self.settings.cg_steps)
         a, err = a_step(prob, a, s, b, err)
         b, err = b_step(prob, a, s, b, err)
@@ -501,7 +584,8 @@ class _AdamIteration:
         pa, pw, pb = self.params
         self.opt.zero_grad(set_to_none=True)
         e = prob.error(pa, pw * mask, pb)
-        (e.pow(2).sum() / prob.den).backward()
+        # the problems are independent: the sum of their losses has each one's gradient
+        (e.pow(2).sum((-1, -2)) / prob.den.to(e.dtype)).sum().backward()
         self.opt.step()
         with torch.no_grad():
             a, b = pa.detach().clone(), pb.detach().clone()

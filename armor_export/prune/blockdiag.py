@@ -16,17 +16,20 @@ def identity(n_blocks: int, block_size: int, dtype=torch.float32, device=None) -
 
 
 def left_mul(blocks: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """``blockdiag(blocks) @ matrix`` for ``matrix`` of shape ``[n*b, k]``."""
-    n, b, _ = blocks.shape
-    return torch.bmm(blocks, matrix.reshape(n, b, -1)).reshape(matrix.shape)
+    """``blockdiag(blocks) @ matrix`` for ``matrix`` of shape ``[..., n*b, k]``.
+
+    ``blocks`` is ``[..., n, b, b]`` with the same leading (batch) dimensions.
+    """
+    *lead, n, b, _ = blocks.shape
+    return torch.matmul(blocks, matrix.reshape(*lead, n, b, -1)).reshape(matrix.shape)
 
 
 def right_mul(matrix: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``matrix @ blockdiag(blocks)`` for ``matrix`` of shape ``[k, n*b]``."""
-    n, b, _ = blocks.shape
-    k = matrix.shape[0]
-    out = torch.bmm(matrix.reshape(k, n, b).transpose(0, 1), blocks)  # [n, k, b]
-    return out.transpose(0, 1).reshape(k, n * b)
+    """``matrix @ blockdiag(blocks)`` for ``matrix`` of shape ``[..., k, n*b]``."""
+    *lead, n, b, _ = blocks.shape
+    k = matrix.shape[-2]
+    cols = matrix.reshape(*lead, k, n, b).transpose(-3, -2)  # [..., n, k, b]
+    return torch.matmul(cols, blocks).transpose(-3, -2).reshape(matrix.shape)
 
 
 def apply_to_input(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -39,12 +42,12 @@ def apply_to_input(blocks: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def to_tiles(matrix: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``[P*b, Q*b]`` -> ``[P, Q, b, b]`` view-copy of its ``b x b`` tiles."""
-    m, n = matrix.shape
+    """``[..., P*b, Q*b]`` -> ``[..., P, Q, b, b]`` view of its ``b x b`` tiles."""
+    *lead, m, n = matrix.shape
     b = block_size
-    return matrix.reshape(m // b, b, n // b, b).permute(0, 2, 1, 3)
+    return matrix.reshape(*lead, m // b, b, n // b, b).transpose(-3, -2)
 
 
 def from_tiles(tiles: torch.Tensor) -> torch.Tensor:
-    p, q, b, _ = tiles.shape
-    return tiles.permute(0, 2, 1, 3).reshape(p * b, q * b)
+    *lead, p, q, b, _ = tiles.shape
+    return tiles.transpose(-3, -2).reshape(*lead, p * b, q * b)

@@ -21,11 +21,14 @@ class Normalized:
 
 
 def normalize(weight: torch.Tensor) -> Normalized:
-    """Column norms first, then row norms of the column-normalised matrix (spec §2)."""
-    col = weight.norm(dim=0) + EPS
-    w1 = weight / col
-    row = w1.norm(dim=1) + EPS
-    return Normalized(w1 / row[:, None], row, col)
+    """Column norms first, then row norms of the column-normalised matrix (spec §2).
+
+    ``weight`` is ``[d_out, d_in]`` or a batch ``[E, d_out, d_in]``.
+    """
+    col = weight.norm(dim=-2) + EPS
+    w1 = weight / col[..., None, :]
+    row = w1.norm(dim=-1) + EPS
+    return Normalized(w1 / row[..., None], row, col)
 
 
 def clean_hdiag(h: torch.Tensor, name: str = "layer") -> torch.Tensor:

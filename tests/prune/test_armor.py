@@ -13,12 +13,12 @@ B = 8  # block size for small problems
 
 
 def _random_state(m=16, n=24, seed=0, dtype=torch.float64):
-    """A problem with non-trivial A, B (so groups interact) and a valid 2:4 core."""
+    """A batch of one problem with non-trivial A, B (so groups interact) and a 2:4 core."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(m, n, generator=gen, dtype=dtype)
     h = torch.rand(n, generator=gen, dtype=dtype) * 3 + 0.05
     norm = normalize(w)
-    prob = armor._Problem(norm.w_bar, h, B)
+    prob = armor._Problem(norm.w_bar[None], h[None], B)
     a = blockdiag.identity(m // B, B, dtype) + 0.3 * torch.randn(
         m // B, B, B, generator=gen, dtype=dtype
     )
@@ -27,15 +27,15 @@ def _random_state(m=16, n=24, seed=0, dtype=torch.float64):
     )
     mask = armor.nowag_p_mask(norm.w_bar, h)
     s = norm.w_bar * mask
-    return prob, a, s, mask, b
+    return prob, a[None], s[None], mask[None], b[None]
 
 
 def _brute_force_group(prob, a, s, b, p, q, row, group):
     """Best (support, values, tile loss) for one group by least squares over all 6 supports."""
-    a_p = a[p]
-    bt = (b * prob.gamma_blocks)[q]
-    w_t = blockdiag.to_tiles(prob.w_weighted, B)[p, q]
-    s_t = blockdiag.to_tiles(s, B)[p, q].clone()
+    a_p = a[0, p]
+    bt = (b * prob.gamma_blocks)[0, q]
+    w_t = blockdiag.to_tiles(prob.w_weighted, B)[0, p, q]
+    s_t = blockdiag.to_tiles(s, B)[0, p, q].clone()
     cols = list(range(4 * group, 4 * group + 4))
     s_t[row, cols] = 0
     e0 = a_p @ s_t @ bt - w_t
@@ -62,12 +62,12 @@ def test_group_step_equals_brute_force_over_all_six_supports():
     for p, q, row, group in [(0, 0, 0, 0), (1, 2, 5, 1), (0, 1, 7, 0), (1, 1, 3, 1)]:
         support, values, loss = _brute_force_group(prob, a, s, b, p, q, row, group)
         r, c = p * B + row, q * B + 4 * group
-        got = prop.values[r, c : c + 4]
+        got = prop.values[0, r, c : c + 4]
         assert torch.allclose(got, values, atol=1e-6, rtol=1e-5)
-        assert prop.mask[r, c : c + 4].nonzero().flatten().tolist() == list(support)
+        assert prop.mask[0, r, c : c + 4].nonzero().flatten().tolist() == list(support)
         # predicted gain equals the true decrease of the tile loss
-        assert float(prop.gain[p, q, row, group]) == pytest.approx(
-            float(tile_losses[p, q]) - loss, rel=1e-6, abs=1e-9
+        assert float(prop.gain[0, p, q, row, group]) == pytest.approx(
+            float(tile_losses[0, p, q]) - loss, rel=1e-6, abs=1e-9
         )
 
 
@@ -170,3 +170,38 @@ def test_output_weighting_minimises_the_layer_output_error():
     # reported losses stay in the spec's normalised metric, from the same NoWag-P start
     assert output.nowag_loss == pytest.approx(normalized.nowag_loss, rel=1e-6)
     assert output.final_loss < output.nowag_loss
+
+
+@pytest.mark.parametrize(
+    ("step", "weighting"), [("exact", "normalized"), ("adam", "normalized"), ("exact", "output")]
+)
+def test_a_batch_gives_every_matrix_its_own_solve(step, weighting):
+    problems = [_problem(seed=s) for s in range(4)]
+    # a loose tolerance, so the matrices stop early at different iterations
+    settings = armor.SolverSettings(
+        block_size=16,
+        iterations=60,
+        continuous_step=step,
+        weighting=weighting,
+        patience=2,
+        tolerance=0.03,
+    )
+    singles = [armor.solve(w, h, settings) for w, h in problems]
+    batch = armor.solve_batch([w for w, _ in problems], [h for _, h in problems], settings)
+    assert len(batch) == len(singles)
+    for one, many in zip(singles, batch, strict=True):
+        assert torch.equal(one.mask, many.mask)
+        torch.testing.assert_close(many.core, one.core, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(many.a_blocks, one.a_blocks, rtol=1e-5, atol=1e-6)
+        assert many.iterations == one.iterations
+        assert many.history == pytest.approx(one.history, rel=1e-6)
+        assert many.final_loss <= many.nowag_loss
+    if step == "exact":
+        assert len({r.iterations for r in batch}) > 1  # early stopping really was per matrix
+
+
+def test_solve_batch_rejects_mixed_shapes():
+    (w1, h1), (w2, h2) = _problem(0), _problem(1, m=32)
+    settings = armor.SolverSettings(block_size=16, iterations=2)
+    with pytest.raises(ValueError, match="same-shape"):
+        armor.solve_batch([w1, w2], [h1, h2], settings)
