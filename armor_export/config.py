@@ -108,6 +108,9 @@ class PruneConfig:
     device: str = "cpu"  # where the per-matrix solves run (e.g. "cuda:0")
     workers: int = 0  # processes for independent jobs; 0 = one per CPU core
     low_memory: bool = False  # read decoder layers and weights from disk one at a time
+    # same-shape ARMOR jobs as one batched solve: auto (GPU, when a probe shows it faster),
+    # on, off (prune/batching.py)
+    batch_same_shape: str = "auto"
     armor: ArmorConfig = field(default_factory=ArmorConfig)
     sparsegpt: SparseGPTConfig = field(default_factory=SparseGPTConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -115,6 +118,7 @@ class PruneConfig:
 
     def validate(self) -> None:
         _check_choice("method", self.method, METHODS)
+        _check_choice("batch_same_shape", self.batch_same_shape, ("auto", "on", "off"))
         if self.version != CONFIG_VERSION:
             raise ConfigError(
                 f"config version {self.version} is not supported (expected {CONFIG_VERSION})"

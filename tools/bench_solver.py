@@ -7,6 +7,10 @@ ones (patience disabled, so every iteration runs). Writes a section of
 docs/benchmarks/scale.md (between markers, the rest of the file is kept) and
 docs/benchmarks/solver.json.
 
+It also times same-shape batches (``armor.solve_batch``, what ``--batch-same-shape``
+uses) against the same matrices solved one by one, for SmolLM2's small shapes: the figure
+that decides whether batching pays on a device.
+
     python tools/bench_solver.py                          # 4096x4096 and 11008x4096, b=128
     python tools/bench_solver.py --devices cpu,cuda --iterations 20
 """
@@ -32,6 +36,11 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=int, default=5, help="timed iterations per shape")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--devices", default="cpu,cuda", help="devices to try (absent ones skipped)")
+    p.add_argument(
+        "--batch-shapes", default="192x576,576x576,1536x576", help="shapes for the batch rows"
+    )
+    p.add_argument("--batch-count", type=int, default=8, help="matrices per batch")
+    p.add_argument("--batch-block-size", type=int, default=64)
     p.add_argument("--out", default="docs/benchmarks")
     return p.parse_args(argv)
 
@@ -72,6 +81,26 @@ def time_solver(shape, block_size: int, iterations: int, warmup: int, device: st
     }
 
 
+def time_batch(shape, count: int, block_size: int, iterations: int, device: str) -> dict:
+    from armor_export.config import PruneConfig
+    from armor_export.prune import batching
+
+    cfg = PruneConfig.from_dict(
+        {"device": device, "armor": {"block_size": block_size, "compile": False}}
+    )
+    batched, single = batching.probe_seconds(shape, count, cfg, iterations)
+    return {
+        "shape": list(shape),
+        "block_size": block_size,
+        "device": device,
+        "count": count,
+        "iterations": iterations,
+        "batched_seconds": round(batched, 4),
+        "one_by_one_seconds": round(single, 4),
+        "speedup": round(single / batched, 3),
+    }
+
+
 def device_name(device: str) -> str:
     import torch
 
@@ -98,20 +127,30 @@ def main(argv=None) -> int:
             row["device_name"] = device_name(dev)
             print(row, file=sys.stderr)
             rows.append(row)
+    batch_shapes = [
+        tuple(int(d) for d in s.lower().split("x")) for s in args.batch_shapes.split(",")
+    ]
+    batch_rows = []
+    for dev in devices:
+        for shape in batch_shapes:
+            row = time_batch(shape, args.batch_count, args.batch_block_size, args.iterations, dev)
+            row["device_name"] = device_name(dev)
+            print(row, file=sys.stderr)
+            batch_rows.append(row)
     command = "python tools/bench_solver.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command.strip(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_description()}, {platform.system()}, torch {torch.__version__}",
     }
-    write(Path(args.out), meta, rows)
+    write(Path(args.out), meta, rows, batch_rows)
     return 0
 
 
-def write(out: Path, meta: dict, rows: list[dict]) -> None:
+def write(out: Path, meta: dict, rows: list[dict], batch_rows: list[dict]) -> None:
     from armor_export.io import write_json, write_text
 
-    write_json(out / "solver.json", {"meta": meta, "rows": rows})
+    write_json(out / "solver.json", {"meta": meta, "rows": rows, "batches": batch_rows})
     lines = [
         BEGIN,
         "## ARMOR solver: iterations per second, one matrix",
@@ -130,6 +169,24 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
             f"| {r['device_name']} | {r['shape'][0]}x{r['shape'][1]} | {r['block_size']} | "
             f"{r['threads'] or '-'} | {r['seconds_per_iteration']:.3f} | "
             f"{r['iterations_per_s']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Same-shape matrices: one batched solve vs one by one",
+        "",
+        "Random matrices, the same iterations timed both ways after a warm-up of each "
+        "(one by one: one matrix's time x the count). `--batch-same-shape auto` batches on a "
+        "GPU only where its own probe of this kind shows the batch at least 1.25x faster; "
+        "on the CPU it never batches.",
+        "",
+        "| device | shape | b | matrices | iterations | batched s | one by one s | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in batch_rows:
+        lines.append(
+            f"| {r['device_name']} | {r['shape'][0]}x{r['shape'][1]} | {r['block_size']} | "
+            f"{r['count']} | {r['iterations']} | {r['batched_seconds']:.3f} | "
+            f"{r['one_by_one_seconds']:.3f} | {r['speedup']:.2f}x |"
         )
     if not any(r["device"].startswith("cuda") for r in rows):
         lines += [

@@ -45,6 +45,12 @@ def add_prune_arguments(p) -> None:
     p.add_argument("--device", help="where the per-matrix solves run: cpu (default), cuda[:i]")
     p.add_argument("--workers", type=int, help="worker processes for the jobs (0 = one per core)")
     p.add_argument(
+        "--batch-same-shape",
+        choices=["auto", "on", "off"],
+        help="solve same-shape ARMOR matrices as one batched problem (auto: on a GPU, when a "
+        "short probe shows it faster)",
+    )
+    p.add_argument(
         "--low-memory",
         action="store_true",
         default=None,
@@ -64,6 +70,7 @@ def config_from_args(args):
         "device": "device",
         "workers": "workers",
         "low_memory": "low_memory",
+        "batch_same_shape": "batch_same_shape",
     }
     for attr, key in simple.items():
         if getattr(args, attr) is not None:

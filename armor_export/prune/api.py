@@ -119,6 +119,7 @@ def _defining_config(cfg: PruneConfig) -> dict:
     data = cfg.to_dict()
     data.pop("workers")
     data.pop("low_memory")
+    data.pop("batch_same_shape")
     data["armor"].pop("compile")
     return data
 

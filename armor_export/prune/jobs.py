@@ -73,7 +73,7 @@ class MatrixResult:
         )
 
 
-def _solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
+def solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
     a = cfg.armor
     return armor.SolverSettings(
         block_size=a.block_size,
@@ -111,17 +111,9 @@ def run_job(
     method = cfg.method
     metrics: dict = {}
     if method == "armor":
-        factors = armor.solve(weight, hdiag, _solver_settings(cfg), progress)
-        result = MatrixResult(
-            job.name, method, factors.core, factors.mask, factors.a_blocks, factors.b_blocks
-        )
-        metrics.update(
-            nowag_loss=factors.nowag_loss,
-            proxy_loss=factors.final_loss,
-            iterations=factors.iterations,
-            history=factors.history,
-            block_size=cfg.armor.block_size,
-        )
+        factors = armor.solve(weight, hdiag, solver_settings(cfg), progress)
+        result = _armor_result(job.name, factors, cfg)
+        metrics = result.metrics
     else:
         if method == "magnitude":
             core, mask = baselines.magnitude(weight)
@@ -144,6 +136,40 @@ def run_job(
     metrics["seconds"] = time.perf_counter() - start
     result.metrics = metrics
     return result.to("cpu")
+
+
+def _armor_result(name: str, factors: armor.ArmorFactors, cfg: PruneConfig) -> MatrixResult:
+    result = MatrixResult(
+        name, "armor", factors.core, factors.mask, factors.a_blocks, factors.b_blocks
+    )
+    result.metrics.update(
+        nowag_loss=factors.nowag_loss,
+        proxy_loss=factors.final_loss,
+        iterations=factors.iterations,
+        history=factors.history,
+        block_size=cfg.armor.block_size,
+    )
+    return result
+
+
+@torch.no_grad()
+def run_job_batch(jobs: list[MatrixJob], cfg: PruneConfig) -> list[MatrixResult]:
+    """Same-shape ARMOR jobs as one batched solve; each result is the one ``run_job`` gives
+    (``armor.solve_batch``), with ``seconds`` the batch's time shared out evenly."""
+    if len(jobs) == 1:
+        return [run_job(jobs[0], cfg)]
+    start = time.perf_counter()
+    device = torch.device(cfg.device)
+    weights = [job.weight.detach().to(device, torch.float32) for job in jobs]
+    hdiags = [clean_hdiag(job.hdiag.to(device, torch.float32), job.name) for job in jobs]
+    factors = armor.solve_batch(weights, hdiags, solver_settings(cfg))
+    seconds = (time.perf_counter() - start) / len(jobs)
+    results = []
+    for job, fac in zip(jobs, factors, strict=True):
+        result = _armor_result(job.name, fac, cfg)
+        result.metrics.update(seconds=seconds, batch=len(jobs))
+        results.append(result.to("cpu"))
+    return results
 
 
 class JobStore:

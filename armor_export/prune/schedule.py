@@ -15,14 +15,16 @@ from multiprocessing import get_context
 import torch
 
 from armor_export.config import PruneConfig
-from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
+from armor_export.prune import batching
+from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job, run_job_batch
 
 log = logging.getLogger(__name__)
 
 
-def resolve_workers(requested: int, pending: int) -> int:
-    """0 means one worker per CPU core; never more workers than pending jobs."""
-    cores = os.cpu_count() or 1
+def resolve_workers(requested: int, pending: int, device: str = "cpu") -> int:
+    """0 means one worker per CPU core (one process for a GPU, which batched solves fill);
+    never more workers than pending jobs."""
+    cores = (os.cpu_count() or 1) if torch.device(device).type == "cpu" else 1
     workers = requested if requested > 0 else cores
     return max(1, min(workers, pending))
 
@@ -44,7 +46,8 @@ def run_jobs(
 ) -> None:
     """Run every job not yet in ``store``; save each result as it completes, then report it.
 
-    Finished jobs are loaded from the store instead of being run again.
+    Finished jobs are loaded from the store instead of being run again. In one process,
+    same-shape ARMOR jobs may run as one batched solve (``batching.group_jobs``).
     """
     pending = []
     for job in jobs:
@@ -55,12 +58,14 @@ def run_jobs(
             pending.append(job)
     if not pending:
         return
-    workers = resolve_workers(workers, len(pending))
+    workers = resolve_workers(workers, len(pending), cfg.device)
     if workers == 1:
-        for job in pending:
-            result = run_job(job.resolved(), cfg)
-            store.save(result)
-            on_result(result)
+        for group in batching.group_jobs(pending, cfg):
+            ready = [job.resolved() for job in group]
+            results = run_job_batch(ready, cfg) if len(ready) > 1 else [run_job(ready[0], cfg)]
+            for result in results:
+                store.save(result)
+                on_result(result)
         return
     # largest matrices first, so the pool drains evenly
     pending.sort(key=lambda j: j.weight.numel(), reverse=True)

@@ -24,3 +24,37 @@ def test_armor_job_on_cuda_matches_cpu_guarantees():
         PruneConfig.from_dict({"armor": {"block_size": 32, "iterations": 20, "compile": False}}),
     )
     assert res.metrics["proxy_loss"] == pytest.approx(cpu.metrics["proxy_loss"], rel=0.05)
+
+
+def test_batched_solves_on_cuda_match_single_solves(tmp_path):
+    from armor_export.prune import batching
+    from armor_export.prune.jobs import JobStore
+    from armor_export.prune.schedule import run_jobs
+
+    gen = torch.Generator().manual_seed(1)
+    jobs = [
+        MatrixJob(
+            f"m{i}", torch.randn(192, 576, generator=gen), torch.rand(576, generator=gen) + 0.1
+        )
+        for i in range(4)
+    ]
+    armor = {"block_size": 64, "iterations": 15}
+    got = {}
+    for batch in ("off", "on"):
+        cfg = PruneConfig.from_dict({"device": "cuda", "batch_same_shape": batch, "armor": armor})
+        into = got[batch] = {}
+        run_jobs(
+            jobs, cfg, JobStore(tmp_path / batch), lambda r, into=into: into.update({r.name: r})
+        )
+    for name, one in got["off"].items():
+        many = got["on"][name]
+        assert many.metrics["batch"] == 4
+        assert many.metrics["proxy_loss"] <= many.metrics["nowag_loss"]
+        # GPU kernels may round a batch differently: same quality, masks nearly equal
+        assert many.metrics["proxy_loss"] == pytest.approx(one.metrics["proxy_loss"], rel=0.02)
+        assert (many.mask == one.mask).float().mean() > 0.95
+    # auto measures on the GPU and decides
+    cfg = PruneConfig.from_dict({"device": "cuda", "armor": armor})
+    batched, single = batching.probe_seconds((192, 576), 4, cfg)
+    assert batched > 0 and single > 0
+    assert batching.batch_size((192, 576), 4, cfg) in (1, 4)

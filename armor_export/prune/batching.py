@@ -1,0 +1,127 @@
+"""Which same-shape ARMOR jobs run as one batched solve (``armor.solve_batch``).
+
+A model has many matrices of each shape (7 per layer, a handful of shapes). On a GPU a
+small matrix's solve is a few hundred tiny kernel launches per iteration, so solving the
+same-shape matrices together can be much faster; on a CPU the time per iteration grows
+with the matrix size from the smallest SmolLM2 shapes up (192x576: 24 ms, 576x576: 72 ms
+per iteration on one thread), so there is nothing to amortise and batching would only
+delay each result's checkpoint.
+
+``batch_same_shape``:
+
+- ``off``: one solve per job;
+- ``on``: batches of up to :data:`BATCH_ELEMENTS` weight elements;
+- ``auto`` (default): ``off`` on the CPU; elsewhere a short probe per shape times a batch
+  against the same matrices one by one (random data, a few iterations) and batches only
+  when the batch is clearly faster.
+
+A batch gives every matrix the result its own solve would give (``solve_batch``), and every
+result is still saved on its own as soon as the batch ends, so resuming works as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from armor_export.config import PruneConfig
+from armor_export.prune import armor
+from armor_export.prune.jobs import MatrixJob, solver_settings
+
+log = logging.getLogger(__name__)
+
+# weight elements per batch: every solver tensor is ~this big, times ~20 live tensors in fp32
+# (~1.3 GB); a 4096x4096 matrix (16.8 M) is alone in its batch, so large models are unchanged
+BATCH_ELEMENTS = 1 << 24
+PROBE_ITERATIONS = 3
+PROBE_MARGIN = 0.8  # batch only when it takes at most this share of the one-by-one time
+
+Probe = Callable[[tuple[int, int], int, PruneConfig], tuple[float, float]]
+_DECISIONS: dict[tuple, int] = {}
+
+
+def group_jobs(
+    jobs: list[MatrixJob], cfg: PruneConfig, probe: Probe | None = None
+) -> list[list[MatrixJob]]:
+    """``jobs`` in their order, same-shape ARMOR jobs gathered into batches where chosen."""
+    if cfg.method != "armor" or cfg.batch_same_shape == "off":
+        return [[job] for job in jobs]
+    by_shape: dict[tuple[int, int], list[MatrixJob]] = {}
+    for job in jobs:
+        by_shape.setdefault(tuple(job.weight.shape), []).append(job)
+    size = {shape: batch_size(shape, len(group), cfg, probe) for shape, group in by_shape.items()}
+    groups: list[list[MatrixJob]] = []
+    open_batch: dict[tuple[int, int], list[MatrixJob]] = {}
+    for job in jobs:  # keep the callers' order (largest first, layer order, ...)
+        shape = tuple(job.weight.shape)
+        current = open_batch.get(shape)
+        if current is None or len(current) >= size[shape]:
+            current = open_batch[shape] = []
+            groups.append(current)
+        current.append(job)
+    return groups
+
+
+def batch_size(
+    shape: tuple[int, int], n_jobs: int, cfg: PruneConfig, probe: Probe | None = None
+) -> int:
+    """How many ``shape`` jobs to solve together (1: one by one)."""
+    cap = min(n_jobs, max(1, BATCH_ELEMENTS // (shape[0] * shape[1])))
+    if cfg.batch_same_shape == "off" or cap < 2:
+        return 1
+    if cfg.batch_same_shape == "on":
+        return cap
+    if torch.device(cfg.device).type == "cpu":
+        return 1
+    return measured_batch_size(shape, cap, cfg, probe or probe_seconds)
+
+
+def measured_batch_size(shape: tuple[int, int], cap: int, cfg: PruneConfig, probe: Probe) -> int:
+    """``cap`` if a probe shows a batch of ``cap`` clearly faster than one by one, else 1."""
+    key = (shape, cap, cfg.device, cfg.armor.block_size, cfg.armor.continuous_step)
+    if key not in _DECISIONS:
+        batched, single = probe(shape, cap, cfg)
+        _DECISIONS[key] = cap if batched <= PROBE_MARGIN * single else 1
+        log.info(
+            "%dx%d on %s: %d matrices batched %.3f s vs one by one %.3f s per %d iterations "
+            "-> %s",
+            *shape, cfg.device, cap, batched, single, PROBE_ITERATIONS,
+            f"batches of {cap}" if _DECISIONS[key] > 1 else "one by one",
+        )  # fmt: skip
+    return _DECISIONS[key]
+
+
+def probe_seconds(
+    shape: tuple[int, int], count: int, cfg: PruneConfig, iterations: int = PROBE_ITERATIONS
+) -> tuple[float, float]:
+    """(seconds for ``count`` random ``shape`` matrices batched, seconds one by one) over
+    ``iterations`` solver iterations, after a warm-up of each; one by one is timed on one
+    matrix and multiplied by ``count``."""
+    device = torch.device(cfg.device)
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(shape, generator=gen).to(device) for _ in range(count)]
+    hdiags = [(torch.rand(shape[1], generator=gen) + 0.1).to(device) for _ in range(count)]
+    settings = replace(solver_settings(cfg), iterations=iterations, patience=iterations + 1)
+    warm = replace(settings, iterations=1)
+
+    def timed(fn) -> float:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    armor.solve(weights[0], hdiags[0], warm)
+    armor.solve_batch(weights, hdiags, warm)
+    single = timed(lambda: armor.solve(weights[0], hdiags[0], settings)) * count
+    batched = timed(lambda: armor.solve_batch(weights, hdiags, settings))
+    return batched, single
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
