@@ -206,12 +206,17 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     with RichReporter().task("rounds", total=args.rounds) as task:
         for _ in range(args.rounds):
-            rng.shuffle(order)  # no variant always runs first (or right after another)
+            # the variants' prefills alternate (a fresh shuffle each pass), so a slow phase
+            # of the machine falls on all of them alike; each keeps its best of the round
+            best = dict.fromkeys(runners, float("inf"))
+            for _ in range(args.repeats):
+                rng.shuffle(order)
+                for name in order:
+                    best[name] = min(best[name], runners[name].prefill(prefill_ids)[0])
+            rng.shuffle(order)
             for name in order:
-                runner = runners[name]
-                best = min(runner.prefill(prefill_ids)[0] for _ in range(args.repeats))
-                prefill[name].append(best)
-                decode[name].append(runner.decode(decode_ids, args.decode_tokens))
+                prefill[name].append(best[name])
+                decode[name].append(runners[name].decode(decode_ids, args.decode_tokens))
             task.advance(1)
     results = {}
     dense_prefill = statistics.median(prefill["dense"])
@@ -273,8 +278,9 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, threads: "
         f"{meta['threads']}",
         f"- prefill: one forward of {meta['prefill_tokens']} tokens (batch 1); decode: "
-        f"{meta['decode']}; {meta['rounds']} rounds in this one run, variants in a shuffled "
-        f"order each round; a round's prefill time is the best of {meta['repeats']}",
+        f"{meta['decode']}; {meta['rounds']} rounds in this one run; in a round every "
+        f"variant runs {meta['repeats']} prefills, alternating with the other variants in a "
+        "fresh shuffled order each pass, and keeps its best; then one decode each",
         "- prefill / dense: the median over rounds of each round's ratio to dense in the same "
         "round (paired, so slow phases of the shared machine cancel); the ratio of the "
         "medians and of the minima are shown beside it",

@@ -35,6 +35,7 @@ class ShapePlan:
     setup_seconds: float  # measured: the job's fixed cost (NoWag-P start, normalisation)
     seconds_per_iteration: float  # measured
     est_seconds_per_job: float  # setup + iterations × per-iteration (ARMOR may stop sooner)
+    batch: int = 1  # matrices per batched solve (--batch-same-shape); the estimate is 1 by 1
 
     @property
     def pattern(self) -> str:
@@ -219,6 +220,11 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     finally:
         torch.set_num_threads(threads)
     memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
+    if cfg.method == "armor":
+        from armor_export.prune import batching
+
+        for sp in shapes:  # on a GPU with "auto" this runs the same probe as prune
+            sp.batch = batching.batch_size(sp.shape, len(sp.names), cfg)
 
     est = {n: sp.est_seconds_per_job for sp in shapes for n in sp.names}
     shares = distributed.assign({n: max(1, round(s * 1000)) for n, s in est.items()}, ranks)
@@ -236,6 +242,12 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     ]
     if ranks > 1 and not cfg.low_memory:
         notes.append("every rank holds the whole model: add --low-memory to hold one layer")
+    batched = [f"{sp.shape[0]}x{sp.shape[1]} by {sp.batch}" for sp in shapes if sp.batch > 1]
+    if batched:
+        notes.append(
+            f"same-shape batched solves on {cfg.device}: {', '.join(batched)}; the times "
+            "above are for one by one, so batched shapes should finish sooner"
+        )
     return Plan(
         cfg.model, cfg.method, cfg.low_memory, ranks, len(adapter.layers(lazy.model)),
         len(targets), skipped, shapes, calib, memory, per_rank, round(total, 1),

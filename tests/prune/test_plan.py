@@ -33,6 +33,7 @@ def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file,
             sp.setup_seconds + 50 * sp.seconds_per_iteration,
             abs=5e-3,  # fields are rounded
         )
+    assert all(sp.batch == 1 for sp in plan.shapes)  # auto never batches on the CPU
     assert sum(r["jobs"] for r in plan.per_rank) == 14 and len(plan.per_rank) == 2
     assert {plan.job_ranks[n] for n in names} == {0, 1}
     est = {n: sp.est_seconds_per_job for sp in plan.shapes for n in sp.names}
@@ -45,6 +46,13 @@ def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file,
     parts = ("runtime_measured", "model_resident", "calibration_activations", "statistics",
              "largest_job")  # fmt: skip
     assert mem["total_per_worker"] == pytest.approx(sum(mem[k] for k in parts), abs=0.3)
+
+
+def test_plan_shows_same_shape_batches(tiny_model_dir, text_file, tmp_path):
+    cfg = _cfg(tiny_model_dir, text_file, tmp_path / "o", batch_same_shape="on")
+    plan = make_plan(cfg, probe_iterations=1)
+    assert [sp.batch for sp in plan.shapes] == [len(sp.names) for sp in plan.shapes]
+    assert any("same-shape batched solves on cpu" in note for note in plan.notes)
 
 
 def test_in_memory_plan_counts_the_whole_model(tiny_model_dir, text_file, tmp_path):
