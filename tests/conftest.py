@@ -117,8 +117,9 @@ def calib_batches():
 
 
 def tiny_prune_config(model_dir, text_file, out, method="armor", armor=None, **top):
-    """The tests' prune recipe on a tiny model: block size 16, no compile, one worker,
-    4 calibration samples of 32 tokens; ``armor`` and ``top`` override fields."""
+    """The tests' prune recipe on a tiny model: block size 16, no compile, one worker, no
+    batched solves (``auto`` would decide by a timing probe), 4 calibration samples of 32
+    tokens; ``armor`` and ``top`` override fields."""
     from armor_export.config import PruneConfig
 
     return PruneConfig.from_dict(
@@ -127,6 +128,7 @@ def tiny_prune_config(model_dir, text_file, out, method="armor", armor=None, **t
             "method": method,
             "output_dir": str(out),
             "workers": 1,
+            "batch_same_shape": "off",
             "armor": {"block_size": 16, "iterations": 8, "compile": False, **(armor or {})},
             "calibration": {"text": str(text_file), "n_samples": 4, "seqlen": 32, "batch_size": 2},
             **top,

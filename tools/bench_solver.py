@@ -175,9 +175,9 @@ def write(out: Path, meta: dict, rows: list[dict], batch_rows: list[dict]) -> No
         "### Same-shape matrices: one batched solve vs one by one",
         "",
         "Random matrices, the same iterations timed both ways after a warm-up of each "
-        "(one by one: one matrix's time x the count). `--batch-same-shape auto` batches on a "
-        "GPU only where its own probe of this kind shows the batch at least 1.25x faster; "
-        "on the CPU it never batches.",
+        "(one by one: one matrix's time x the count). `--batch-same-shape auto` runs a probe "
+        "of this kind per shape (same device, same threads) before a run and batches only "
+        "where the batch is at least 1.25x faster.",
         "",
         "| device | shape | b | matrices | iterations | batched s | one by one s | speed-up |",
         "|---|---|---|---|---|---|---|---|",

@@ -264,7 +264,10 @@ def sparse_step(
     ks = [max(1, min(k, bs)) for k in per_problem]
     prop = propose_groups(prob, a, s, b, err, compiled)
     row_gain, row_group = prop.gain.max(-1)  # [E, P, Q, b]
-    top_gain, top_rows = row_gain.topk(max(ks), dim=-1)  # [E, P, Q, k]
+    # the k best rows, ties to the lower row: a stable sort, so the first k of any longer
+    # prefix are the same rows (topk may break ties differently for different k)
+    order = torch.sort(row_gain, dim=-1, descending=True, stable=True)
+    top_gain, top_rows = order.values[..., : max(ks)], order.indices[..., : max(ks)]  # [E,P,Q,k]
     if min(ks) < max(ks):  # problems moving fewer groups ignore the rest of their top k
         rank = torch.arange(max(ks), device=top_gain.device)
         within = rank < torch.tensor(ks, device=top_gain.device)[:, None, None, None]

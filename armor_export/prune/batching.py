@@ -1,19 +1,21 @@
 """Which same-shape ARMOR jobs run as one batched solve (``armor.solve_batch``).
 
-A model has many matrices of each shape (7 per layer, a handful of shapes). On a GPU a
-small matrix's solve is a few hundred tiny kernel launches per iteration, so solving the
-same-shape matrices together can be much faster; on a CPU the time per iteration grows
-with the matrix size from the smallest SmolLM2 shapes up (192x576: 24 ms, 576x576: 72 ms
-per iteration on one thread), so there is nothing to amortise and batching would only
-delay each result's checkpoint.
+A model has many matrices of each shape (7 per layer, a handful of shapes). A small
+matrix's solve is a few hundred small kernels per iteration, so solving same-shape
+matrices together can be faster: a GPU launches fewer kernels, and a multi-threaded CPU
+process synchronises its threads less often. Whether it is depends on the device, the
+threads and the shape. Measured on this 2-core CPU with 2 threads (b64, batches of 8-16):
+192x576 1.3-1.5x faster batched, 576x576 about even, 1536x576 0.55-0.9x (slower); with
+one thread the time per iteration just grows with the size, and nothing is gained.
 
 ``batch_same_shape``:
 
 - ``off``: one solve per job;
-- ``on``: batches of up to :data:`BATCH_ELEMENTS` weight elements;
-- ``auto`` (default): ``off`` on the CPU; elsewhere a short probe per shape times a batch
-  against the same matrices one by one (random data, a few iterations) and batches only
-  when the batch is clearly faster.
+- ``on``: batches of up to :data:`MAX_BATCH` matrices and :data:`BATCH_ELEMENTS` weight
+  elements;
+- ``auto`` (default): for each shape with several jobs, a short probe on random data
+  times one batch against the same matrices one by one, on this device with this process's
+  threads, and batches only when the batch is at least 1/:data:`PROBE_MARGIN` faster.
 
 A batch gives every matrix the result its own solve would give (``solve_batch``), and every
 result is still saved on its own as soon as the batch ends, so resuming works as before.
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 # weight elements per batch: every solver tensor is ~this big, times ~20 live tensors in fp32
 # (~1.3 GB); a 4096x4096 matrix (16.8 M) is alone in its batch, so large models are unchanged
 BATCH_ELEMENTS = 1 << 24
+MAX_BATCH = 16  # larger CPU batches ran slower (cache); the probe measures this size
 PROBE_ITERATIONS = 3
 PROBE_MARGIN = 0.8  # batch only when it takes at most this share of the one-by-one time
 
@@ -70,19 +73,24 @@ def batch_size(
     shape: tuple[int, int], n_jobs: int, cfg: PruneConfig, probe: Probe | None = None
 ) -> int:
     """How many ``shape`` jobs to solve together (1: one by one)."""
-    cap = min(n_jobs, max(1, BATCH_ELEMENTS // (shape[0] * shape[1])))
+    cap = min(n_jobs, MAX_BATCH, max(1, BATCH_ELEMENTS // (shape[0] * shape[1])))
     if cfg.batch_same_shape == "off" or cap < 2:
         return 1
     if cfg.batch_same_shape == "on":
         return cap
-    if torch.device(cfg.device).type == "cpu":
-        return 1
     return measured_batch_size(shape, cap, cfg, probe or probe_seconds)
 
 
 def measured_batch_size(shape: tuple[int, int], cap: int, cfg: PruneConfig, probe: Probe) -> int:
     """``cap`` if a probe shows a batch of ``cap`` clearly faster than one by one, else 1."""
-    key = (shape, cap, cfg.device, cfg.armor.block_size, cfg.armor.continuous_step)
+    key = (
+        shape,
+        cap,
+        cfg.device,
+        torch.get_num_threads(),
+        cfg.armor.block_size,
+        cfg.armor.continuous_step,
+    )
     if key not in _DECISIONS:
         batched, single = probe(shape, cap, cfg)
         _DECISIONS[key] = cap if batched <= PROBE_MARGIN * single else 1

@@ -217,14 +217,14 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     torch.set_num_threads(probe_threads)
     try:
         shapes, calib = _probe(cfg, lazy, adapter, tokenizer, by_shape, probe_iterations, progress)
+        if cfg.method == "armor":
+            from armor_export.prune import batching
+
+            for sp in shapes:  # with "auto", the probe prune itself runs
+                sp.batch = batching.batch_size(sp.shape, len(sp.names), cfg)
     finally:
         torch.set_num_threads(threads)
     memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
-    if cfg.method == "armor":
-        from armor_export.prune import batching
-
-        for sp in shapes:  # on a GPU with "auto" this runs the same probe as prune
-            sp.batch = batching.batch_size(sp.shape, len(sp.names), cfg)
 
     est = {n: sp.est_seconds_per_job for sp in shapes for n in sp.names}
     shares = distributed.assign({n: max(1, round(s * 1000)) for n, s in est.items()}, ranks)

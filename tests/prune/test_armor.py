@@ -205,3 +205,20 @@ def test_solve_batch_rejects_mixed_shapes():
     settings = armor.SolverSettings(block_size=16, iterations=2)
     with pytest.raises(ValueError, match="same-shape"):
         armor.solve_batch([w1, w2], [h1, h2], settings)
+
+
+def test_a_batch_matches_singles_over_a_long_run():
+    """400 iterations: the problems' group counts drift apart (16 vs 8 here), so the batch
+    takes the top rows of a longer prefix; ties must still pick the same rows."""
+    gen = torch.Generator().manual_seed(0)
+    weights, hdiags = [], []
+    for _ in range(4):
+        weights.append(torch.randn(32, 64, generator=gen) * (torch.rand(64, generator=gen) + 0.2))
+        hdiags.append(torch.rand(64, generator=gen).pow(2) * 4 + 0.01)
+    settings = armor.SolverSettings(block_size=16, iterations=400)
+    batch = armor.solve_batch(weights, hdiags, settings)
+    for w, h, many in zip(weights, hdiags, batch, strict=True):
+        one = armor.solve(w, h, settings)
+        assert torch.equal(one.mask, many.mask)
+        assert torch.equal(one.core, many.core)
+        assert one.history == many.history

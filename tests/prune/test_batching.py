@@ -41,21 +41,28 @@ def test_grouping_keeps_the_order_and_gathers_same_shapes(monkeypatch):
     assert names(batching.group_jobs(jobs, _cfg("off"))) == [[j.name] for j in jobs]
     on = batching.group_jobs(jobs, _cfg("on"))
     assert names(on) == [["m0", "m2", "m3"], ["m1", "m4"]]
-    # batches hold at most BATCH_ELEMENTS weight elements
+    # batches hold at most BATCH_ELEMENTS weight elements and MAX_BATCH matrices
     monkeypatch.setattr(batching, "BATCH_ELEMENTS", 2 * 64 * 96)
+    assert names(batching.group_jobs(jobs, _cfg("on"))) == [["m0", "m2"], ["m1", "m4"], ["m3"]]
+    monkeypatch.setattr(batching, "BATCH_ELEMENTS", 1 << 24)
+    monkeypatch.setattr(batching, "MAX_BATCH", 2)
     assert names(batching.group_jobs(jobs, _cfg("on"))) == [["m0", "m2"], ["m1", "m4"], ["m3"]]
     # baselines solve one matrix at a time
     wanda = PruneConfig.from_dict({"method": "wanda", "batch_same_shape": "on"})
     assert names(batching.group_jobs(jobs, wanda)) == [[j.name] for j in jobs]
 
 
-def test_auto_stays_one_by_one_on_the_cpu_without_probing():
-    def probe(*_):
-        raise AssertionError("no probe on the CPU")
+def test_auto_asks_the_probe_once_per_shape_and_follows_it():
+    calls = []
 
-    jobs = _jobs([(64, 96)] * 3)
+    def probe(shape, count, cfg):
+        calls.append((shape, count))
+        return (0.1, 1.0) if shape == (32, 96) else (1.0, 1.0)
+
+    jobs = _jobs([(64, 96), (32, 96), (64, 96), (32, 96), (32, 96), (16, 96)])
     groups = batching.group_jobs(jobs, _cfg("auto"), probe=probe)
-    assert [len(g) for g in groups] == [1, 1, 1]
+    assert [[j.name for j in g] for g in groups] == [["m0"], ["m1", "m3", "m4"], ["m2"], ["m5"]]
+    assert sorted(calls) == [((32, 96), 3), ((64, 96), 2)]  # a lone shape is not probed
 
 
 def test_measured_decision_batches_only_when_clearly_faster():

@@ -33,7 +33,7 @@ def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file,
             sp.setup_seconds + 50 * sp.seconds_per_iteration,
             abs=5e-3,  # fields are rounded
         )
-    assert all(sp.batch == 1 for sp in plan.shapes)  # auto never batches on the CPU
+    assert all(1 <= sp.batch <= len(sp.names) for sp in plan.shapes)  # auto: as probed
     assert sum(r["jobs"] for r in plan.per_rank) == 14 and len(plan.per_rank) == 2
     assert {plan.job_ranks[n] for n in names} == {0, 1}
     est = {n: sp.est_seconds_per_job for sp in plan.shapes for n in sp.names}
