@@ -2,9 +2,9 @@
 
 A model has many matrices of each shape (7 per layer, a handful of shapes). A small
 matrix's solve is a few hundred small kernels per iteration, so solving same-shape
-matrices together can be faster: a GPU launches fewer kernels, and a multi-threaded CPU
-process synchronises its threads less often. Whether it is depends on the device, the
-threads and the shape. Measured on this 2-core CPU with 2 threads (b64, batches of 8-16):
+matrices together can be faster: a GPU launches fewer kernels, and a CPU runs fewer,
+larger operations over its threads. Whether it is depends on the device, the threads and
+the shape. Measured on this 2-core CPU with 2 threads (b64, batches of 8-16):
 192x576 1.3-1.5x faster batched, 576x576 about even, 1536x576 0.55-0.9x (slower); with
 one thread the time per iteration just grows with the size, and nothing is gained.
 
