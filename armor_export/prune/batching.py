@@ -11,8 +11,9 @@ one thread the time per iteration just grows with the size, and nothing is gaine
 ``batch_same_shape``:
 
 - ``off``: one solve per job;
-- ``on``: batches of up to :data:`MAX_BATCH` matrices and :data:`BATCH_ELEMENTS` weight
-  elements;
+- ``on``: batches of up to :data:`MAX_BATCH` matrices, holding no more weight elements
+  than the run's largest matrix (so batching never raises peak memory: a batch's solver
+  tensors are the size of that matrix's) and at most :data:`BATCH_ELEMENTS`;
 - ``auto`` (default): for each shape with several jobs, a short probe on random data
   times one batch against the same matrices one by one, on this device with this process's
   threads, and batches only when the batch is at least 1/:data:`PROBE_MARGIN` faster.
@@ -36,8 +37,8 @@ from armor_export.prune.jobs import MatrixJob, solver_settings
 
 log = logging.getLogger(__name__)
 
-# weight elements per batch: every solver tensor is ~this big, times ~20 live tensors in fp32
-# (~1.3 GB); a 4096x4096 matrix (16.8 M) is alone in its batch, so large models are unchanged
+# weight elements per batch, at most: a batch's solver tensors are this big (a 16 M-element
+# batch peaked at ~1.3 GB over the model on the CPU); the run's largest matrix caps it too
 BATCH_ELEMENTS = 1 << 24
 MAX_BATCH = 16  # larger CPU batches ran slower (cache); the probe measures this size
 PROBE_ITERATIONS = 3
@@ -56,7 +57,8 @@ def group_jobs(
     by_shape: dict[tuple[int, int], list[MatrixJob]] = {}
     for job in jobs:
         by_shape.setdefault(tuple(job.weight.shape), []).append(job)
-    size = {shape: batch_size(shape, len(group), cfg, probe) for shape, group in by_shape.items()}
+    budget = max(m * n for m, n in by_shape)
+    size = {s: batch_size(s, len(group), cfg, probe, budget) for s, group in by_shape.items()}
     groups: list[list[MatrixJob]] = []
     open_batch: dict[tuple[int, int], list[MatrixJob]] = {}
     for job in jobs:  # keep the callers' order (largest first, layer order, ...)
@@ -70,10 +72,16 @@ def group_jobs(
 
 
 def batch_size(
-    shape: tuple[int, int], n_jobs: int, cfg: PruneConfig, probe: Probe | None = None
+    shape: tuple[int, int],
+    n_jobs: int,
+    cfg: PruneConfig,
+    probe: Probe | None = None,
+    budget: int = BATCH_ELEMENTS,
 ) -> int:
-    """How many ``shape`` jobs to solve together (1: one by one)."""
-    cap = min(n_jobs, MAX_BATCH, max(1, BATCH_ELEMENTS // (shape[0] * shape[1])))
+    """How many ``shape`` jobs to solve together (1: one by one); a batch holds at most
+    ``budget`` (and :data:`BATCH_ELEMENTS`) weight elements."""
+    elements = min(budget, BATCH_ELEMENTS)
+    cap = min(n_jobs, MAX_BATCH, max(1, elements // (shape[0] * shape[1])))
     if cfg.batch_same_shape == "off" or cap < 2:
         return 1
     if cfg.batch_same_shape == "on":
