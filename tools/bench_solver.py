@@ -101,6 +101,22 @@ def time_batch(shape, count: int, block_size: int, iterations: int, device: str)
     }
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(d) for d in s.lower().split("x")) for s in text.split(",")]
+
+
+def measure(devices: list[str], shapes, timer) -> list[dict]:
+    """``timer(shape, device)`` for every device and shape, each row printed as it comes."""
+    rows = []
+    for dev in devices:
+        for shape in shapes:
+            row = timer(shape, dev)
+            row["device_name"] = device_name(dev)
+            print(row, file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
 def device_name(device: str) -> str:
     import torch
 
@@ -113,30 +129,24 @@ def main(argv=None) -> int:
     import torch
 
     args = parse_args(argv)
-    shapes = [tuple(int(d) for d in s.lower().split("x")) for s in args.shapes.split(",")]
     devices = []
     for dev in args.devices.split(","):
         if dev.startswith("cuda") and not torch.cuda.is_available():
             print(f"skipping {dev}: no CUDA device here", file=sys.stderr)
             continue
         devices.append(dev)
-    rows = []
-    for dev in devices:
-        for shape in shapes:
-            row = time_solver(shape, args.block_size, args.iterations, args.warmup, dev)
-            row["device_name"] = device_name(dev)
-            print(row, file=sys.stderr)
-            rows.append(row)
-    batch_shapes = [
-        tuple(int(d) for d in s.lower().split("x")) for s in args.batch_shapes.split(",")
-    ]
-    batch_rows = []
-    for dev in devices:
-        for shape in batch_shapes:
-            row = time_batch(shape, args.batch_count, args.batch_block_size, args.iterations, dev)
-            row["device_name"] = device_name(dev)
-            print(row, file=sys.stderr)
-            batch_rows.append(row)
+    rows = measure(
+        devices,
+        parse_shapes(args.shapes),
+        lambda shape, dev: time_solver(shape, args.block_size, args.iterations, args.warmup, dev),
+    )
+    batch_rows = measure(
+        devices,
+        parse_shapes(args.batch_shapes),
+        lambda shape, dev: time_batch(
+            shape, args.batch_count, args.batch_block_size, args.iterations, dev
+        ),
+    )
     command = "python tools/bench_solver.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command.strip(),
