@@ -23,15 +23,12 @@ were as dear as the block MatMuls).
 from __future__ import annotations
 
 import inspect
-import logging
 
 import torch
 from torch import nn
 
 from armor_export.export import reference
 from armor_export.prune.linear import ArmorLinear, set_submodule
-
-log = logging.getLogger(__name__)
 
 CORE_SUFFIX = "sparse_core"
 # the forward of every supported family's MLP (Llama, Mistral, Qwen2/3, Gemma 1-3)
@@ -40,11 +37,19 @@ GATED_MLP_FORWARD = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_pro
 
 def blockdiag_matmul(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     """``y[..., i, :] = x[..., i, :] @ weight_t[i]`` as reshape → batched MatMul → reshape."""
+    return from_blocks(blockdiag_matmul_to_blocks(x, weight_t), x.shape[:-1])
+
+
+def blockdiag_matmul_to_blocks(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """``blockdiag_matmul`` with the result left in block layout ``[n_blocks, tokens, b]``."""
     n_blocks, b, _ = weight_t.shape
-    lead = x.shape[:-1]
     blocks = x.reshape(-1, n_blocks, b).transpose(0, 1)  # [nb, T, b]: one GEMM per block
-    y = torch.matmul(blocks, weight_t)
-    return y.transpose(0, 1).reshape(*lead, n_blocks * b)
+    return torch.matmul(blocks, weight_t)
+
+
+def from_blocks(blocks: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """``[n_blocks, tokens, b]`` back to token layout ``[*lead, n_blocks * b]``."""
+    return blocks.transpose(0, 1).reshape(*lead, -1)
 
 
 def plugin_blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -91,14 +96,12 @@ class LoweredArmorLinear(nn.Module):
     def forward_to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` with the output left in block layout ``[n_blocks, tokens, b]``."""
         x = self._blockdiag(x, self.b_weight)
-        x = torch.matmul(x, self.sparse_core)
-        n_blocks, b, _ = self.a_weight.shape
-        y = torch.matmul(x.reshape(-1, n_blocks, b).transpose(0, 1), self.a_weight)
-        return y if self.bias is None else y + self.bias.reshape(n_blocks, 1, b)
+        y = blockdiag_matmul_to_blocks(torch.matmul(x, self.sparse_core), self.a_weight)
+        return y if self.bias is None else y + self.bias.reshape(y.shape[0], 1, -1)
 
     def forward_from_blocks(self, blocks: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """``forward`` of an input given in block layout ``[n_blocks, tokens, b]``."""
-        x = torch.matmul(blocks, self.b_weight).transpose(0, 1).reshape(*lead, -1)
+        x = from_blocks(torch.matmul(blocks, self.b_weight), lead)
         x = torch.matmul(x, self.sparse_core)
         x = self._blockdiag(x, self.a_weight)
         return x if self.bias is None else x + self.bias
