@@ -188,6 +188,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         write_json(out / "run_config.json", _defining_config(cfg))
     store = JobStore(out / "work" / "jobs")
     timings: dict[str, float] = {"load": time.perf_counter() - start}
+    peaks: dict[str, float] = {}  # peak RSS (MiB) so far, at the end of each phase
     loop = _JobLoop(cfg, store, reporter, len(targets), keep=lazy is None)
     with torch.no_grad(), loop as runner:
         share = len(targets)
@@ -198,6 +199,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
                 model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
             )
             timings["calibration"] = time.perf_counter() - start - timings["load"]
+            peaks["after_calibration"] = distributed.peak_rss_mib()
             if lazy is not None:
                 lazy.release_all()  # embeddings etc. are not needed by the jobs
             batch = [
@@ -212,6 +214,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
             ]
             share = _run_share(batch, cfg, store, runner, model, ranks)
     timings["total_prune"] = time.perf_counter() - start
+    peaks["after_jobs"] = distributed.peak_rss_mib()
     manifest = {
         "method": cfg.method,
         "base_model": cfg.model,
@@ -225,7 +228,8 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     seconds = time.perf_counter() - start
     calibration = round(timings.get("calibration", 0.0), 2)
     distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds,
-                            calibration_seconds=calibration)  # fmt: skip
+                            calibration_seconds=calibration,
+                            peak_rss_by_phase_mib=peaks)  # fmt: skip
     if ranks:
         distributed.finish()
     if main:

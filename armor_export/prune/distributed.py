@@ -78,17 +78,21 @@ def all_reduce_stats(stats: dict) -> None:
         st.n_tokens = int(count.item())
 
 
-def record_rank(folder, ranks: Ranks, jobs: int, seconds: float, **extra) -> None:
-    """``work/ranks/rank<r>.json``: this rank's share, wall time and peak memory."""
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (MiB)."""
     import resource
 
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def record_rank(folder, ranks: Ranks, jobs: int, seconds: float, **extra) -> None:
+    """``work/ranks/rank<r>.json``: this rank's share, wall time and peak memory."""
     from armor_export.io import write_json
 
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     write_json(
         folder / f"rank{ranks.rank}.json",
         {"rank": ranks.rank, "world": ranks.world, "jobs": jobs, "seconds": round(seconds, 2),
-         "peak_rss_mib": round(peak_kib / 1024, 1), **extra},
+         "peak_rss_mib": peak_rss_mib(), **extra},
     )  # fmt: skip
 
 

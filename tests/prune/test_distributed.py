@@ -75,6 +75,9 @@ def test_two_gloo_ranks_give_the_single_process_result(
              for r in (0, 1)]  # fmt: skip
     assert sum(r["jobs"] for r in ranks) == 14 and all(r["jobs"] >= 5 for r in ranks)
     assert all(r["peak_rss_mib"] > 0 and r["world"] == 2 for r in ranks)
+    for r in ranks:  # peaks so far at the end of each phase: they can only grow
+        phases = r["peak_rss_by_phase_mib"]
+        assert 0 < phases["after_calibration"] <= phases["after_jobs"] <= r["peak_rss_mib"]
 
 
 def test_relaunch_after_a_kill_redoes_no_finished_job(

@@ -65,11 +65,17 @@ def test_lazy_calibration_equals_in_memory_with_one_layer_resident(
     resident = []
     load = LazyModel.load_layer
 
+    def embeddings_released():  # nothing outside the layers stays beside the activations
+        in_layers = {id(p) for p in layers.parameters()}
+        return all(p.is_meta for p in lazy.model.parameters() if id(p) not in in_layers)
+
     def counting_load(self, index):
+        assert embeddings_released()
         layer = load(self, index)
         resident.append(sum(not next(m.parameters()).is_meta for m in layers))
         return layer
 
+    assert not embeddings_released()
     monkeypatch.setattr(LazyModel, "load_layer", counting_load)
     result = _hdiag(lazy.model, batches, lazy)
     assert resident == [1] * len(layers)  # one decoder layer in memory at a time
