@@ -98,23 +98,20 @@ def compare(a: Path, b: Path) -> dict:
 
 
 def memory_target(model: str) -> dict:
-    """The issue's per-rank bound: one decoder layer (fp32) + statistics + 1 GiB, in MiB.
-
-    Statistics are what a prune keeps for every target linear (its fp64 input norms), as
-    ``armor-export plan`` counts them.
-    """
+    """The issue's per-rank bound: one decoder layer (fp32) + statistics + 1 GiB, in MiB,
+    with the layer and statistics as ``armor-export plan`` counts them."""
     from armor_export.config import PruneConfig
     from armor_export.data.models import load_lazy_model_and_tokenizer
     from armor_export.models.registry import adapter_for
     from armor_export.prune.api import select_linears
+    from armor_export.prune.plan import MIB, layer_bytes, statistics_bytes
 
-    mib = 1024 * 1024
+    cfg = PruneConfig(model=model)
     lazy, _ = load_lazy_model_and_tokenizer(model)
     adapter = adapter_for(lazy.model)
-    layers = adapter.layers(lazy.model)
-    layer = max(sum(p.numel() for p in layer.parameters()) for layer in layers) * 4 / mib
-    targets, _ = select_linears(lazy.model, adapter, PruneConfig(model=model))
-    stats = sum(m.in_features for m in targets.values()) * 8 / mib
+    targets, _ = select_linears(lazy.model, adapter, cfg)
+    layer = layer_bytes(lazy.model, adapter) / MIB
+    stats = statistics_bytes(targets, cfg.method) / MIB
     return {
         "one_decoder_layer_mib": round(layer, 1),
         "statistics_mib": round(stats, 1),
@@ -210,13 +207,13 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
             )
     single = [r for r in ones if r["threads_per_rank"] == 1]
     for one in (r for r in ones if r["threads_per_rank"] is None and single):
-        bound = 2 * one["wall_seconds"] / single[0]["wall_seconds"]
+        ceiling = 2 * one["wall_seconds"] / single[0]["wall_seconds"]
         lines.append("")
         lines.append(
             f"Two one-thread ranks can at best halve the one-thread time (`{single[0]['run']}`),"
             f" so against `{one['run']}`, which already runs on every core, 2 ranks can reach"
             f" about 2 x {one['wall_seconds']:.0f} / {single[0]['wall_seconds']:.0f} ="
-            f" {bound:.2f}x on this machine."
+            f" {ceiling:.2f}x on this machine."
         )
     if target:
         lines += [

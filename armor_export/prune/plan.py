@@ -132,11 +132,24 @@ def _probe_calibration(cfg: PruneConfig, lazy, adapter, tokenizer) -> dict:
     }
 
 
+def layer_bytes(model, adapter) -> int:
+    """Bytes of the largest decoder layer in fp32: what a low-memory run holds of the model."""
+    return max(sum(p.numel() for p in layer.parameters()) for layer in adapter.layers(model)) * 4
+
+
+def statistics_bytes(targets: dict, method: str) -> int:
+    """Bytes of the calibration statistics a prune keeps: fp64 input norms of every target
+    (and SparseGPT's Gram matrices)."""
+    norms = sum(m.in_features for m in targets.values()) * 8
+    grams = sum(m.in_features**2 for m in targets.values()) * 8 if method == "sparsegpt" else 0
+    return norms + grams
+
+
 def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -> dict:
     """Per-worker memory by component (MiB): measured runtime, sizes from the model's shapes."""
     model, config = lazy.model, lazy.model.config
     layers = adapter.layers(model)
-    layer_bytes = max(sum(p.numel() for p in layer.parameters()) for layer in layers) * 4
+    layer = layer_bytes(model, adapter)
     parent_path = adapter.layers_path.rpartition(".")[0]
     base = model.get_submodule(parent_path) if parent_path else model
     in_layers = {id(p) for p in layers.parameters()}
@@ -154,20 +167,18 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
     activations = 2 * tokens * hidden * 4 + rows * seqlen * (inter * 3 + 4 * hidden) * 4
     heads = getattr(config, "num_attention_heads", 1)
     activations += rows * heads * seqlen * seqlen * 4  # attention scores of one batch
-    stats = sum(m.in_features for m in targets.values()) * 8 + (
-        sum(m.in_features**2 for m in targets.values()) * 8 if cfg.method == "sparsegpt" else 0
-    )
+    stats = statistics_bytes(targets, cfg.method)
     largest = max(m.in_features * m.out_features for m in targets.values())
     job = largest * 4 * 10  # weight, normalised copy, core, error, best iterate, mask, temps
     memory = {
         "runtime_measured": _rss_mib(),
-        "model_resident": (outside + layer_bytes if cfg.low_memory else whole) / MIB,
+        "model_resident": (outside + layer if cfg.low_memory else whole) / MIB,
         "calibration_activations": activations / MIB,
         "statistics": stats / MIB,
         "largest_job": job / MIB,
     }
     memory["total_per_worker"] = sum(memory.values())
-    memory["one_decoder_layer"] = layer_bytes / MIB
+    memory["one_decoder_layer"] = layer / MIB
     memory["whole_model_fp32"] = whole / MIB
     return {k: round(v, 1) for k, v in memory.items()}
 
