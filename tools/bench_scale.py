@@ -170,22 +170,17 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
         + " | peak RSS per rank (MiB) | within memory target | jobs per rank |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    target = meta.get("memory_target")
-    bound = target["bound_mib"] if target else None
+    target = meta["memory_target"]  # --render adds it to runs recorded before it existed
     for r in runs:
         rss = ", ".join(str(p["peak_rss_mib"]) for p in r["per_rank"])
         calib = ", ".join(str(p.get("calibration_seconds", "?")) for p in r["per_rank"])
         jobs = ", ".join(str(p["jobs"]) for p in r["per_rank"])
         speedups = " / ".join(f"{v:.2f}" for v in r["speedup_vs"].values())
         threads = r["threads_per_rank"] or "default"
-        within = (
-            "?"
-            if bound is None
-            else ("yes" if all(p["peak_rss_mib"] <= bound for p in r["per_rank"]) else "NO")
-        )
+        within = all(p["peak_rss_mib"] <= target["bound_mib"] for p in r["per_rank"])
         lines.append(
             f"| `{r['run']}` | {r['ranks']} | {threads} | {r['wall_seconds']:.0f} | {calib} | "
-            f"{speedups} | {rss} | {within} | {jobs} |"
+            f"{speedups} | {rss} | {'yes' if within else 'NO'} | {jobs} |"
         )
     for r, same in zip(runs[1:], identical, strict=True):
         lines.append("")
@@ -215,13 +210,12 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
             f" about 2 x {one['wall_seconds']:.0f} / {single[0]['wall_seconds']:.0f} ="
             f" {ceiling:.2f}x on this machine."
         )
-    if target:
-        lines += [
-            "",
-            f"Memory target per rank: one decoder layer ({target['one_decoder_layer_mib']} MiB"
-            f" fp32) + statistics ({target['statistics_mib']} MiB) + 1 GiB ="
-            f" {target['bound_mib']} MiB.",
-        ]
+    lines += [
+        "",
+        f"Memory target per rank: one decoder layer ({target['one_decoder_layer_mib']} MiB"
+        f" fp32) + statistics ({target['statistics_mib']} MiB) + 1 GiB ="
+        f" {target['bound_mib']} MiB.",
+    ]
     lines.append("")
     # keep the solver section that tools/bench_solver.py maintains in the same file
     previous = (out / "scale.md").read_text() if (out / "scale.md").exists() else ""
