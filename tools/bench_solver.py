@@ -13,6 +13,12 @@ that decides whether batching pays on a device.
 
     python tools/bench_solver.py                          # 4096x4096 and 11008x4096, b=128
     python tools/bench_solver.py --devices cpu,cuda --iterations 20
+    python tools/bench_solver.py --devices cpu,cuda --merge   # on a GPU machine: keep the
+                                                              # runs of other machines
+    python tools/bench_solver.py --render                     # scale.md from solver.json
+
+solver.json holds a list of runs, one per machine; each run's ratios (GPU vs that machine's
+CPU) are paired, ratios between runs are not (different machines and times) and say so.
 """
 
 from __future__ import annotations
@@ -42,6 +48,15 @@ def parse_args(argv=None):
     p.add_argument("--batch-count", type=int, default=8, help="matrices per batch")
     p.add_argument("--batch-block-size", type=int, default=64)
     p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of other machines already in OUT/solver.json (a run of this "
+        "machine is replaced)",
+    )
+    p.add_argument(
+        "--render", action="store_true", help="rewrite scale.md's section from solver.json only"
+    )
     return p.parse_args(argv)
 
 
@@ -129,6 +144,10 @@ def main(argv=None) -> int:
     import torch
 
     args = parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        write(out, load_runs(out / "solver.json"))
+        return 0
     devices = []
     for dev in args.devices.split(","):
         if dev.startswith("cuda") and not torch.cuda.is_available():
@@ -148,26 +167,75 @@ def main(argv=None) -> int:
         ),
     )
     command = "python tools/bench_solver.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    gpus = sorted({device_name(d) for d in devices if d.startswith("cuda")})
     meta = {
         "command": command.strip(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_description()}, {platform.system()}, torch {torch.__version__}",
+        "machine": ", ".join(
+            [cpu_description(), *gpus, platform.system(), f"torch {torch.__version__}"]
+        ),
     }
-    write(Path(args.out), meta, rows, batch_rows)
+    run = {"meta": meta, "rows": rows, "batches": batch_rows}
+    runs = [run]
+    if args.merge and (out / "solver.json").exists():
+        others = [r for r in load_runs(out / "solver.json") if not same_machine(r, run)]
+        runs = others + [run]
+    write(out, runs)
     return 0
 
 
-def write(out: Path, meta: dict, rows: list[dict], batch_rows: list[dict]) -> None:
+def load_runs(path: Path) -> list[dict]:
+    """The runs in solver.json (a file of the older one-run layout is one run)."""
+    import json
+
+    data = json.loads(path.read_text())
+    return data["runs"] if "runs" in data else [data]
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Same CPU and the same GPUs (torch version and OS aside)."""
+
+    def key(run):
+        names = {r["device_name"] for r in run["rows"] + run["batches"]}
+        return run["meta"]["machine"].split(",")[0], tuple(sorted(names))
+
+    return key(a) == key(b)
+
+
+def write(out: Path, runs: list[dict]) -> None:
     from armor_export.io import write_json, write_text
 
-    write_json(out / "solver.json", {"meta": meta, "rows": rows, "batches": batch_rows})
+    write_json(out / "solver.json", {"runs": runs})
+    lines = [BEGIN, "## ARMOR solver: iterations per second, one matrix"]
+    for run in runs:
+        lines += run_lines(run)
+    lines += comparison_lines(runs)
+    if not any(r["device"].startswith("cuda") for run in runs for r in run["rows"]):
+        lines += [
+            "",
+            "No GPU on this machine: the GPU rows are still to be measured "
+            "(`python tools/bench_solver.py --devices cpu,cuda --merge` on a GPU machine).",
+        ]
+    lines.append(END)
+    section = "\n".join(lines)
+    path = out / "scale.md"
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    write_text(path, text)
+
+
+def run_lines(run: dict) -> list[str]:
+    meta, rows, batch_rows = run["meta"], run["rows"], run["batches"]
     lines = [
-        BEGIN,
-        "## ARMOR solver: iterations per second, one matrix",
+        "",
+        f"### {meta['machine']}",
         "",
         f"- command: `{meta['command']}`",
         f"- date: {meta['date']}",
-        f"- machine: {meta['machine']}",
         "- random weight and statistics, every iteration runs (patience off); fp32; "
         f"{rows[0]['timed_iterations'] if rows else 0} timed iterations after warm-up",
         "",
@@ -182,7 +250,7 @@ def write(out: Path, meta: dict, rows: list[dict], batch_rows: list[dict]) -> No
         )
     lines += [
         "",
-        "### Same-shape matrices: one batched solve vs one by one",
+        "Same-shape matrices, one batched solve vs one by one:",
         "",
         "Random matrices, the same iterations timed both ways after a warm-up of each "
         "(one by one: one matrix's time x the count). `--batch-same-shape auto` runs a probe "
@@ -198,22 +266,40 @@ def write(out: Path, meta: dict, rows: list[dict], batch_rows: list[dict]) -> No
             f"{r['count']} | {r['iterations']} | {r['batched_seconds']:.3f} | "
             f"{r['one_by_one_seconds']:.3f} | {r['speedup']:.2f}x |"
         )
-    if not any(r["device"].startswith("cuda") for r in rows):
-        lines += [
-            "",
-            "No GPU on this machine: the GPU rows are still to be measured "
-            "(`python tools/bench_solver.py --devices cpu,cuda` on a GPU machine).",
-        ]
-    lines.append(END)
-    section = "\n".join(lines)
-    path = out / "scale.md"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    write_text(path, text)
+    return lines
+
+
+def comparison_lines(runs: list[dict]) -> list[str]:
+    """GPU iterations/s over the CPU's, per shape: paired within a run, across runs not."""
+    gpu_rows = [(run, r) for run in runs for r in run["rows"] if r["device"].startswith("cuda")]
+    if not gpu_rows:
+        return []
+    lines = [
+        "",
+        "### GPU vs CPU",
+        "",
+        "Iterations/s of the GPU over a CPU's, same shape and block size. Against its own "
+        "machine's CPU the ratio is paired (one run); against another machine's CPU it is not "
+        "(different runs, times and machines).",
+        "",
+        "| shape | b | GPU | GPU it/s | CPU | CPU it/s | GPU / CPU | paired |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run, g in gpu_rows:
+        for other in runs:
+            for c in other["rows"]:
+                if c["device"] != "cpu" or c["shape"] != g["shape"]:
+                    continue
+                if c["block_size"] != g["block_size"]:
+                    continue
+                ratio = g["iterations_per_s"] / c["iterations_per_s"]
+                lines.append(
+                    f"| {g['shape'][0]}x{g['shape'][1]} | {g['block_size']} | "
+                    f"{g['device_name']} | {g['iterations_per_s']:.2f} | {c['device_name']} | "
+                    f"{c['iterations_per_s']:.3f} | {ratio:.1f}x | "
+                    f"{'yes' if other is run else 'no'} |"
+                )
+    return lines
 
 
 if __name__ == "__main__":
