@@ -467,7 +467,7 @@ def time_linear_shape(kernel, timer, out_features, in_features, block_size, args
     }
     dense_us = row["dense_linear"]["median_us"]
     want = F.linear(x, core)
-    for name, weight in sparse["formats"].items():
+    for name, weight in list(sparse["formats"].items()):
 
         def core_only(weight=weight):
             return F.linear(x, weight)
@@ -479,7 +479,13 @@ def time_linear_shape(kernel, timer, out_features, in_features, block_size, args
         def armor_op_bmm(weight=weight):  # the same with torch.bmm for A and B
             return blockdiag_bmm_strided(F.linear(blockdiag_bmm_strided(x, b_t), weight), a_t)
 
-        rel_err = float((core_only() - want).abs().max() / want.abs().max())
+        try:  # a backend may convert but not run here (CUTLASS's kernels are sm_8x only)
+            rel_err = float((core_only() - want).abs().max() / want.abs().max())
+        except (RuntimeError, NotImplementedError) as exc:
+            note = row["backend_notes"][name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            log.warning("semi-structured %s does not run here: %s", name, note)
+            del sparse["formats"][name]
+            continue
         for key, fn in (
             ("sparse_core", core_only),
             ("armor_linear_kernel", armor_op),

@@ -38,6 +38,10 @@ def test_batched_solves_on_cuda_match_single_solves(tmp_path):
         )
         for i in range(4)
     ]
+    # a batch holds at most the run's largest matrix: one 4x larger matrix makes room for 4
+    jobs.append(
+        MatrixJob("big", torch.randn(768, 576, generator=gen), torch.rand(576, generator=gen) + 0.1)
+    )
     armor = {"block_size": 64, "iterations": 15}
     got = {}
     for batch in ("off", "on"):
@@ -46,7 +50,10 @@ def test_batched_solves_on_cuda_match_single_solves(tmp_path):
         run_jobs(
             jobs, cfg, JobStore(tmp_path / batch), lambda r, into=into: into.update({r.name: r})
         )
+    assert got["on"]["big"].metrics.get("batch") is None  # alone in its shape
     for name, one in got["off"].items():
+        if name == "big":
+            continue
         many = got["on"][name]
         assert many.metrics["batch"] == 4
         assert many.metrics["proxy_loss"] <= many.metrics["nowag_loss"]
