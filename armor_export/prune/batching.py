@@ -57,8 +57,7 @@ def group_jobs(
     by_shape: dict[tuple[int, int], list[MatrixJob]] = {}
     for job in jobs:
         by_shape.setdefault(tuple(job.weight.shape), []).append(job)
-    budget = max(m * n for m, n in by_shape)
-    size = {s: batch_size(s, len(group), cfg, probe, budget) for s, group in by_shape.items()}
+    size = batch_sizes({s: len(group) for s, group in by_shape.items()}, cfg, probe)
     groups: list[list[MatrixJob]] = []
     open_batch: dict[tuple[int, int], list[MatrixJob]] = {}
     for job in jobs:  # keep the callers' order (largest first, layer order, ...)
@@ -69,6 +68,15 @@ def group_jobs(
             groups.append(current)
         current.append(job)
     return groups
+
+
+def batch_sizes(
+    counts: dict[tuple[int, int], int], cfg: PruneConfig, probe: Probe | None = None
+) -> dict[tuple[int, int], int]:
+    """``batch_size`` for each shape of a run with ``counts[shape]`` jobs of it: a batch holds
+    no more weight elements than the run's largest matrix."""
+    budget = max(m * n for m, n in counts)
+    return {s: batch_size(s, n, cfg, probe, budget) for s, n in counts.items()}
 
 
 def batch_size(

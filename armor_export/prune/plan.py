@@ -231,9 +231,10 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         if cfg.method == "armor":
             from armor_export.prune import batching
 
-            budget = max(sp.shape[0] * sp.shape[1] for sp in shapes)
-            for sp in shapes:  # with "auto", the probe prune itself runs
-                sp.batch = batching.batch_size(sp.shape, len(sp.names), cfg, budget=budget)
+            # with "auto", the probe prune itself runs
+            sizes = batching.batch_sizes({sp.shape: len(sp.names) for sp in shapes}, cfg)
+            for sp in shapes:
+                sp.batch = sizes[sp.shape]
     finally:
         torch.set_num_threads(threads)
     memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
