@@ -11,9 +11,11 @@ one thread the time per iteration just grows with the size, and nothing is gaine
 ``batch_same_shape``:
 
 - ``off``: one solve per job;
-- ``on``: batches of up to :data:`MAX_BATCH` matrices, holding no more weight elements
-  than the run's largest matrix (so batching never raises peak memory: a batch's solver
-  tensors are the size of that matrix's) and at most :data:`BATCH_ELEMENTS`;
+- ``on``: batches of up to :data:`MAX_BATCH` matrices, holding at most
+  :data:`BATCH_ELEMENTS` weight elements and, on the CPU, no more than the run's largest
+  matrix (so batching never raises peak memory: a batch's solver tensors are the size of
+  that matrix's). On a GPU the solver tensors live in device memory, so there the cap is
+  what the device has free instead (SmolLM2's 1536x576 matrices then batch by 16, not 1);
 - ``auto`` (default): for each shape with several jobs, a short probe on random data
   times one batch against the same matrices one by one, on this device with this process's
   threads, and batches only when the batch is at least 1/:data:`PROBE_MARGIN` faster.
@@ -43,6 +45,9 @@ BATCH_ELEMENTS = 1 << 24
 MAX_BATCH = 16  # larger CPU batches ran slower (cache); the probe measures this size
 PROBE_ITERATIONS = 3
 PROBE_MARGIN = 0.8  # batch only when it takes at most this share of the one-by-one time
+# device bytes per weight element of a batched solve: fp32 weight, normalised copy, core,
+# error, best iterate, mask and temporaries (~10 tensors), with a margin
+SOLVER_BYTES_PER_ELEMENT = 4 * 16
 
 Probe = Callable[[tuple[int, int], int, PruneConfig], tuple[float, float]]
 _DECISIONS: dict[tuple, int] = {}
@@ -73,10 +78,21 @@ def group_jobs(
 def batch_sizes(
     counts: dict[tuple[int, int], int], cfg: PruneConfig, probe: Probe | None = None
 ) -> dict[tuple[int, int], int]:
-    """``batch_size`` for each shape of a run with ``counts[shape]`` jobs of it: a batch holds
-    no more weight elements than the run's largest matrix."""
-    budget = max(m * n for m, n in counts)
+    """``batch_size`` for each shape of a run with ``counts[shape]`` jobs of it, within
+    :func:`element_budget`."""
+    budget = element_budget(counts, cfg)
     return {s: batch_size(s, n, cfg, probe, budget) for s, n in counts.items()}
+
+
+def element_budget(counts: dict[tuple[int, int], int], cfg: PruneConfig) -> int:
+    """Weight elements a batch may hold: the run's largest matrix on the CPU (batches never
+    raise peak RAM); on a GPU, half of its free memory's worth (at least that matrix)."""
+    largest = max(m * n for m, n in counts)
+    device = torch.device(cfg.device)
+    if device.type != "cuda":
+        return largest
+    free, _ = torch.cuda.mem_get_info(device if device.index is not None else None)
+    return max(largest, free // (2 * SOLVER_BYTES_PER_ELEMENT))
 
 
 def batch_size(

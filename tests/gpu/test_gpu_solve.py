@@ -65,3 +65,17 @@ def test_batched_solves_on_cuda_match_single_solves(tmp_path):
     batched, single = batching.probe_seconds((192, 576), 4, cfg)
     assert batched > 0 and single > 0
     assert batching.batch_size((192, 576), 4, cfg) in (1, 4)
+
+
+def test_gpu_batches_are_not_capped_by_the_largest_matrix():
+    """On the CPU a batch holds at most the run's largest matrix (RAM); on a GPU the solver
+    tensors live in device memory, so SmolLM2's widest shape batches too."""
+    from armor_export.prune import batching
+
+    counts = {(192, 576): 60, (576, 576): 60, (1536, 576): 90}
+    on_gpu = batching.batch_sizes(
+        counts, PruneConfig.from_dict({"device": "cuda", "batch_same_shape": "on"})
+    )
+    on_cpu = batching.batch_sizes(counts, PruneConfig.from_dict({"batch_same_shape": "on"}))
+    assert on_cpu == {(192, 576): 8, (576, 576): 2, (1536, 576): 1}
+    assert on_gpu == dict.fromkeys(counts, batching.MAX_BATCH)
