@@ -217,12 +217,13 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
         f" {target['bound_mib']} MiB.",
     ]
     lines.append("")
-    # keep the solver section that tools/bench_solver.py maintains in the same file
+    # keep the sections that tools/bench_solver.py and tools/bench_gpu_prune.py maintain
     previous = (out / "scale.md").read_text() if (out / "scale.md").exists() else ""
-    begin, end = "<!-- solver:begin -->", "<!-- solver:end -->"
-    if begin in previous and end in previous:
-        kept = previous[previous.index(begin) : previous.index(end) + len(end)]
-        lines += [kept, ""]
+    for part in ("solver", "gpu-prune"):
+        begin, end = f"<!-- {part}:begin -->", f"<!-- {part}:end -->"
+        if begin in previous and end in previous:
+            kept = previous[previous.index(begin) : previous.index(end) + len(end)]
+            lines += [kept, ""]
     write_text(out / "scale.md", "\n".join(lines))
 
 
