@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench_scale import config_toml
-from benchlib import cpu_description
+from benchlib import cpu_description, write_section
 
 BEGIN, END = "<!-- gpu-prune:begin -->", "<!-- gpu-prune:end -->"
 
@@ -125,7 +125,7 @@ def prepare_model(model: str) -> None:
 
 
 def write(out: Path, meta: dict, result: dict) -> None:
-    from armor_export.io import write_json, write_text
+    from armor_export.io import write_json
 
     write_json(out / "gpu_prune.json", {"meta": meta, "result": result})
     lines = [
@@ -153,15 +153,7 @@ def write(out: Path, meta: dict, result: dict) -> None:
             f"min {vs['min']:.3f}, median {vs['median']:.3f}, max {vs['max']:.3f}.",
         ]
     lines.append(END)
-    section = "\n".join(lines)
-    path = out / "scale.md"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    write_text(path, text)
+    write_section(out / "scale.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

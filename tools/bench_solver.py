@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_description
+from benchlib import cpu_description, write_section
 
 BEGIN, END = "<!-- solver:begin -->", "<!-- solver:end -->"
 
@@ -203,7 +203,7 @@ def same_machine(a: dict, b: dict) -> bool:
 
 
 def write(out: Path, runs: list[dict]) -> None:
-    from armor_export.io import write_json, write_text
+    from armor_export.io import write_json
 
     write_json(out / "solver.json", {"runs": runs})
     lines = [BEGIN, "## ARMOR solver: iterations per second, one matrix"]
@@ -217,15 +217,7 @@ def write(out: Path, runs: list[dict]) -> None:
             "(`python tools/bench_solver.py --devices cpu,cuda --merge` on a GPU machine).",
         ]
     lines.append(END)
-    section = "\n".join(lines)
-    path = out / "scale.md"
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    write_text(path, text)
+    write_section(out / "scale.md", "\n".join(lines))
 
 
 def run_lines(run: dict) -> list[str]:

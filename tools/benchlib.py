@@ -18,3 +18,19 @@ def cpu_description() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Put ``section`` (its first and last lines are its begin/end markers) into the file at
+    ``path`` in place of the previous one, or at the end; the rest of the file is kept."""
+    from armor_export.io import write_text
+
+    lines = section.splitlines()
+    begin, end = lines[0], lines[-1]
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    write_text(path, text)
