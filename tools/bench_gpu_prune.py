@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     shutil.rmtree(out_dir, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     config = work / "prune.toml"
-    top, _, rest = config_toml(args, out_dir).partition("[armor]")  # device is a top-level key
-    config.write_text(f'{top}device = "{args.device}"\n[armor]{rest}')
+    config.write_text(config_toml(args, out_dir, device=args.device))
     cmd = [sys.executable, "-m", "armor_export", "prune", "--config", str(config)]
     prepare_model(args.model)  # a one-off GGUF conversion stays out of the timed run
     start = time.perf_counter()

@@ -51,11 +51,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def config_toml(args, out: Path) -> str:
+def config_toml(args, out: Path, device: str | None = None) -> str:
     return (
         f'model = "{args.model}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
         f"low_memory = {'false' if args.in_memory else 'true'}\n"
-        f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
+        + (f'device = "{device}"\n' if device else "")
+        + f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
         f"[calibration]\nn_samples = {args.calib_samples}\nseqlen = {args.calib_seqlen}\n"
     )
 
