@@ -94,7 +94,7 @@ def export_onnx(
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
             tmp_dir = Path(tmp)
-            external = _trace_and_save(
+            external, counts["merged_transposes"] = _trace_and_save(
                 DecoderWithCache(model).eval(), spec, cfg, tmp_dir / ONNX_FILE
             )
             task.advance(1, stage="traced")
@@ -141,8 +141,9 @@ def _resolve_limits(cfg: ExportConfig, config) -> dict:
     }
 
 
-def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
-    """torch.export → ONNX (dynamo exporter); returns whether weights went to external data."""
+def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool, int]:
+    """torch.export → ONNX (dynamo exporter); returns whether weights went to external data
+    and how many transpose chains the layout pass merged."""
     import torch
 
     from armor_export.export.wrapper import dynamic_shapes, example_inputs
@@ -169,7 +170,7 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
             verbose=False,
             optimize=False,
         )
-        _optimize(program.model)
+        merged = _optimize(program.model)
     _name_output_dims(program.model)
     size = sum(
         init.const_value.nbytes
@@ -180,11 +181,12 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> bool:
         cfg.external_data == "auto" and size > EXTERNAL_DATA_THRESHOLD
     )
     program.save(path, external_data=external)
-    return external
+    return external, merged
 
 
-def _optimize(model) -> None:
-    """Constant folding and clean-up passes, in place.
+def _optimize(model) -> int:
+    """Constant folding, the layout pass (``layout.py``) and clean-up passes, in place;
+    returns the number of transpose chains merged.
 
     This is the exporter's default optimisation minus the onnxscript pattern rewriter,
     whose multi-output patterns are matched against every combination of candidate nodes:
@@ -194,8 +196,12 @@ def _optimize(model) -> None:
     import onnx_ir.passes.common as common
     import onnxscript.optimizer
 
+    from armor_export.export.layout import merge_transpose_chains
+
     common.InlinePass()(model)
     onnxscript.optimizer.fold_constants(model)
+    common.RemoveUnusedNodesPass()(model)  # dead clones would hide single-use chains
+    merged = merge_transpose_chains(model.graph)
     for cleanup in (
         common.RemoveUnusedNodesPass(),
         common.RemoveUnusedFunctionsPass(),
@@ -207,6 +213,7 @@ def _optimize(model) -> None:
         common.NameFixPass(),
     ):
         cleanup(model)
+    return merged
 
 
 @contextlib.contextmanager

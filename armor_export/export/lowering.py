@@ -88,6 +88,10 @@ class LoweredArmorLinear(nn.Module):
         return plugin_blockdiag_matmul(x, weight) if self.plugin else blockdiag_matmul(x, weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.plugin:
+            # the bias joins in block layout, so the output's way back to token layout is a
+            # lone Transpose that the layout pass can merge with a following head transpose
+            return from_blocks(self.forward_to_blocks(x), x.shape[:-1])
         x = self._blockdiag(x, self.b_weight)
         x = torch.matmul(x, self.sparse_core)
         x = self._blockdiag(x, self.a_weight)

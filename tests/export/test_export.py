@@ -162,14 +162,19 @@ def test_dense_model_exports_as_dense_and_says_so(tiny_model_dir, tmp_path, capl
     with caplog.at_level(logging.WARNING):
         result = export_tiny(tiny_model_dir, tmp_path / "dense")
     assert "exporting it as dense" in caplog.text
-    assert result.counts == {"armor": 0, "sparse": 0, "blocked_mlps": 0}
+    assert result.counts == {"armor": 0, "sparse": 0, "blocked_mlps": 0, "merged_transposes": 0}
     assert result.manifest["source"]["pruned"] is False
 
 
 def test_baseline_checkpoint_exports_its_2_4_linears(tmp_path):
     ckpt = prune_tiny(tmp_path, method="magnitude")
     result = export_tiny(ckpt, tmp_path / "onnx")
-    assert result.counts == {"armor": 0, "sparse": N_LINEARS, "blocked_mlps": 0}
+    assert result.counts == {
+        "armor": 0,
+        "sparse": N_LINEARS,
+        "blocked_mlps": 0,
+        "merged_transposes": 0,
+    }
     assert result.manifest["counts"]["cores"] == N_LINEARS
 
 
