@@ -70,14 +70,17 @@ def variants(args) -> dict[str, str]:
 
 
 def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
+    """The variant's export in ``work``: reused when it is of the current graph form."""
     from armor_export.config import ExportConfig
     from armor_export.export import export_onnx
+    from armor_export.export.lowering import GRAPH_REVISION
     from armor_export.progress import RichReporter
 
     folder = work / name
     if (folder / "export_manifest.json").is_file() and not reexport:
         manifest = json.loads((folder / "export_manifest.json").read_text())
-        if manifest["source"]["model"] == source and manifest["dtype"] == "float32":
+        same_graph = manifest.get("graph_revision") == GRAPH_REVISION
+        if manifest["source"]["model"] == source and manifest["dtype"] == "float32" and same_graph:
             log.info("%s: reusing the export in %s", name, folder)
             return folder
     result = export_onnx(ExportConfig(model=source, output_dir=str(folder)), RichReporter())
@@ -178,6 +181,10 @@ class Runner:
         return steps / (time.perf_counter() - start)
 
 
+# what the measured graphs hold: lowered ArmorLinears, block-layout MLPs, merged chains
+GRAPH_COUNTS = ("armor", "blocked_mlps", "merged_transposes")
+
+
 def machine() -> str:
     return f"{cpu_description()}, {platform.system()} {platform.release()}, no GPU"
 
@@ -234,8 +241,11 @@ def main(argv=None) -> int:
         paired_ratio = statistics.median(paired)
         low, high = bootstrap_median_ci(paired)
         target = 1 + overhead + 0.05
+        counts = runners[name].manifest["counts"]
         results[name] = {
             "source": sources[name],
+            "graph": {k: counts.get(k, 0) for k in GRAPH_COUNTS},
+            "graph_revision": runners[name].manifest.get("graph_revision"),
             "prefill_ms": round(p_ms, 2),
             "decode_tokens_per_s": round(tps, 2),
             "flop_overhead": round(overhead, 4),
@@ -328,6 +338,16 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "Wrapper FLOPs relative to the pruned decoder linears alone: "
         + ", ".join(
             f"{n} {r['linear_flop_overhead']:.3f}" for n, r in results.items() if n != "dense"
+        )
+        + ".",
+        "",
+        "Graphs measured: "
+        + "; ".join(
+            f"{n}: {r['graph']['armor']} ArmorLinear, {r['graph']['blocked_mlps']} MLPs in "
+            f"block layout, {r['graph']['merged_transposes']} transpose chains merged "
+            f"(graph revision {r['graph_revision']})"
+            for n, r in results.items()
+            if "graph" in r
         )
         + ".",
         "",

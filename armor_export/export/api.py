@@ -277,6 +277,7 @@ def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, externa
     from dataclasses import asdict
 
     from armor_export.export import reference
+    from armor_export.export.lowering import GRAPH_REVISION
     from armor_export.models.registry import adapter_for
 
     versions = export_versions()
@@ -306,6 +307,7 @@ def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, externa
         "tokenizer": TOKENIZER_FILE,
         "dtype": cfg.dtype,
         "lowering": cfg.lowering,
+        "graph_revision": GRAPH_REVISION,
         "plugin": plugin,
         "decoder": asdict(spec),
         "input_names": spec.input_names(),
