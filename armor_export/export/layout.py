@@ -173,7 +173,12 @@ class _Builder:
                     self.symbols.setdefault(name, (value, axis))
         self.constants: dict[tuple, ir.Value] = {}
         self.runtime: dict[Mono, ir.Value] = {}
-        self.nodes: list[ir.Node] = []
+        # shape nodes read only graph inputs: they go first, so every rewrite may share them
+        self.anchor = next(iter(graph), None)
+
+    def _add(self, node: ir.Node) -> ir.Value:
+        self.graph.insert_before(self.anchor, node)
+        return node.outputs[0]
 
     def constant(self, values: list[int]) -> ir.Value:
         key = tuple(values)
@@ -198,9 +203,8 @@ class _Builder:
         if sum(bool(d.symbols) for d in dims) <= 1:
             return self.constant([-1 if d.symbols else d.coeff for d in dims]), 0
         parts = [self._dim(d) for d in dims]
-        node = ir.node("Concat", parts, {"axis": 0})
-        self.nodes.append(node)
-        return node.outputs[0], 1  # explicit sizes: a size 0 means 0, not "copy"
+        # explicit sizes: allowzero, so a size 0 means 0 and not "copy the input's"
+        return self._add(ir.node("Concat", parts, {"axis": 0})), 1
 
     def _dim(self, dim: Mono) -> ir.Value:
         if dim in self.runtime:
@@ -208,10 +212,8 @@ class _Builder:
         value = self.constant([dim.coeff])
         for symbol in dim.symbols:
             source, axis = self.symbols[symbol]
-            shape = ir.node("Shape", [source], {"start": axis, "end": axis + 1})
-            mul = ir.node("Mul", [value, shape.outputs[0]])
-            self.nodes += [shape, mul]
-            value = mul.outputs[0]
+            size = self._add(ir.node("Shape", [source], {"start": axis, "end": axis + 1}))
+            value = self._add(ir.node("Mul", [value, size]))
         self.runtime[dim] = value
         return value
 
@@ -259,11 +261,10 @@ def merge_transpose_chains(graph: ir.Graph) -> int:
         plan = plan_chain(s0, _perm(first, len(s0)), s1, s2, _perm(last, len(s2)), s3)
         if plan is None or not builder.can_build(plan.in_dims) or not builder.can_build(s3):
             continue
-        builder.nodes = []
         new_nodes = _rewrite(builder, x, plan)
         out = new_nodes[-1].outputs[0]
         ir.convenience.replace_nodes_and_values(
-            graph, last, chain, builder.nodes + new_nodes, [last.outputs[0]], [out]
+            graph, last, chain, new_nodes, [last.outputs[0]], [out]
         )
         merged += 1
     return merged

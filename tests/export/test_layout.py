@@ -89,8 +89,12 @@ def test_neighbouring_atoms_are_coalesced_and_identity_becomes_a_reshape():
     assert plan.perm == [0] and plan.in_dims == [Mono(576, ("batch", "seq"))]
 
 
-def _chain_model(extra_use: bool = False, nb: int = 8, b: int = 8, heads: int = 4):
-    """ids [batch, seq] and blocks [nb, batch*seq, b] → q heads [batch, heads, seq, head_dim]."""
+def _chain_model(
+    extra_use: bool = False, nb: int = 8, b: int = 8, heads: int = 4, interleaved: bool = False
+):
+    """ids [batch, seq] and blocks [nb, batch*seq, b] → q heads [batch, heads, seq, head_dim];
+    ``interleaved`` adds a second chain (of ``-blocks``) whose nodes interleave the first's,
+    ending before it: shared run-time shapes must still come before both."""
     from onnx import TensorProto, helper
 
     head_dim = nb * b // heads
@@ -111,6 +115,20 @@ def _chain_model(extra_use: bool = False, nb: int = 8, b: int = 8, heads: int = 
         helper.make_node("Reshape", ["flat", "head_shape"], ["split"]),
         helper.make_node("Transpose", ["split"], ["heads"], perm=[0, 2, 1, 3]),
     ]
+    if interleaved:
+        outputs.append(vi("heads_2", TensorProto.FLOAT, ["batch", heads, "seq", head_dim]))
+        neg = helper.make_node("Neg", ["blocks"], ["blocks_2"])
+        chain = nodes[3:]
+        second = [
+            helper.make_node(n.op_type, [f"{n.input[0]}_2", *n.input[1:]], [f"{n.output[0]}_2"])
+            for n in chain
+        ]
+        for new, old in zip(second, chain, strict=True):
+            new.attribute.extend(old.attribute)
+        second[0].input[0] = "blocks_2"
+        # T1, T1', R, R', R2, R2', T2', T2
+        order = [chain[0], second[0], chain[1], second[1], chain[2], second[2], second[3]]
+        nodes = [*nodes[:3], neg, *order, chain[3]]
     if extra_use:
         nodes.append(helper.make_node("Neg", ["flat"], ["flat_neg"]))
         outputs.append(vi("flat_neg", TensorProto.FLOAT, ["batch", "seq", hidden]))
@@ -119,9 +137,15 @@ def _chain_model(extra_use: bool = False, nb: int = 8, b: int = 8, heads: int = 
         helper.make_tensor("c_heads", TensorProto.INT64, [2], [heads, head_dim]),
     ]
     value_info = [
-        vi("tokens", TensorProto.FLOAT, [batch_seq, nb, b]),
-        vi("flat", TensorProto.FLOAT, ["batch", "seq", hidden]),
-        vi("split", TensorProto.FLOAT, ["batch", "seq", heads, head_dim]),
+        vi(f"{name}{suffix}", TensorProto.FLOAT, shape)
+        for suffix in ("", "_2")
+        for name, shape in (
+            ("blocks", [nb, batch_seq, b]),
+            ("tokens", [batch_seq, nb, b]),
+            ("flat", ["batch", "seq", hidden]),
+            ("split", ["batch", "seq", heads, head_dim]),
+        )
+        if f"{name}{suffix}" != "blocks"  # a graph input
     ]
     graph = helper.make_graph(nodes, "chain", inputs, outputs, inits, value_info=value_info)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -154,6 +178,16 @@ def test_merged_chain_moves_the_same_values_with_one_transpose(batch, seq, nb, b
     assert [n.op_type for n in merged.graph.node].count("Transpose") == 1
     onnx.checker.check_model(merged)
     for got, want in zip(_run(merged, batch, seq), _run(original, batch, seq), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_interleaved_chains_share_run_time_shapes_in_topological_order():
+    original = _chain_model(interleaved=True)
+    onnx.checker.check_model(original)
+    count, merged = _merged(original)
+    assert count == 2
+    onnx.checker.check_model(merged)  # topological order included
+    for got, want in zip(_run(merged, 2, 3), _run(original, 2, 3), strict=True):
         np.testing.assert_array_equal(got, want)
 
 
