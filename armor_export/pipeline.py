@@ -18,6 +18,7 @@ from pathlib import Path
 
 from armor_export.config import BuildConfig
 from armor_export.errors import UserError
+from armor_export.export.api import GRAPH_REVISION
 from armor_export.io import read_json, sha256_file, write_json
 from armor_export.progress import NullReporter, Reporter
 
@@ -106,6 +107,8 @@ def build(cfg: BuildConfig, reporter: Reporter | None = None, force: tuple = ())
                 upstream = _hash_paths(_outputs(stage, stage_cfg))
             continue
         key = {"config": _hash_config(stage_cfg), "input": upstream}
+        if stage == "export":  # a newer graph form redoes the export (and what follows)
+            key["graph_revision"] = GRAPH_REVISION
         record = manifest["stages"].get(stage, {})
         if stage not in force and _up_to_date(record, key, stage, stage_cfg):
             result.stages.append(StageResult(stage, "skipped (up to date)", detail="manifest"))

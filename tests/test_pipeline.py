@@ -55,6 +55,13 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
     # the export is deterministic: the same files again, so the engine stays valid
     assert statuses(redone)["engine"] == "skipped (up to date)"
 
+    # an export of an older graph form (before an upgrade) is redone
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    manifest["stages"]["export"]["graph_revision"] -= 1
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    upgraded = build(from_dict(BuildConfig, data))
+    assert statuses(upgraded)["export"] == "done"
+
 
 def test_failed_verify_exits_1_keeps_report_and_reruns(tiny_checkpoint, tmp_path, capsys):
     toml = tmp_path / "build.toml"

@@ -73,7 +73,7 @@ def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
     """The variant's export in ``work``: reused when it is of the current graph form."""
     from armor_export.config import ExportConfig
     from armor_export.export import export_onnx
-    from armor_export.export.lowering import GRAPH_REVISION
+    from armor_export.export.api import GRAPH_REVISION
     from armor_export.progress import RichReporter
 
     folder = work / name

@@ -31,6 +31,10 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT = "armor-export-onnx"
 FORMAT_VERSION = 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; keep a margin
+# the form of the exported graph, in the manifest; bumped whenever it changes, so builds
+# and benchmarks redo older exports (1: per-linear lowering, 2: block-layout gated MLP,
+# 3: + the layout pass of layout.py)
+GRAPH_REVISION = 3
 
 
 @dataclass
@@ -277,7 +281,6 @@ def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, externa
     from dataclasses import asdict
 
     from armor_export.export import reference
-    from armor_export.export.lowering import GRAPH_REVISION
     from armor_export.models.registry import adapter_for
 
     versions = export_versions()

@@ -31,9 +31,6 @@ from armor_export.export import reference
 from armor_export.prune.linear import ArmorLinear, set_submodule
 
 CORE_SUFFIX = "sparse_core"
-# the form of the exported graph, in the manifest; bumped whenever it changes
-# (1: per-linear lowering, 2: block-layout gated MLP, 3: + the layout pass of layout.py)
-GRAPH_REVISION = 3
 # the forward of every supported family's MLP (Llama, Mistral, Qwen2/3, Gemma 1-3)
 GATED_MLP_FORWARD = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from armor_export.config import ExportConfig
-from armor_export.export import layout, lowering
+from armor_export.export import api, layout
 from armor_export.export.layout import Mono, parse_dim, plan_chain, refine
 from armor_export.export.wrapper import DecoderSpec, example_inputs
 from tests.conftest import random_armorize, tiny_model
@@ -230,7 +230,7 @@ def test_export_merges_head_transposes_and_outputs_are_identical(
     layers = model.config.num_hidden_layers
     assert results[True].counts["merged_transposes"] == per_layer * layers
     assert results[True].manifest["counts"]["merged_transposes"] == per_layer * layers
-    assert results[True].manifest["graph_revision"] == lowering.GRAPH_REVISION
+    assert results[True].manifest["graph_revision"] == api.GRAPH_REVISION
 
     def transposes(result):
         return sum(n.op_type == "Transpose" for n in onnx.load(str(result.onnx_path)).graph.node)
