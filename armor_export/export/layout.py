@@ -160,6 +160,11 @@ def _product(monos) -> Mono:
     return out
 
 
+def _fits_a_constant(dims: list[Mono]) -> bool:
+    """At most one symbolic size: a constant shape with -1 for it will do."""
+    return sum(bool(d.symbols) for d in dims) <= 1
+
+
 class _Builder:
     """New initializers and run-time shape nodes, shared across the rewrites of one graph."""
 
@@ -194,13 +199,13 @@ class _Builder:
         return self.constants[key]
 
     def can_build(self, dims: list[Mono]) -> bool:
-        if sum(bool(d.symbols) for d in dims) <= 1:
+        if _fits_a_constant(dims):
             return True
         return all(s in self.symbols for d in dims for s in d.symbols)
 
     def shape(self, dims: list[Mono]) -> tuple[ir.Value, int]:
         """A 1-D int64 shape for Reshape and the ``allowzero`` it needs."""
-        if sum(bool(d.symbols) for d in dims) <= 1:
+        if _fits_a_constant(dims):
             return self.constant([-1 if d.symbols else d.coeff for d in dims]), 0
         parts = [self._dim(d) for d in dims]
         # explicit sizes: allowzero, so a size 0 means 0 and not "copy the input's"
