@@ -347,7 +347,6 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
             f"block layout, {r['graph']['merged_transposes']} transpose chains merged "
             f"(graph revision {r['graph_revision']})"
             for n, r in results.items()
-            if "graph" in r
         )
         + ".",
         "",

@@ -251,6 +251,7 @@ def merge_transpose_chains(graph: ir.Graph) -> int:
     builder = _Builder(graph)
     merged = 0
     for node in list(graph):
+        # a node an earlier rewrite removed (the last Transpose of its chain) has no graph
         if node.op_type != "Transpose" or node.domain != "" or node.graph is not graph:
             continue
         chain = _chain_from(node)
