@@ -33,8 +33,12 @@ FORMAT_VERSION = 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; keep a margin
 # the form of the exported graph, in the manifest; bumped whenever it changes, so builds
 # and benchmarks redo older exports (1: per-linear lowering, 2: block-layout gated MLP,
-# 3: + the layout pass of layout.py)
-GRAPH_REVISION = 3
+# 3: + the layout pass of layout.py, 4: + eager attention)
+GRAPH_REVISION = 4
+# traced attention: HF's plain maths (MatMul, additive mask, Softmax, MatMul). The SDPA
+# path exports a NaN guard (IsNaN + Where over every [heads, q, k] score) that took ~12% of
+# an fp32 prefill on ORT CPU; the eager mask is finite, so no row can turn into NaN.
+ATTENTION = "eager"
 
 
 @dataclass
@@ -90,6 +94,7 @@ def export_onnx(
         limits = _resolve_limits(cfg, model.config)
         spec = DecoderSpec.from_config(model.config)
         model = model.to(torch_dtype(cfg.dtype)).eval()
+        model.set_attn_implementation(ATTENTION)
         matrices = (checkpoint_manifest or {}).get("matrices", {})
         sparse_names = [n for n, info in matrices.items() if info.get("kind") == "sparse"]
         counts = lowering.lower_model_(model, sparse_names, plugin=cfg.lowering == "plugin")
@@ -311,6 +316,7 @@ def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, externa
         "dtype": cfg.dtype,
         "lowering": cfg.lowering,
         "graph_revision": GRAPH_REVISION,
+        "attention": ATTENTION,
         "plugin": plugin,
         "decoder": asdict(spec),
         "input_names": spec.input_names(),

@@ -158,6 +158,28 @@ def test_every_family_exports_with_kv_cache(family, tokenizer, tmp_path):
     assert max_err(ref, got, valid) < 1e-4
 
 
+def test_attention_is_traced_eager_and_matches_the_sdpa_model(tokenizer, tmp_path):
+    """The export traces HF's plain attention (no IsNaN/Where guard over the scores): same
+    outputs as the model users load (SDPA), and finite everywhere, padded rows included."""
+    import copy
+
+    model = tiny_model("llama")
+    random_armorize(model)
+    assert model.config._attn_implementation == "sdpa"
+    result = export_onnx(
+        ExportConfig(model="llama", output_dir=str(tmp_path)),
+        model=copy.deepcopy(model),
+        tokenizer=tokenizer,
+    )
+    assert result.manifest["attention"] == "eager"
+    ops = {n.op_type for n in onnx.load(str(result.onnx_path)).graph.node}
+    assert "IsNaN" not in ops and "Softmax" in ops
+    for seq, past in [(5, 3), (1, 4), (6, 0)]:
+        ref, got, valid = torch_and_ort(model, result.onnx_path, seq=seq, past=past, pad=2)
+        assert max_err(ref, got, valid) < 1e-5
+        assert all(np.isfinite(g).all() for g in got)
+
+
 def test_dense_model_exports_as_dense_and_says_so(tiny_model_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         result = export_tiny(tiny_model_dir, tmp_path / "dense")
