@@ -181,6 +181,17 @@ class Runner:
         return steps / (time.perf_counter() - start)
 
 
+def best_prefills(runners: dict, ids, repeats: int, order: list, rng: random.Random) -> dict:
+    """Each runner's best prefill seconds of one round. The variants' prefills alternate (a
+    fresh shuffle of ``order`` each pass), so a slow phase of the machine falls on all alike."""
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            best[name] = min(best[name], runners[name].prefill(ids)[0])
+    return best
+
+
 # what the measured graphs hold: lowered ArmorLinears, block-layout MLPs, merged chains
 GRAPH_COUNTS = ("armor", "blocked_mlps", "merged_transposes")
 
@@ -213,13 +224,7 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     with RichReporter().task("rounds", total=args.rounds) as task:
         for _ in range(args.rounds):
-            # the variants' prefills alternate (a fresh shuffle each pass), so a slow phase
-            # of the machine falls on all of them alike; each keeps its best of the round
-            best = dict.fromkeys(runners, float("inf"))
-            for _ in range(args.repeats):
-                rng.shuffle(order)
-                for name in order:
-                    best[name] = min(best[name], runners[name].prefill(prefill_ids)[0])
+            best = best_prefills(runners, prefill_ids, args.repeats, order, rng)
             rng.shuffle(order)
             for name in order:
                 prefill[name].append(best[name])

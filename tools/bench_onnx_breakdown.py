@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from bench_onnx import (
     Runner,
+    best_prefills,
     bootstrap_median_ci,
     dense_flops,
     dense_shapes,
@@ -191,11 +192,7 @@ def main(argv=None) -> int:
     order, rng = list(runners), random.Random(0)
     with RichReporter().task("rounds", total=args.rounds) as task:
         for _ in range(args.rounds):
-            best = dict.fromkeys(runners, float("inf"))
-            for _ in range(args.repeats):
-                rng.shuffle(order)
-                for name in order:
-                    best[name] = min(best[name], runners[name].prefill(ids)[0])
+            best = best_prefills(runners, ids, args.repeats, order, rng)
             for name in runners:
                 times[name].append(best[name])
             task.advance(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -161,8 +162,6 @@ def test_every_family_exports_with_kv_cache(family, tokenizer, tmp_path):
 def test_attention_is_traced_eager_and_matches_the_sdpa_model(tokenizer, tmp_path):
     """The export traces HF's plain attention (no IsNaN/Where guard over the scores): same
     outputs as the model users load (SDPA), and finite everywhere, padded rows included."""
-    import copy
-
     model = tiny_model("llama")
     random_armorize(model)
     assert model.config._attn_implementation == "sdpa"
