@@ -142,12 +142,14 @@ def prompt_ids(tokenizer_path: Path, n: int) -> np.ndarray:
 class Runner:
     """One export on ORT: timed prefill and KV-cache decode, greedy, no sampling overhead."""
 
-    def __init__(self, folder: Path, threads: int):
+    def __init__(self, folder: Path, threads: int, session=None):
+        """``session``: one already open on the export (``run(feeds) -> dict``) instead of
+        opening the runtime's."""
         from armor_export.export.api import read_export_manifest
         from armor_export.runtime.session import open_session
 
         self.manifest = read_export_manifest(folder)
-        self.session = open_session(folder, self.manifest, threads=threads)
+        self.session = session or open_session(folder, self.manifest, threads=threads)
         spec = self.manifest["decoder"]
         self.kv_shape = (1, spec["num_kv_heads"], 0, spec["head_dim"])
         inputs, outputs = self.manifest["input_names"][3:], self.manifest["output_names"][1:]

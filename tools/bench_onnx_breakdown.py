@@ -126,8 +126,7 @@ def profile(folder: Path, ids: np.ndarray, runs: int) -> dict:
     options.profile_file_prefix = str(folder / "profile")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(folder / "model.onnx"), options)
-    runner = Runner(folder, 0)  # bench_onnx's feeds, run on the profiling session
-    runner.session = _Raw(session)
+    runner = Runner(folder, 0, session=_Raw(session))  # bench_onnx's feeds, this session
     for _ in range(runs):
         runner.prefill(ids)
     trace = Path(session.end_profiling())
