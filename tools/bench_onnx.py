@@ -350,7 +350,8 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "",
         "Graphs measured: "
         + "; ".join(
-            f"{n}: {r['graph']['armor']} ArmorLinear, {r['graph']['blocked_mlps']} MLPs in "
+            f"{n} (`{r['source']}`): {r['graph']['armor']} ArmorLinear, "
+            f"{r['graph']['blocked_mlps']} MLPs in "
             f"block layout, {r['graph']['merged_transposes']} transpose chains merged "
             f"(graph revision {r['graph_revision']})"
             for n, r in results.items()
