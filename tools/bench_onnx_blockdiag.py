@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import platform
 import random
 import statistics
 import sys
@@ -45,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import cpu_description
+from bench_onnx import machine
 
 log = logging.getLogger("bench_onnx_blockdiag")
 OPSET = 18
@@ -345,7 +344,7 @@ def main(argv=None) -> int:
     meta = {
         "command": command.strip(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_description()}, {platform.system()} {platform.release()}, no GPU",
+        "machine": machine(),
         "onnxruntime": onnxruntime.__version__,
         "threads": args.threads or "ORT default (all cores)",
         "tokens": args.tokens,
@@ -405,6 +404,7 @@ def layer_bounds(args, seconds: dict, rows: list[dict]) -> dict:
             "ideal_ms": sum(b / w * 1000 * seconds[("2-D MatMul", w, 0)] for w in products),
             "any_layout_ms": sum(cheapest[w] for w in products),
             "core_input_ms": core_input,
+            "products": len(products),
         }
     return bounds
 
@@ -438,10 +438,9 @@ def _fraction(bound: dict, key: str) -> str:
 def _bound_lines(bounds: dict) -> list[str]:
     dense_ms = next(iter(bounds.values())).get("dense_prefill_ms")
     lines = [
-        "One decoder layer's 14 wrapper products (B and A of q, k, v, o, gate, up, down), each "
-        "in its cheapest measured form: ms per layer, and × layers / dense prefill"
-        + (f" ({dense_ms:.1f} ms in the same run)" if dense_ms else "")
-        + ":",
+        f"One decoder layer's {next(iter(bounds.values()))['products']} wrapper products (B "
+        "and A of each core), each in its cheapest measured form: ms per layer, and × layers "
+        "/ dense prefill" + (f" ({dense_ms:.1f} ms in the same run)" if dense_ms else "") + ":",
         "",
         "| b | ideal | any layout, no transposes | × ideal | of dense | cores get a readable "
         "input | of dense | allowance (FLOP overhead + 0.05) |",
