@@ -27,7 +27,7 @@ def test_every_form_computes_the_block_diagonal_product(bench):
     for q in range(width // b):
         dense[q * b : (q + 1) * b, q * b : (q + 1) * b] = blocks[q]
     for form in bench.FORMS:
-        out = bench.Timed(bench.build(form, tokens, width, blocks), x, 1).output()
+        out = bench.Timed(bench.build(form, tokens, blocks), x, 1).output()
         expected = bench.reference(x, blocks, form)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5, err_msg=form)
         if form in bench.TOKEN_LAYOUT:  # the same numbers as the dense block-diagonal matrix
@@ -40,7 +40,7 @@ def test_core_variants_compute_the_core(bench, variant):
     x = rng.standard_normal((5, 8), dtype=np.float32)
     weight = rng.standard_normal((8, 3)).astype(np.float32)
     feed = x if variant == bench.CORE else np.ascontiguousarray(x.T)
-    out = bench.Timed(bench.build_core(8, 3, weight, variant), feed, 1).output()
+    out = bench.Timed(bench.build_core(weight, variant), feed, 1).output()
     out = out.T if variant == bench.CORE_LEFT else out
     np.testing.assert_allclose(out, x @ weight, rtol=1e-5, atol=1e-5)
 

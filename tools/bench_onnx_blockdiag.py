@@ -51,7 +51,16 @@ OPSET = 18
 # forms whose output is in token layout [T, d], as the 2-D core MatMul and the residual need
 TOKEN_LAYOUT = ("batched", "einsum", "per-token", "dense weight", "grouped conv", "split")
 BLOCK_OUT, FEATURE_OUT = "batched, block out", "batched, feature-major out"
-FORMS = (*TOKEN_LAYOUT[:1], BLOCK_OUT, FEATURE_OUT, *TOKEN_LAYOUT[1:])
+FORMS = (
+    "batched",
+    BLOCK_OUT,
+    FEATURE_OUT,
+    "split",
+    "einsum",
+    "per-token",
+    "dense weight",
+    "grouped conv",
+)
 CALL = ("empty call", 1, 0)  # a session that does nothing: subtracted from every time
 CORE = "core"
 # the ways a core can read a feature-major [K, T] input: transposed on the way in, or as
@@ -104,106 +113,151 @@ def widths(args) -> list[int]:
     return sorted({w for shape in core_shapes(args) for w in shape})
 
 
-def build_core(k: int, n: int, weight: np.ndarray, variant: str):
+def build_core(weight: np.ndarray, variant: str):
     """A core ``[T, K] @ [K, N]`` (``CORE``), or one that reads its input feature-major
     ``[K, T]``: transposed on the way in (``CORE_FM``; ORT folds it into a FusedMatMul with
     transA), or as ``Wᵀ @ xᵀ`` (``CORE_LEFT``, result ``[N, T]``)."""
-    from onnx import helper
-
-    node = helper.make_node
     if variant == CORE_LEFT:
-        nodes = [node("MatMul", ["w", "x"], ["y"])]
+        nodes = [_node("MatMul", ["w", "x"], ["y"])]
         return _model(nodes, {"w": np.ascontiguousarray(weight.T)}, None, variant)
-    nodes = [node("MatMul", ["xt" if variant == CORE_FM else "x", "w"], ["y"])]
+    nodes = [_node("MatMul", ["xt" if variant == CORE_FM else "x", "w"], ["y"])]
     if variant == CORE_FM:
-        nodes.insert(0, node("Transpose", ["x"], ["xt"], perm=[1, 0]))
+        nodes.insert(0, _node("Transpose", ["x"], ["xt"], perm=[1, 0]))
     return _model(nodes, {"w": weight}, None, variant)
 
 
-def build(form: str, tokens: int, width: int, blocks: np.ndarray):
-    """The ONNX model of ``form`` for ``y = x @ blockdiag(blocks)`` (``blocks``: ``[nb, b, b]``,
-    block q maps ``x[:, q]`` to ``y[:, q]`` as ``x_q @ blocks[q]``)."""
+def _ints(*dims) -> np.ndarray:
+    return np.array(dims, np.int64)
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], **attrs):
     from onnx import helper
 
-    if form == CALL[0]:  # no work: what a session.run call itself costs
-        return _model([helper.make_node("Identity", ["x"], ["y"])], {}, [1], form)
-    if form == "2-D MatMul":  # the rate reference: a dense [d, d] linear
-        return _model(
-            [helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": blocks}, [tokens, width], form
-        )
+    return helper.make_node(op, inputs, outputs, **attrs)
+
+
+# Each form: (tokens, blocks [nb, b, b]) -> (nodes, initializers, output shape), from input
+# "x" [T, d] to output "y"; block q maps x[:, q] to y[:, q] as x_q @ blocks[q].
+
+
+def _batched(tokens, blocks, block_out=False):
     nb, b, _ = blocks.shape
-    shape = lambda *dims: np.array(dims, np.int64)  # noqa: E731
-    inits = {"w": blocks, "to_blocks": shape(tokens, nb, b), "to_tokens": shape(tokens, width)}
-    node = helper.make_node
-    if form in ("batched", BLOCK_OUT):
-        nodes = [
-            node("Reshape", ["x", "to_blocks"], ["xb"]),
-            node("Transpose", ["xb"], ["xt"], perm=[1, 0, 2]),
-            node("MatMul", ["xt", "w"], ["yt" if form == "batched" else "y"]),
-        ]
-        if form == "batched":
-            nodes += [
-                node("Transpose", ["yt"], ["yb"], perm=[1, 0, 2]),
-                node("Reshape", ["yb", "to_tokens"], ["y"]),
-            ]
-        else:
-            del inits["to_tokens"]
-        out = [tokens, width] if form == "batched" else [nb, tokens, b]
-        return _model(nodes, inits, out, form)
-    if form == FEATURE_OUT:  # y_qᵀ = W_qᵀ x_qᵀ: [nb, b, T], i.e. yᵀ [d, T]
-        inits["w"] = np.ascontiguousarray(blocks.transpose(0, 2, 1))
-        del inits["to_tokens"]
-        nodes = [
-            node("Reshape", ["x", "to_blocks"], ["xb"]),
-            node("Transpose", ["xb"], ["xt"], perm=[1, 2, 0]),
-            node("MatMul", ["w", "xt"], ["y"]),
-        ]
-        return _model(nodes, inits, [nb, b, tokens], form)
-    if form == "split":  # one 2-D MatMul per block on column slices, concatenated back
-        inits = {f"w{q}": blocks[q] for q in range(nb)}
-        inits["sizes"] = np.full(nb, b, np.int64)
-        parts = [f"x{q}" for q in range(nb)]
-        nodes = [node("Split", ["x", "sizes"], parts, axis=1)]
-        nodes += [node("MatMul", [f"x{q}", f"w{q}"], [f"y{q}"]) for q in range(nb)]
-        nodes.append(node("Concat", [f"y{q}" for q in range(nb)], ["y"], axis=1))
-        return _model(nodes, inits, [tokens, width], form)
-    if form == "einsum":
-        nodes = [
-            node("Reshape", ["x", "to_blocks"], ["xb"]),
-            node("Einsum", ["xb", "w"], ["yb"], equation="tqi,qij->tqj"),
-            node("Reshape", ["yb", "to_tokens"], ["y"]),
-        ]
-        return _model(nodes, inits, [tokens, width], form)
-    if form == "per-token":
-        inits["to_blocks"] = shape(tokens, nb, 1, b)
-        nodes = [
-            node("Reshape", ["x", "to_blocks"], ["xb"]),
-            node("MatMul", ["xb", "w"], ["yb"]),
-            node("Reshape", ["yb", "to_tokens"], ["y"]),
-        ]
-        return _model(nodes, inits, [tokens, width], form)
-    if form == "dense weight":
-        dense = np.zeros((width, width), np.float32)
-        for q in range(nb):
-            dense[q * b : (q + 1) * b, q * b : (q + 1) * b] = blocks[q]
-        return _model([node("MatMul", ["x", "w"], ["y"])], {"w": dense}, [tokens, width], form)
-    if form == "grouped conv":
-        # feature-major [1, d, T, 1]; Conv weight [out, in/group, 1, 1] with out = q·b + j
-        weight = blocks.transpose(0, 2, 1).reshape(width, b, 1, 1)
-        inits = {
-            "w": weight,
-            "to_image": shape(1, width, tokens, 1),
-            "to_rows": shape(width, tokens),
-        }
-        nodes = [
-            node("Transpose", ["x"], ["xt"], perm=[1, 0]),
-            node("Reshape", ["xt", "to_image"], ["xi"]),
-            node("Conv", ["xi", "w"], ["yi"], group=nb, kernel_shape=[1, 1]),
-            node("Reshape", ["yi", "to_rows"], ["yt"]),
-            node("Transpose", ["yt"], ["y"], perm=[1, 0]),
-        ]
-        return _model(nodes, inits, [tokens, width], form)
-    raise ValueError(form)
+    inits = {"w": blocks, "to_blocks": _ints(tokens, nb, b)}
+    nodes = [
+        _node("Reshape", ["x", "to_blocks"], ["xb"]),
+        _node("Transpose", ["xb"], ["xt"], perm=[1, 0, 2]),
+        _node("MatMul", ["xt", "w"], ["y" if block_out else "yt"]),
+    ]
+    if block_out:
+        return nodes, inits, [nb, tokens, b]
+    inits["to_tokens"] = _ints(tokens, nb * b)
+    nodes += [
+        _node("Transpose", ["yt"], ["yb"], perm=[1, 0, 2]),
+        _node("Reshape", ["yb", "to_tokens"], ["y"]),
+    ]
+    return nodes, inits, [tokens, nb * b]
+
+
+def _feature_out(tokens, blocks):
+    """y_qᵀ = W_qᵀ x_qᵀ: the result ``[nb, b, T]``, i.e. yᵀ ``[d, T]``."""
+    nb, b, _ = blocks.shape
+    inits = {
+        "w": np.ascontiguousarray(blocks.transpose(0, 2, 1)),
+        "to_blocks": _ints(tokens, nb, b),
+    }
+    nodes = [
+        _node("Reshape", ["x", "to_blocks"], ["xb"]),
+        _node("Transpose", ["xb"], ["xt"], perm=[1, 2, 0]),
+        _node("MatMul", ["w", "xt"], ["y"]),
+    ]
+    return nodes, inits, [nb, b, tokens]
+
+
+def _split(tokens, blocks):
+    """One 2-D MatMul per block on column slices, concatenated back."""
+    nb, b, _ = blocks.shape
+    inits = {f"w{q}": blocks[q] for q in range(nb)}
+    inits["sizes"] = np.full(nb, b, np.int64)
+    nodes = [_node("Split", ["x", "sizes"], [f"x{q}" for q in range(nb)], axis=1)]
+    nodes += [_node("MatMul", [f"x{q}", f"w{q}"], [f"y{q}"]) for q in range(nb)]
+    nodes.append(_node("Concat", [f"y{q}" for q in range(nb)], ["y"], axis=1))
+    return nodes, inits, [tokens, nb * b]
+
+
+def _reshaped(tokens, blocks, op: str, block_shape: tuple, **attrs):
+    """Reshape to ``block_shape``, one ``op`` with the blocks, Reshape back to tokens."""
+    nb, b, _ = blocks.shape
+    inits = {"w": blocks, "to_blocks": _ints(*block_shape), "to_tokens": _ints(tokens, nb * b)}
+    nodes = [
+        _node("Reshape", ["x", "to_blocks"], ["xb"]),
+        _node(op, ["xb", "w"], ["yb"], **attrs),
+        _node("Reshape", ["yb", "to_tokens"], ["y"]),
+    ]
+    return nodes, inits, [tokens, nb * b]
+
+
+def _einsum(tokens, blocks):
+    nb, b, _ = blocks.shape
+    return _reshaped(tokens, blocks, "Einsum", (tokens, nb, b), equation="tqi,qij->tqj")
+
+
+def _per_token(tokens, blocks):
+    nb, b, _ = blocks.shape
+    return _reshaped(tokens, blocks, "MatMul", (tokens, nb, 1, b))
+
+
+def _dense_weight(tokens, blocks):
+    nb, b, _ = blocks.shape
+    dense = np.zeros((nb * b, nb * b), np.float32)
+    for q in range(nb):
+        dense[q * b : (q + 1) * b, q * b : (q + 1) * b] = blocks[q]
+    return [_node("MatMul", ["x", "w"], ["y"])], {"w": dense}, [tokens, nb * b]
+
+
+def _grouped_conv(tokens, blocks):
+    """Feature-major ``[1, d, T, 1]``; Conv weight ``[out, in/group, 1, 1]``, out = q·b + j."""
+    nb, b, _ = blocks.shape
+    width = nb * b
+    inits = {
+        "w": blocks.transpose(0, 2, 1).reshape(width, b, 1, 1),
+        "to_image": _ints(1, width, tokens, 1),
+        "to_rows": _ints(width, tokens),
+    }
+    nodes = [
+        _node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+        _node("Reshape", ["xt", "to_image"], ["xi"]),
+        _node("Conv", ["xi", "w"], ["yi"], group=nb, kernel_shape=[1, 1]),
+        _node("Reshape", ["yi", "to_rows"], ["yt"]),
+        _node("Transpose", ["yt"], ["y"], perm=[1, 0]),
+    ]
+    return nodes, inits, [tokens, width]
+
+
+BUILDERS = {
+    "batched": _batched,
+    BLOCK_OUT: lambda tokens, blocks: _batched(tokens, blocks, block_out=True),
+    FEATURE_OUT: _feature_out,
+    "split": _split,
+    "einsum": _einsum,
+    "per-token": _per_token,
+    "dense weight": _dense_weight,
+    "grouped conv": _grouped_conv,
+}
+
+
+def build(form: str, tokens: int, blocks: np.ndarray):
+    """The ONNX model of ``form`` for ``y = x @ blockdiag(blocks)``."""
+    return _model(*BUILDERS[form](tokens, blocks), form)
+
+
+def build_reference(tokens: int, weight: np.ndarray):
+    """The rate reference: a 2-D MatMul ``[T, d] @ [d, d]``."""
+    return _model([_node("MatMul", ["x", "w"], ["y"])], {"w": weight}, [tokens, len(weight)], "2-D")
+
+
+def build_empty():
+    """No work: what a session.run call itself costs."""
+    return _model([_node("Identity", ["x"], ["y"])], {}, [1], "empty")
 
 
 def reference(x: np.ndarray, blocks: np.ndarray, form: str) -> np.ndarray:
@@ -242,14 +296,14 @@ class Timed:
 def sessions(args) -> dict[tuple, Timed]:
     """Every (form, width, b) and the 2-D references, checked against NumPy."""
     rng = np.random.default_rng(0)
-    out = {CALL: Timed(build(CALL[0], 1, 1, np.zeros(0)), np.zeros(1, np.float32), args.threads)}
+    out = {CALL: Timed(build_empty(), np.zeros(1, np.float32), args.threads)}
     for k, n in sorted(set(core_shapes(args))):
         x = rng.standard_normal((args.tokens, k), dtype=np.float32)
         weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
         expected = x.astype(np.float64) @ weight
         for variant in (CORE, CORE_FM, CORE_LEFT):
             feed = x if variant == CORE else np.ascontiguousarray(x.T)
-            timed = Timed(build_core(k, n, weight, variant), feed, args.threads)
+            timed = Timed(build_core(weight, variant), feed, args.threads)
             result = timed.output().T if variant == CORE_LEFT else timed.output()
             if not np.abs(result - expected).max() < 1e-3:
                 sys.exit(f"{variant} {k}x{n} is wrong")
@@ -257,15 +311,13 @@ def sessions(args) -> dict[tuple, Timed]:
     for width in widths(args):
         x = rng.standard_normal((args.tokens, width), dtype=np.float32)
         square = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
-        out[("2-D MatMul", width, 0)] = Timed(
-            build("2-D MatMul", args.tokens, width, square), x, args.threads
-        )
+        out[("2-D MatMul", width, 0)] = Timed(build_reference(args.tokens, square), x, args.threads)
         for b in map(int, args.block_sizes.split(",")):
             if width % b:
                 continue
             blocks = (rng.standard_normal((width // b, b, b)) / np.sqrt(b)).astype(np.float32)
             for form in FORMS:
-                timed = Timed(build(form, args.tokens, width, blocks), x, args.threads)
+                timed = Timed(build(form, args.tokens, blocks), x, args.threads)
                 error = np.abs(timed.output() - reference(x, blocks, form)).max()
                 if not error < 1e-3:
                     sys.exit(f"{form} (d={width}, b={b}) is wrong: max error {error:.2e}")
