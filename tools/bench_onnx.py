@@ -20,6 +20,7 @@ import json
 import logging
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
@@ -202,9 +203,20 @@ def machine() -> str:
     return f"{cpu_description()}, {platform.system()} {platform.release()}, no GPU"
 
 
-def main(argv=None) -> int:
+def run_meta(script: str, argv) -> dict:
+    """What every ONNX benchmark records first: its command, date, machine and ORT."""
     import onnxruntime
 
+    args = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": shlex.join(["python", f"tools/{script}", *args]),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def main(argv=None) -> int:
     from armor_export.progress import RichReporter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -271,12 +283,8 @@ def main(argv=None) -> int:
             "prefill_ms_rounds": [round(1000 * t, 2) for t in prefill[name]],
             "decode_tokens_per_s_rounds": [round(t, 2) for t in decode[name]],
         }
-    command = "python tools/bench_onnx.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "onnxruntime": onnxruntime.__version__,
+        **run_meta("bench_onnx.py", argv),
         "threads": args.threads or "ORT default (all cores)",
         "prefill_tokens": args.prefill,
         "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",

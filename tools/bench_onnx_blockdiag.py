@@ -35,7 +35,6 @@ Writes docs/benchmarks/onnx_blockdiag.md and onnx_blockdiag.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import random
 import statistics
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_onnx import machine
+from bench_onnx import run_meta
 
 log = logging.getLogger("bench_onnx_blockdiag")
 OPSET = 18
@@ -353,8 +352,6 @@ def measure(timers: dict, rounds: int, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    import onnxruntime
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     timed = sessions(args)
@@ -390,14 +387,8 @@ def main(argv=None) -> int:
     bounds = layer_bounds(args, net, rows)
     if dense is not None:
         against_dense(bounds, Path(args.dense_export), args, 1000 * seconds["dense prefill"])
-    command = "python tools/bench_onnx_blockdiag.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
     meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "onnxruntime": onnxruntime.__version__,
+        **run_meta("bench_onnx_blockdiag.py", argv),
         "threads": args.threads or "ORT default (all cores)",
         "tokens": args.tokens,
         "rounds": args.rounds,

@@ -21,7 +21,6 @@ Writes docs/benchmarks/onnx_breakdown.md and onnx_breakdown.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import random
@@ -38,8 +37,8 @@ from bench_onnx import (
     bootstrap_median_ci,
     dense_flops,
     dense_shapes,
-    machine,
     prompt_ids,
+    run_meta,
     wrapper_flops_per_token,
 )
 
@@ -163,8 +162,6 @@ class _Raw:
 
 
 def main(argv=None) -> int:
-    import onnxruntime
-
     from armor_export.export.api import GRAPH_REVISION, read_export_manifest
     from armor_export.io import write_json, write_text
     from armor_export.progress import RichReporter
@@ -215,14 +212,8 @@ def main(argv=None) -> int:
         if not name.endswith(NO_COPIES):
             entry["profile"] = profile(folders[name], ids, args.profile_runs)
         results[name] = entry
-    command = "python tools/bench_onnx_breakdown.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
     meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "onnxruntime": onnxruntime.__version__,
+        **run_meta("bench_onnx_breakdown.py", argv),
         "prefill_tokens": args.prefill,
         "rounds": args.rounds,
         "repeats": args.repeats,
