@@ -20,12 +20,14 @@ Each is set against its FLOP share of a 2-D MatMul (``b / d`` of the same run's 
 [d, d]``): the time the wrappers would take if they ran at the dense MatMuls' rate, which is
 what the ONNX benchmark's target (prefill <= dense × (1 + FLOP overhead + 0.05)) assumes.
 
-With ``--dense-export`` (default: bench_onnx.py's dense export, when present) it also times
-the dense model's prefill in the same run and sums, over one decoder layer's 14 wrapper
-products, the cheapest form of each: a lower bound on what the wrappers add to a prefill,
-since the ARMOR graph holds every operation of the dense one plus the wrappers. Set against
-the target's allowance for the wrappers (FLOP overhead + 0.05), it says whether any graph
-of these forms could meet the target on the machine at hand.
+It also times each core of ``--cores`` with a token-layout input and with a feature-major
+one (transposed on the way in, or with the weight on the left), and sums one decoder
+layer's wrapper products, each in its cheapest form: a lower bound on what the wrappers add
+to a prefill, since the ARMOR graph holds every operation of the dense one plus the
+wrappers. With ``--dense-export`` (default: bench_onnx.py's dense export, when present) it
+times the dense prefill in the same run and sets the bound, as a fraction of it, against the
+target's allowance for the wrappers (FLOP overhead + 0.05): whether any graph of these forms
+could meet the target on the machine at hand.
 
 Writes docs/benchmarks/onnx_blockdiag.md and onnx_blockdiag.json.
 
