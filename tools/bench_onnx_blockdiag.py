@@ -262,14 +262,18 @@ def build_empty():
 
 
 def reference(x: np.ndarray, blocks: np.ndarray, form: str) -> np.ndarray:
+    """What ``form`` must output, from the export's NumPy oracle (which takes each block as
+    ``y_q = x_q @ W_qᵀ``), in fp64 and in the form's output layout."""
+    from armor_export.export.reference import blockdiag_matmul
+
+    y = blockdiag_matmul(x.astype(np.float64), blocks.transpose(0, 2, 1))  # [T, d]
     nb, b, _ = blocks.shape
-    xb = x.reshape(x.shape[0], nb, b).transpose(1, 0, 2)
-    yb = np.matmul(xb.astype(np.float64), blocks)  # [nb, T, b]
+    yb = y.reshape(x.shape[0], nb, b).transpose(1, 0, 2)  # [nb, T, b]
     if form == BLOCK_OUT:
         return yb
     if form == FEATURE_OUT:
         return yb.transpose(0, 2, 1)
-    return yb.transpose(1, 0, 2).reshape(x.shape)
+    return y
 
 
 class Timed:
@@ -413,14 +417,14 @@ def main(argv=None) -> int:
 
 
 def layer_bounds(args, seconds: dict, rows: list[dict]) -> dict:
-    """Per block size, one layer's 14 wrapper products summed two ways (ms):
+    """Per block size, one layer's wrapper products (B and A of each core) summed two ways (ms):
 
     - ``any_layout``: each product in its cheapest form, its result in any layout, so with
       no transposes at all and no other cost: the most generous bound;
     - ``core_input``: each linear's ``B`` product in the cheapest way to hand its core an
-      input it can read: a token-layout result, or a feature-major one that the core reads
-      transposed, plus what that costs the core against a token-layout input (measured per
-      core shape); each ``A`` product as above.
+      input it can read: a token-layout result, or a feature-major one plus what the cheaper
+      feature-major way of reading it costs the core against a token-layout input (measured
+      per core shape); each ``A`` product as above.
     """
     bounds = {}
     for b in map(int, args.block_sizes.split(",")):
