@@ -375,7 +375,7 @@ def main(argv=None) -> int:
     net = {key: t - call for key, t in seconds.items() if isinstance(key, tuple)}
     rows = []
     for form, width, b in timed:
-        if form in ("2-D MatMul", CALL[0], CORE, CORE_FM, CORE_LEFT):
+        if form not in FORMS:  # the references and the cores
             continue
         ideal = b / width * net[("2-D MatMul", width, 0)]
         t = net[(form, width, b)]
