@@ -15,9 +15,9 @@ from typing import Any, TypeVar, get_type_hints
 import tomllib
 
 from armor_export.errors import ConfigError
+from armor_export.prune import methods
 
 CONFIG_VERSION = 1
-METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class PruneConfig:
     version: int = CONFIG_VERSION
 
     def validate(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, methods.names())
         _check_choice("batch_same_shape", self.batch_same_shape, ("auto", "on", "off"))
         if self.version != CONFIG_VERSION:
             raise ConfigError(

@@ -6,6 +6,8 @@ COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "curre
 
 
 def add_parser(sub):
+    from armor_export.cli.prune import method_argument
+
     p = sub.add_parser("build", help="prune → export → engine → verify, resumable")
     p.add_argument("--config", help="TOML with model/output_dir/stages and [prune] [export] "
                    "[engine] [verify] tables; flags override it")  # fmt: skip
@@ -13,7 +15,7 @@ def add_parser(sub):
     p.add_argument("-o", "--output-dir", help="build folder (default runs/build)")
     p.add_argument("--stages", help="comma list of prune,export,engine,verify (default all)")
     p.add_argument("--force", default="", help="comma list of stages to redo even if done")
-    p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
+    p.add_argument("--method", **method_argument())
     p.add_argument("--block-size", type=int, help="ARMOR block size")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--calib-samples", type=int, help="calibration sequences")
