@@ -35,7 +35,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class ArmorConfig:
-    """ARMOR optimiser settings (armor-spec §5; defaults tuned for CPU minutes, see README)."""
+    """ARMOR optimiser settings (docs/design.md §3; defaults tuned for CPU minutes, see README)."""
 
     block_size: int = 64
     iterations: int = 100
@@ -46,7 +46,7 @@ class ArmorConfig:
     patience: int = 20
     tolerance: float = 1e-6
     compile: bool = True  # torch.compile the elementwise group maths (falls back to eager)
-    # "normalized": the authors' loss in NoWag coordinates (spec §3); "output": the true
+    # "normalized": the authors' loss in NoWag coordinates (docs/design.md §2.5); "output": the true
     # layer-output error (rows weighted by r_i², columns by c_j² h_j), an ablation
     weighting: str = "normalized"
 

@@ -7,10 +7,10 @@ Plain form, for any ONNX runtime::
     └─MatMul(sparse_core [K, N])─ (same block-diagonal pattern with A) ─ (+ bias)
 
 The core stays a native MatMul whose constant weight is ``[K, N]`` with the 2:4 groups along
-K (axis 0): the layout TensorRT's sparse tactics need (platform.md). Plugin form replaces the
-two block-diagonal patterns by ``ArmorBlockDiagMatMul`` nodes (reference.py) for the TensorRT
-plugin; the core stays a MatMul either way, since a plugin around it would hide it from
-TensorRT's sparse kernels.
+K (axis 0): the layout TensorRT's sparse tactics need (docs/design.md §8.1). Plugin form
+replaces the two block-diagonal patterns by ``ArmorBlockDiagMatMul`` nodes (reference.py) for
+the TensorRT plugin; the core stays a MatMul either way, since a plugin around it would hide it
+from TensorRT's sparse kernels.
 
 Gated MLPs (``down(act(gate(x)) * up(x))``, declared per family by ``Adapter.gated_mlps``)
 whose three projections are ArmorLinear with one block size keep the activation in block
