@@ -261,20 +261,25 @@ class EngineConfig:
         return dataclasses.asdict(self)
 
 
-STAGES = ("prune", "export", "engine", "verify")
+def _stage_names() -> tuple[str, ...]:
+    """The registered build stages, in run order (``armor_export/stages/``)."""
+    from armor_export.stages import stage_names  # torch-free; late: a stage may import config
+
+    return stage_names()
 
 
 @dataclass
 class BuildConfig:
     """``armor-export build``: prune → export → engine → verify into one folder.
 
-    The stages' own paths are derived from ``output_dir`` (checkpoint/, onnx/, engine/,
-    verify/); their other settings come from the nested tables.
+    The stages are those registered in ``armor_export.stages``; each derives its paths from
+    ``output_dir`` (checkpoint/, onnx/, engine/, verify/) and its other settings from its
+    nested table (its ``section``).
     """
 
     model: str = "smollm2-135m"  # a HF model to prune, or an existing pruned checkpoint
     output_dir: str = "runs/build"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(_stage_names()))
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(dtype="float16"))
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -283,7 +288,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         for stage in self.stages:
-            _check_choice("stages", stage, STAGES)
+            _check_choice("stages", stage, _stage_names())
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported")
         self.export.validate()
