@@ -8,6 +8,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -15,6 +16,8 @@ from typing import Any, TypeVar, get_type_hints
 import tomllib
 
 from armor_export.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 CONFIG_VERSION = 1
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
@@ -229,7 +232,12 @@ class VerifyConfig:
         return dataclasses.asdict(self)
 
 
-ENGINE_BACKENDS = ("rtx", "trt")
+# engine backends by the names verify and the runtime use too
+TENSORRT_RTX = "tensorrt-rtx"  # TensorRT-RTX: builds ahead of time, on a CPU too
+TENSORRT = "tensorrt"  # datacenter TensorRT: builds for the local GPU
+ENGINE_BACKENDS = (TENSORRT_RTX, TENSORRT)
+# the names the engine verb used first; configs and commands with them keep working
+ENGINE_BACKEND_ALIASES = {"rtx": TENSORRT_RTX, "trt": TENSORRT}
 COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
 
 
@@ -239,7 +247,7 @@ class EngineConfig:
 
     export_dir: str = "runs/onnx"
     output_dir: str = ""  # "" = <export_dir>/engine
-    backend: str = "rtx"  # "rtx": TensorRT-RTX (builds on CPU); "trt": datacenter TensorRT
+    backend: str = TENSORRT_RTX  # one of ENGINE_BACKENDS ("rtx"/"trt" are read as aliases)
     compute_capability: str = "sm80"  # TensorRT-RTX AOT target ("current": the local GPU)
     sparse_weights: bool = True
     max_batch: int = 0  # 0 = the export's limits
@@ -250,6 +258,10 @@ class EngineConfig:
     plugin_library: str = ""  # the block-diagonal plugin .so, for plugin-lowered exports
 
     def validate(self) -> None:
+        if self.backend in ENGINE_BACKEND_ALIASES:
+            new = ENGINE_BACKEND_ALIASES[self.backend]
+            log.warning("engine backend %r is now called %r: reading it as that", self.backend, new)
+            self.backend = new
         _check_choice("backend", self.backend, ENGINE_BACKENDS)
         _check_choice("compute_capability", self.compute_capability, COMPUTE_CAPABILITIES)
         if min(self.max_batch, self.max_prompt, self.max_context) < 0:

@@ -4,11 +4,10 @@ resumable command. Stage names, choices and defaults come from the stage registr
 
 from __future__ import annotations
 
-COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
-
 
 def add_parser(sub):
-    from armor_export.config import BuildConfig
+    from armor_export.cli.engine import add_target_arguments
+    from armor_export.config import EXPORT_DTYPES, LOWERINGS, BuildConfig
     from armor_export.stages import registered
 
     defaults = BuildConfig()
@@ -25,10 +24,11 @@ def add_parser(sub):
     p.add_argument("--block-size", type=int, help="ARMOR block size")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--calib-samples", type=int, help="calibration sequences")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="ONNX/engine type")
-    p.add_argument("--lowering", choices=["plain", "plugin"])
-    p.add_argument("--backend", choices=["rtx", "trt"], help="engine backend (default rtx)")
-    p.add_argument("--compute-capability", choices=list(COMPUTE_CAPABILITIES))
+    p.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, help=f"ONNX/engine type (default {defaults.export.dtype})"
+    )
+    p.add_argument("--lowering", choices=LOWERINGS)
+    add_target_arguments(p, defaults.engine, unset_is_none=True)
     p.add_argument("--plugin-library", help="libarmor_blockdiag_plugin.so (plugin lowering)")
     p.add_argument("--max-batch", type=int)
     p.add_argument("--max-prompt", type=int)
