@@ -15,9 +15,9 @@ from TensorRT's sparse kernels.
 Gated MLPs (``down(act(gate(x)) * up(x))``, declared per family by ``Adapter.gated_mlps``)
 whose three projections are ArmorLinear with one block size keep the activation in block
 layout ``[nb, T, b]`` in the plain form: the gate/up ``A`` outputs and the down ``B`` input
-then need no Transpose, and elementwise maths does not care about layout. Same operations on the same numbers, so the outputs are bit-identical;
-on ORT CPU it halves the MLP wrappers' cost (their output transposes of the wide activation
-were as dear as the block MatMuls).
+then need no Transpose, and elementwise maths does not care about layout. Same operations on
+the same numbers, so the outputs are bit-identical; on ORT CPU it halves the MLP wrappers'
+cost (their output transposes of the wide activation were as dear as the block MatMuls).
 """
 
 from __future__ import annotations
