@@ -175,8 +175,9 @@ class Generator:
 
     def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> DecodeState:
         """Run the prompts' token ids (left-padded into one batch) on an empty KV cache."""
-        check_limits([list(row) for row in prompt_ids], 1, self.limits)
-        batch = left_pad([list(row) for row in prompt_ids], self.pad_id)
+        rows = [list(row) for row in prompt_ids]
+        check_limits(rows, 1, self.limits)
+        batch = left_pad(rows, self.pad_id)
         past = self._empty_past(len(batch.input_ids))
         outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)
         return DecodeState(outputs, batch.attention_mask)
