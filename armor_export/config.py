@@ -36,6 +36,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+CONTINUOUS_STEPS = ("exact", "adam")  # block least squares | the authors' Adam step
+WEIGHTINGS = ("normalized", "output")  # the authors' NoWag loss | layer-output error
+BATCH_SAME_SHAPE = ("auto", "on", "off")  # prune/batching.py
+
+
 @dataclass
 class ArmorConfig:
     """ARMOR optimiser settings (docs/design.md §3; defaults tuned for CPU minutes, see README)."""
@@ -54,8 +59,8 @@ class ArmorConfig:
     weighting: str = "normalized"
 
     def validate(self) -> None:
-        _check_choice("armor.continuous_step", self.continuous_step, ("exact", "adam"))
-        _check_choice("armor.weighting", self.weighting, ("normalized", "output"))
+        _check_choice("armor.continuous_step", self.continuous_step, CONTINUOUS_STEPS)
+        _check_choice("armor.weighting", self.weighting, WEIGHTINGS)
         if self.block_size <= 0 or self.block_size % 4:
             raise ConfigError(
                 f"armor.block_size must be a positive multiple of 4, got {self.block_size}"
@@ -121,7 +126,7 @@ class PruneConfig:
 
     def validate(self) -> None:
         _check_choice("method", self.method, methods.names())
-        _check_choice("batch_same_shape", self.batch_same_shape, ("auto", "on", "off"))
+        _check_choice("batch_same_shape", self.batch_same_shape, BATCH_SAME_SHAPE)
         if self.version != CONFIG_VERSION:
             raise ConfigError(
                 f"config version {self.version} is not supported (expected {CONFIG_VERSION})"

@@ -10,9 +10,18 @@ def add_parser(sub):
     p = sub.add_parser("prune", help="prune a causal LM to 2:4 (ARMOR or a baseline)")
     add_prune_arguments(p)
     p.add_argument("--eval", action="store_true", help="print dense and pruned perplexity")
-    p.add_argument("--eval-text", default="wikipedia", help="evaluation text (default wikipedia)")
-    p.add_argument("--eval-windows", type=int, default=64, help="evaluation windows")
-    p.add_argument("--eval-seqlen", type=int, default=1024, help="tokens per evaluation window")
+    from armor_export.config import EvalConfig
+
+    defaults = EvalConfig()
+    p.add_argument(
+        "--eval-text", default=defaults.text, help=f"evaluation text (default {defaults.text})"
+    )
+    p.add_argument(
+        "--eval-windows", type=int, default=defaults.n_windows, help="evaluation windows"
+    )
+    p.add_argument(
+        "--eval-seqlen", type=int, default=defaults.seqlen, help="tokens per evaluation window"
+    )
     return p
 
 
@@ -26,16 +35,18 @@ def method_argument() -> dict:
 
 def add_prune_arguments(p) -> None:
     """The flags that make a PruneConfig (shared by ``prune`` and ``plan``)."""
+    from armor_export.config import BATCH_SAME_SHAPE, CONTINUOUS_STEPS, WEIGHTINGS
+
     p.add_argument("--config", help="TOML recipe (see prune/*.toml); flags override it")
     p.add_argument("--model", help="model dir, hub id or 'smollm2-135m' (default)")
     p.add_argument("--method", **method_argument())
     p.add_argument("-o", "--output-dir", help="where the checkpoint and job results go")
     p.add_argument("--block-size", type=int, help="ARMOR block size b (4 | b, b | dims)")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
-    p.add_argument("--continuous-step", choices=["exact", "adam"], help="ARMOR continuous step")
+    p.add_argument("--continuous-step", choices=CONTINUOUS_STEPS, help="ARMOR continuous step")
     p.add_argument(
         "--weighting",
-        choices=["normalized", "output"],
+        choices=WEIGHTINGS,
         help="ARMOR proxy loss: NoWag-normalised (authors) or layer-output error",
     )
     p.add_argument("--calib-text", help="botchan | wikipedia | FILE | datasets:NAME[:CFG]:SPLIT")
@@ -54,7 +65,7 @@ def add_prune_arguments(p) -> None:
     p.add_argument("--workers", type=int, help="worker processes for the jobs (0 = one per core)")
     p.add_argument(
         "--batch-same-shape",
-        choices=["auto", "on", "off"],
+        choices=BATCH_SAME_SHAPE,
         help="solve same-shape ARMOR matrices as one batched problem (auto: on a GPU, when a "
         "short probe shows it faster)",
     )

@@ -29,6 +29,10 @@ def options(verb: str) -> dict:
         ("build", "--compute-capability", config.COMPUTE_CAPABILITIES),
         ("engine", "--compute-capability", config.COMPUTE_CAPABILITIES),
         ("verify", "--backend", config.VERIFY_BACKENDS),
+        ("prune", "--continuous-step", config.CONTINUOUS_STEPS),
+        ("prune", "--weighting", config.WEIGHTINGS),
+        ("prune", "--batch-same-shape", config.BATCH_SAME_SHAPE),
+        ("plan", "--continuous-step", config.CONTINUOUS_STEPS),
     ],
 )
 def test_choices_are_configs(verb, flag, choices):
@@ -70,6 +74,13 @@ def test_verify_and_eval_defaults_are_their_configs():
     )
     ev = build_parser().parse_args(["eval"])
     assert EvalConfig(ev.text, ev.windows, ev.seqlen, ev.batch_size) == EvalConfig()
+    pr = build_parser().parse_args(["prune"])
+    defaults = EvalConfig()
+    assert (pr.eval_text, pr.eval_windows, pr.eval_seqlen) == (
+        defaults.text,
+        defaults.n_windows,
+        defaults.seqlen,
+    )
 
 
 def test_build_flags_left_unset_keep_the_config(tmp_path):
