@@ -113,8 +113,8 @@ class DecoderSpec:
     def output_names(self) -> list[str]:
         return [LOGITS, *self.present_names()]
 
-    def past_shape(self, batch: int, length: int) -> tuple[int, int, int, int]:
-        """``[batch, kv_heads, length, head_dim]``: one past/present tensor."""
+    def past_shape(self, batch: int | None, length: int | None) -> tuple[int | None, ...]:
+        """``[batch, kv_heads, length, head_dim]``: one past/present tensor (None: dynamic)."""
         return (batch, self.num_kv_heads, length, self.head_dim)
 
 

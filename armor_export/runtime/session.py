@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
+from armor_export.export_manifest import MANIFEST, ExportManifest
 
 BACKENDS = ("onnxruntime", "tensorrt")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -68,9 +69,9 @@ class OrtSession:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def past_dtype(manifest: dict, backend: str = "onnxruntime") -> type[np.generic]:
+def past_dtype(manifest: ExportManifest, backend: str = "onnxruntime") -> type[np.generic]:
     """The numpy dtype of the KV cache (and logits) of this export."""
-    dtype = manifest.get("dtype", "float32")
+    dtype = manifest.dtype
     if dtype not in NUMPY_DTYPES:
         raise BackendUnavailableError(
             f"the {backend} runtime feeds numpy arrays, which have no {dtype}: "
@@ -79,14 +80,14 @@ def past_dtype(manifest: dict, backend: str = "onnxruntime") -> type[np.generic]
     return NUMPY_DTYPES[dtype]
 
 
-def check_ort_compatible(manifest: dict, providers: Sequence[str]) -> None:
+def check_ort_compatible(manifest: ExportManifest, providers: Sequence[str]) -> None:
     """Refuse exports ONNX Runtime cannot run, before onnxruntime is imported."""
-    if manifest.get("lowering") == "plugin":
+    if manifest.lowering == "plugin":
         raise BackendUnavailableError(
             "this export has TensorRT plugin nodes (lowering 'plugin'), which ONNX Runtime "
             "cannot run: export with --lowering plain for ONNX Runtime"
         )
-    if manifest.get("dtype") == "bfloat16":
+    if manifest.dtype == "bfloat16":
         if not providers or providers[0] == CPU_PROVIDER:
             raise BackendUnavailableError(
                 "this export is bfloat16 and ONNX Runtime's CPU provider has no bfloat16 "
@@ -95,28 +96,28 @@ def check_ort_compatible(manifest: dict, providers: Sequence[str]) -> None:
         past_dtype(manifest)  # other providers: numpy still has no bfloat16
 
 
-def check_session_matches(session: Session, manifest: dict) -> None:
+def check_session_matches(session: Session, manifest: ExportManifest) -> None:
     """The graph's inputs/outputs are the ones the manifest promises."""
     for kind in ("input_names", "output_names"):
-        want, have = list(manifest.get(kind, [])), list(getattr(session, kind))
+        want, have = list(getattr(manifest, kind)), list(getattr(session, kind))
         if sorted(want) != sorted(have):
             missing = sorted(set(want) - set(have)) or sorted(set(have) - set(want))
             raise CorruptFileError(
-                f"the graph's {kind.split('_')[0]}s differ from export_manifest.json "
+                f"the graph's {kind.split('_')[0]}s differ from {MANIFEST} "
                 f"(e.g. {missing[:3]}): export again"
             )
 
 
 def _open_onnxruntime(
-    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     providers = tuple(providers or DEFAULT_PROVIDERS)
     check_ort_compatible(manifest, providers)
-    return OrtSession(folder / manifest.get("onnx", "model.onnx"), providers, threads)
+    return OrtSession(folder / manifest.onnx, providers, threads)
 
 
 def _open_tensorrt(
-    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     raise BackendUnavailableError(
         "TensorRT engines are run by the engine stage, which is not yet available: "
@@ -132,7 +133,7 @@ _OPENERS: dict[str, Callable[..., Session]] = {
 
 def open_session(
     folder: str | Path,
-    manifest: dict,
+    manifest: ExportManifest,
     backend: str = "onnxruntime",
     providers: Sequence[str] | None = None,
     threads: int = 0,
