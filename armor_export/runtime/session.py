@@ -3,8 +3,9 @@
 A ``Session`` is anything with ``input_names``, ``output_names`` and
 ``run(feeds) -> {name: array}``; ONNX Runtime is the one backend today, and a TensorRT
 session only has to implement the same three members to plug in. Every check that can
-refuse an export (plugin nodes, bfloat16 on the CPU provider) runs before the backend is
-imported, so the message is the same whether or not the backend is installed.
+refuse an export (``compat.ORT_RULES``: plugin nodes, bfloat16 on the CPU provider) runs
+before the backend is imported, so the message is the same whether or not the backend is
+installed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 
 from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
 from armor_export.export_manifest import MANIFEST, ExportManifest
+from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
 
 BACKENDS = ("onnxruntime", "tensorrt")
-CPU_PROVIDER = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = (CPU_PROVIDER,)
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 ORT_INSTALL_HINT = "pip install armor-export[onnx]"
@@ -80,22 +81,6 @@ def past_dtype(manifest: ExportManifest, backend: str = "onnxruntime") -> type[n
     return NUMPY_DTYPES[dtype]
 
 
-def check_ort_compatible(manifest: ExportManifest, providers: Sequence[str]) -> None:
-    """Refuse exports ONNX Runtime cannot run, before onnxruntime is imported."""
-    if manifest.lowering == "plugin":
-        raise BackendUnavailableError(
-            "this export has TensorRT plugin nodes (lowering 'plugin'), which ONNX Runtime "
-            "cannot run: export with --lowering plain for ONNX Runtime"
-        )
-    if manifest.dtype == "bfloat16":
-        if not providers or providers[0] == CPU_PROVIDER:
-            raise BackendUnavailableError(
-                "this export is bfloat16 and ONNX Runtime's CPU provider has no bfloat16 "
-                "MatMul: export with --dtype float16 or --dtype float32, or run it on TensorRT"
-            )
-        past_dtype(manifest)  # other providers: numpy still has no bfloat16
-
-
 def check_session_matches(session: Session, manifest: ExportManifest) -> None:
     """The graph's inputs/outputs are the ones the manifest promises."""
     for kind in ("input_names", "output_names"):
@@ -112,7 +97,8 @@ def _open_onnxruntime(
     folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     providers = tuple(providers or DEFAULT_PROVIDERS)
-    check_ort_compatible(manifest, providers)
+    check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
+    past_dtype(manifest)  # the runtime feeds numpy arrays: no bfloat16 on any provider
     return OrtSession(folder / manifest.onnx, providers, threads)
 
 

@@ -135,27 +135,26 @@ class Skipped:
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
+# what verify offers instead when ONNX Runtime cannot run an export (runtime/compat.py)
+ORT_ALTERNATIVES = {
+    "plugin": "use the numpy-reference backend",
+    "bfloat16-cpu": "verify it with TensorRT (--backend tensorrt, on a GPU)",
+}
+
+
 def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     """Polygraphy's ONNX Runtime runner, or a clear error for graphs ORT cannot run."""
+    from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
+
     try:
         import onnxruntime as ort
     except ImportError:
         raise BackendUnavailableError(
             "onnxruntime is not installed: pip install 'armor-export[onnx]'"
         ) from None
-    if manifest.lowering == "plugin":
-        raise BackendUnavailableError(
-            "ONNX Runtime cannot run the TensorRT plugin node of a plugin-lowered export "
-            "(use the numpy-reference backend, or export with --lowering plain)"
-        )
     available = ort.get_available_providers()
-    providers = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-    if manifest.dtype == "bfloat16" and providers == ["CPUExecutionProvider"]:
-        raise BackendUnavailableError(
-            "ONNX Runtime's CPU provider has no bfloat16 MatMul: verify this bf16 export with "
-            "TensorRT (--backend tensorrt, on a GPU), or re-export with --dtype float16 or "
-            "float32 to check it on ONNX Runtime"
-        )
+    providers = [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
+    check_ort_compatible(manifest, providers, ORT_ALTERNATIVES)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     session = SessionFromOnnx(str(onnx_path), providers=providers)
