@@ -15,6 +15,7 @@ from typing import Any, TypeVar, get_type_hints
 import tomllib
 
 from armor_export.errors import ConfigError
+from armor_export.verify.backends import VERIFY_BACKENDS  # "auto" + the registered runners
 
 CONFIG_VERSION = 1
 METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
@@ -196,7 +197,6 @@ class ExportConfig:
         return dataclasses.asdict(self)
 
 
-VERIFY_BACKENDS = ("auto", "onnxruntime", "numpy-reference", "tensorrt")
 DEFAULT_PROMPTS = [
     "The capital of France is",
     "Sparse matrices with two of every four weights kept can run faster on tensor cores",

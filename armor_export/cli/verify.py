@@ -4,13 +4,15 @@ from __future__ import annotations
 
 
 def add_parser(sub):
+    from armor_export.config import VERIFY_BACKENDS
+
     p = sub.add_parser("verify", help="check an export against its PyTorch source")
     p.add_argument("export_dir", nargs="?", default="runs/onnx", help="export folder")
     p.add_argument("--model", default="", help="PyTorch source (default: the one exported)")
     p.add_argument(
         "--backend",
         action="append",
-        choices=["auto", "onnxruntime", "numpy-reference", "tensorrt"],
+        choices=list(VERIFY_BACKENDS),
         help="runner(s) to compare with PyTorch (repeat; default auto)",
     )
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a padded batch)")

@@ -2,7 +2,8 @@
 
 PyTorch and the NumPy reference are our own small ``BaseRunner`` subclasses; ONNX Runtime
 and TensorRT use Polygraphy's runners. Every runner returns float32 NumPy outputs so the
-comparison arithmetic never happens in fp16/bf16.
+comparison arithmetic never happens in fp16/bf16. Each backend's factory is registered by
+name in ``verify/backends.py``.
 """
 
 from __future__ import annotations
@@ -191,24 +192,12 @@ def make_runners(
     backends: list[str], onnx_path: Path, manifest: ExportManifest
 ) -> tuple[list[BaseRunner], list[Skipped]]:
     """Runners for ``backends`` ("auto" picks what can run here); skipped ones with reasons."""
-    wanted = []
-    for backend in backends:
-        if backend == "auto":
-            first = "numpy-reference" if manifest.lowering == "plugin" else "onnxruntime?"
-            wanted += [first, "tensorrt?"]
-        else:
-            wanted.append(backend)
+    from armor_export.verify.backends import requested, runner_factory
+
     runners, skipped = [], []
-    for backend in dict.fromkeys(wanted):
-        optional = backend.endswith("?")
-        backend = backend.rstrip("?")
+    for backend, optional in requested(backends, manifest.lowering).items():
         try:
-            if backend == "onnxruntime":
-                runners.append(ort_runner(onnx_path, manifest))
-            elif backend == "numpy-reference":
-                runners.append(NumpyReferenceRunner(onnx_path, manifest))
-            elif backend == "tensorrt":
-                runners.append(tensorrt_runner(onnx_path, manifest))
+            runners.append(runner_factory(backend)(onnx_path, manifest))
         except BackendUnavailableError as exc:
             if not optional:
                 raise
