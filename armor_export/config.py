@@ -8,6 +8,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -15,10 +16,12 @@ from typing import Any, TypeVar, get_type_hints
 import tomllib
 
 from armor_export.errors import ConfigError
+from armor_export.prune import methods
 from armor_export.verify.backends import VERIFY_BACKENDS  # "auto" + the registered runners
 
+log = logging.getLogger(__name__)
+
 CONFIG_VERSION = 1
-METHODS = ("magnitude", "wanda", "sparsegpt", "nowag-p", "armor")
 
 T = TypeVar("T")
 
@@ -36,7 +39,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class ArmorConfig:
-    """ARMOR optimiser settings (armor-spec §5; defaults tuned for CPU minutes, see README)."""
+    """ARMOR optimiser settings (docs/design.md §3; defaults tuned for CPU minutes, see README)."""
 
     block_size: int = 64
     iterations: int = 100
@@ -47,7 +50,7 @@ class ArmorConfig:
     patience: int = 20
     tolerance: float = 1e-6
     compile: bool = True  # torch.compile the elementwise group maths (falls back to eager)
-    # "normalized": the authors' loss in NoWag coordinates (spec §3); "output": the true
+    # "normalized": the authors' loss in NoWag coordinates (docs/design.md §2.5); "output": the true
     # layer-output error (rows weighted by r_i², columns by c_j² h_j), an ablation
     weighting: str = "normalized"
 
@@ -118,7 +121,7 @@ class PruneConfig:
     version: int = CONFIG_VERSION
 
     def validate(self) -> None:
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, methods.names())
         _check_choice("batch_same_shape", self.batch_same_shape, ("auto", "on", "off"))
         if self.version != CONFIG_VERSION:
             raise ConfigError(
@@ -229,7 +232,12 @@ class VerifyConfig:
         return dataclasses.asdict(self)
 
 
-ENGINE_BACKENDS = ("rtx", "trt")
+# engine backends by the names verify and the runtime use too
+TENSORRT_RTX = "tensorrt-rtx"  # TensorRT-RTX: builds ahead of time, on a CPU too
+TENSORRT = "tensorrt"  # datacenter TensorRT: builds for the local GPU
+ENGINE_BACKENDS = (TENSORRT_RTX, TENSORRT)
+# the names the engine verb used first; configs and commands with them keep working
+ENGINE_BACKEND_ALIASES = {"rtx": TENSORRT_RTX, "trt": TENSORRT}
 COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
 
 
@@ -239,7 +247,7 @@ class EngineConfig:
 
     export_dir: str = "runs/onnx"
     output_dir: str = ""  # "" = <export_dir>/engine
-    backend: str = "rtx"  # "rtx": TensorRT-RTX (builds on CPU); "trt": datacenter TensorRT
+    backend: str = TENSORRT_RTX  # one of ENGINE_BACKENDS ("rtx"/"trt" are read as aliases)
     compute_capability: str = "sm80"  # TensorRT-RTX AOT target ("current": the local GPU)
     sparse_weights: bool = True
     max_batch: int = 0  # 0 = the export's limits
@@ -250,6 +258,10 @@ class EngineConfig:
     plugin_library: str = ""  # the block-diagonal plugin .so, for plugin-lowered exports
 
     def validate(self) -> None:
+        if self.backend in ENGINE_BACKEND_ALIASES:
+            new = ENGINE_BACKEND_ALIASES[self.backend]
+            log.warning("engine backend %r is now called %r: reading it as that", self.backend, new)
+            self.backend = new
         _check_choice("backend", self.backend, ENGINE_BACKENDS)
         _check_choice("compute_capability", self.compute_capability, COMPUTE_CAPABILITIES)
         if min(self.max_batch, self.max_prompt, self.max_context) < 0:
@@ -261,20 +273,25 @@ class EngineConfig:
         return dataclasses.asdict(self)
 
 
-STAGES = ("prune", "export", "engine", "verify")
+def _stage_names() -> tuple[str, ...]:
+    """The registered build stages, in run order (``armor_export/stages/``)."""
+    from armor_export.stages import stage_names  # torch-free; late: a stage may import config
+
+    return stage_names()
 
 
 @dataclass
 class BuildConfig:
     """``armor-export build``: prune → export → engine → verify into one folder.
 
-    The stages' own paths are derived from ``output_dir`` (checkpoint/, onnx/, engine/,
-    verify/); their other settings come from the nested tables.
+    The stages are those registered in ``armor_export.stages``; each derives its paths from
+    ``output_dir`` (checkpoint/, onnx/, engine/, verify/) and its other settings from its
+    nested table (its ``section``).
     """
 
     model: str = "smollm2-135m"  # a HF model to prune, or an existing pruned checkpoint
     output_dir: str = "runs/build"
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    stages: list[str] = field(default_factory=lambda: list(_stage_names()))
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(dtype="float16"))
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -283,7 +300,7 @@ class BuildConfig:
 
     def validate(self) -> None:
         for stage in self.stages:
-            _check_choice("stages", stage, STAGES)
+            _check_choice("stages", stage, _stage_names())
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported")
         self.export.validate()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime as dt
 import logging
 import os
 import shutil
@@ -36,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from benchlib import command, meta_lines, utc_now, write_report
 
 log = logging.getLogger("bench_gpu")
 
@@ -239,16 +239,11 @@ class Timer:
 # ---------------------------------------------------------------------------------------------
 # (a) block-diagonal kernel
 # ---------------------------------------------------------------------------------------------
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def check_kernel(kernel: BlockDiagKernel, block_sizes: list[int], seed: int) -> list[dict]:
     """Kernel vs reference.blockdiag_matmul on a ragged problem, every dtype / b / path."""
     import torch
 
+    from armor_export.export.api import torch_dtype
     from armor_export.export.reference import blockdiag_matmul
 
     results = []
@@ -336,6 +331,8 @@ def blockdiag_variants(kernel: BlockDiagKernel, x, w) -> dict[str, Callable[[], 
 def time_blockdiag(kernel: BlockDiagKernel, args, timer: Timer) -> list[dict]:
     import torch
 
+    from armor_export.export.api import torch_dtype
+
     results = []
     gen = torch.Generator(device="cuda").manual_seed(args.seed)
     for dtype_name in ("float16", "bfloat16", "float32"):
@@ -381,16 +378,6 @@ def time_blockdiag(kernel: BlockDiagKernel, args, timer: Timer) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # (b) 2:4 core and the whole ArmorLinear-style op, fp16
 # ---------------------------------------------------------------------------------------------
-def prune_2_4(weight):
-    """Keep the 2 largest |w| of every 4 consecutive inputs (the reduction axis)."""
-    import torch
-
-    groups = weight.reshape(-1, 4)
-    keep = groups.abs().topk(2, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
-    return (groups * mask).reshape_as(weight)
-
-
 def sparse_formats(weight_24) -> dict:
     """The semi-structured tensors to time: torch's default and each backend it has."""
     from torch import sparse
@@ -438,6 +425,8 @@ def time_linear_shape(kernel, timer, out_features, in_features, block_size, args
     import torch
     import torch.nn.functional as F
 
+    from armor_export.prune.baselines import magnitude
+
     dtype, tokens = torch.float16, args.tokens
 
     def randn(*shape, scale=1.0):
@@ -445,7 +434,7 @@ def time_linear_shape(kernel, timer, out_features, in_features, block_size, args
 
     x = randn(tokens, in_features)
     dense = randn(out_features, in_features, scale=in_features**-0.5)
-    core = prune_2_4(dense)
+    core, _ = magnitude(dense)  # the 2 largest |w| of every 4 consecutive inputs
     b_blocks = randn(in_features // block_size, block_size, block_size, scale=block_size**-0.5)
     a_blocks = randn(out_features // block_size, block_size, block_size, scale=block_size**-0.5)
     b_t = b_blocks.transpose(1, 2).contiguous()
@@ -528,10 +517,7 @@ def environment(nvcc: str, arch: str) -> dict:
 
 
 def write_outputs(out: Path, report: dict) -> None:
-    from armor_export.io import write_json, write_text
-
-    write_json(out / "gpu.json", report)
-    write_text(out / "gpu.md", render_markdown(report))
+    write_report(out, "gpu", report, render_markdown(report))
 
 
 def timing_notes(node, where: str = "") -> list[str]:
@@ -553,8 +539,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# GPU benchmark: block-diagonal kernel and 2:4 sparse core",
         "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}",
+        *meta_lines(report),
         f"- GPU: {env['gpu']} (compute capability {env['compute_capability']}, "
         f"{env['gpu_memory_gib']} GiB); kernel built for {env['kernel_arch']}",
         f"- torch {env['torch']}, CUDA {env['cuda']}, cuSPARSELt {env['cusparselt']}, "
@@ -681,8 +666,8 @@ def main(argv=None) -> int:
         else f"FAILED: {len(failed)} of {len(correctness)} cases outside tolerance"
     )
     report = {
-        "command": " ".join(["python", "tools/bench_gpu.py", *(argv or sys.argv[1:])]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command("bench_gpu.py", argv),
+        "date": utc_now("%Y-%m-%dT%H:%M:%S+00:00"),  # ISO 8601, as this report always had
         "environment": environment(nvcc, arch),
         "settings": {
             "rows": args.rows,

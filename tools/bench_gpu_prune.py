@@ -13,9 +13,7 @@ and the GPU section of docs/benchmarks/scale.md (between markers; the rest is ke
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,8 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from bench_scale import config_toml
-from benchlib import cpu_description, write_section
+from benchlib import (
+    config_toml,
+    machine,
+    meta_lines,
+    os_name,
+    rank_records,
+    run_meta,
+    torch_version,
+    write_section,
+)
 
 BEGIN, END = "<!-- gpu-prune:begin -->", "<!-- gpu-prune:end -->"
 
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
-    rank = json.loads((out_dir / "work" / "ranks" / "rank0.json").read_text())
+    rank = rank_records(out_dir)[0]
     manifest = json.loads((out_dir / "armor_manifest.json").read_text())["matrices"]
     result = {
         "wall_seconds": round(wall, 1),
@@ -98,14 +104,9 @@ def main(argv=None) -> int:
             check=True,
         )  # fmt: skip
         result["perplexity"] = round(json.loads(eval_json.read_text())["perplexity"], 2)
-    command = "python tools/bench_gpu_prune.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
     meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_description()}, {gpu}, {platform.system()}, torch {torch.__version__}",
+        **run_meta("bench_gpu_prune.py", argv, machine(gpu, os_name(), torch_version())),
         "device": args.device,
         "settings": {k: getattr(args, k) for k in ("model", "block_size", "iterations",
                                                      "calib_samples", "calib_seqlen")},
@@ -131,8 +132,7 @@ def write(out: Path, meta: dict, result: dict) -> None:
         BEGIN,
         "## Full prune on a GPU",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         f"- machine: {meta['machine']}",
         f"- settings: {meta['settings']}, one process, low memory, `--device {meta['device']}`,"
         " batched same-shape solves on `auto`",

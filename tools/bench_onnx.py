@@ -15,19 +15,25 @@ Writes docs/benchmarks/onnx.md and onnx.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
-import platform
 import random
-import shlex
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-import numpy as np
-from benchlib import cpu_description
+from benchlib import (
+    ExportRunner,
+    best_of_shuffled,
+    bootstrap_median_ci,
+    dense_flops,
+    dense_shapes,
+    meta_lines,
+    ort_run_meta,
+    prompt_ids,
+    wrapper_flops_per_token,
+    write_report,
+)
 
 log = logging.getLogger("bench_onnx")
 
@@ -55,6 +61,8 @@ def parse_args(argv=None):
 
 
 def variants(args) -> dict[str, str]:
+    from armor_export.prune.checkpoint import MANIFEST
+
     pairs = args.armor or [
         "armor-b32=runs/bench_quality/armor-b32",
         "armor-b64=runs/bench_quality/armor-b64",
@@ -62,7 +70,7 @@ def variants(args) -> dict[str, str]:
     out = {"dense": args.dense}
     for pair in pairs:
         name, _, path = pair.partition("=")
-        if not (Path(path) / "armor_manifest.json").is_file():
+        if not (Path(path) / MANIFEST).is_file():
             sys.exit(
                 f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or armor-export prune)"
             )
@@ -74,12 +82,12 @@ def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
     """The variant's export in ``work``: reused when it is of the current graph form."""
     from armor_export.config import ExportConfig
     from armor_export.export import export_onnx
-    from armor_export.export.api import GRAPH_REVISION
+    from armor_export.export.api import GRAPH_REVISION, MANIFEST, read_export_manifest
     from armor_export.progress import RichReporter
 
     folder = work / name
-    if (folder / "export_manifest.json").is_file() and not reexport:
-        manifest = json.loads((folder / "export_manifest.json").read_text())
+    if (folder / MANIFEST).is_file() and not reexport:
+        manifest = read_export_manifest(folder)
         same_graph = manifest.get("graph_revision") == GRAPH_REVISION
         if manifest["source"]["model"] == source and manifest["dtype"] == "float32" and same_graph:
             log.info("%s: reusing the export in %s", name, folder)
@@ -89,131 +97,8 @@ def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
     return folder
 
 
-def dense_shapes(source: str) -> dict:
-    """FLOP-relevant sizes of the dense model (decoder linears, attention, lm_head)."""
-    from armor_export.eval.api import load_any_model
-
-    model, _, _ = load_any_model(source)
-    cfg = model.config
-    linears = sum(
-        2 * m.in_features * m.out_features
-        for n, m in model.named_modules()
-        if type(m).__name__ == "Linear" and "lm_head" not in n
-    )
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return {
-        "linear_flops_per_token": linears,
-        "attention_width": cfg.num_attention_heads * head_dim,
-        "layers": cfg.num_hidden_layers,
-        "lm_head_flops_per_token": 2 * cfg.hidden_size * cfg.vocab_size,
-    }
-
-
-def wrapper_flops_per_token(checkpoint: str) -> int:
-    """Extra MatMul FLOPs per token of the ARMOR wrappers: 2·b·(d_in + d_out) per matrix."""
-    manifest = json.loads((Path(checkpoint) / "armor_manifest.json").read_text())
-    from armor_export.report.overhead import wrapper_flops_per_token as per_matrix
-
-    total = 0
-    for info in manifest["matrices"].values():
-        if info.get("kind") == "armor":
-            total += per_matrix(*info["shape"], info["block_size"])
-    return total
-
-
-def dense_flops(shapes: dict, tokens: int, context: int) -> float:
-    """MatMul FLOPs of ``tokens`` new tokens attending to ``context`` (the graph runs full
-    QKᵀ and AV products under the mask, so every token pays for the whole context)."""
-    attention = shapes["layers"] * 4 * context * shapes["attention_width"]
-    per_token = shapes["linear_flops_per_token"] + shapes["lm_head_flops_per_token"] + attention
-    return tokens * per_token
-
-
-def prompt_ids(tokenizer_path: Path, n: int) -> np.ndarray:
-    from tokenizers import Tokenizer
-
-    from armor_export.data.text import load_text
-
-    ids = Tokenizer.from_file(str(tokenizer_path)).encode(load_text("wikipedia")[:200_000]).ids
-    if len(ids) < n:
-        sys.exit(f"the benchmark text has only {len(ids)} tokens, {n} asked")
-    return np.asarray(ids[:n], dtype=np.int64)[None]
-
-
-class Runner:
-    """One export on ORT: timed prefill and KV-cache decode, greedy, no sampling overhead."""
-
-    def __init__(self, folder: Path, threads: int, session=None):
-        """``session``: one already open on the export (``run(feeds) -> dict``) instead of
-        opening the runtime's."""
-        from armor_export.export.api import read_export_manifest
-        from armor_export.runtime.session import open_session
-
-        self.manifest = read_export_manifest(folder)
-        self.session = session or open_session(folder, self.manifest, threads=threads)
-        spec = self.manifest["decoder"]
-        self.kv_shape = (1, spec["num_kv_heads"], 0, spec["head_dim"])
-        inputs, outputs = self.manifest["input_names"][3:], self.manifest["output_names"][1:]
-        self.names = list(zip(inputs, outputs, strict=True))
-
-    def _feeds(self, ids, past, past_len):
-        total = past_len + ids.shape[1]
-        return {
-            "input_ids": ids,
-            "attention_mask": np.ones((1, total), np.int64),
-            "position_ids": np.arange(past_len, total, dtype=np.int64)[None],
-            **past,
-        }
-
-    def prefill(self, ids) -> tuple[float, dict]:
-        past = {name: np.zeros(self.kv_shape, np.float32) for name, _ in self.names}
-        start = time.perf_counter()
-        out = self.session.run(self._feeds(ids, past, 0))
-        return time.perf_counter() - start, out
-
-    def decode(self, ids, steps: int) -> float:
-        """Tokens/s of ``steps`` single-token steps after a prefill of ``ids``."""
-        _, out = self.prefill(ids)
-        past_len = ids.shape[1]
-        start = time.perf_counter()
-        for _ in range(steps):
-            next_id = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
-            past = {name: out[present] for name, present in self.names}
-            out = self.session.run(self._feeds(next_id, past, past_len))
-            past_len += 1
-        return steps / (time.perf_counter() - start)
-
-
-def best_prefills(runners: dict, ids, repeats: int, order: list, rng: random.Random) -> dict:
-    """Each runner's best prefill seconds of one round. The variants' prefills alternate (a
-    fresh shuffle of ``order`` each pass), so a slow phase of the machine falls on all alike."""
-    best = dict.fromkeys(runners, float("inf"))
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
-            best[name] = min(best[name], runners[name].prefill(ids)[0])
-    return best
-
-
 # what the measured graphs hold: lowered ArmorLinears, block-layout MLPs, merged chains
 GRAPH_COUNTS = ("armor", "blocked_mlps", "merged_transposes")
-
-
-def machine() -> str:
-    return f"{cpu_description()}, {platform.system()} {platform.release()}, no GPU"
-
-
-def run_meta(script: str, argv) -> dict:
-    """What every ONNX benchmark records first: its command, date, machine and ORT."""
-    import onnxruntime
-
-    args = argv if argv is not None else sys.argv[1:]
-    return {
-        "command": shlex.join(["python", f"tools/{script}", *args]),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def main(argv=None) -> int:
@@ -225,10 +110,9 @@ def main(argv=None) -> int:
     work = Path(args.work)
     folders = {name: ensure_export(name, src, work, args.reexport) for name, src in sources.items()}
     shapes = dense_shapes(args.dense)
-    runners = {name: Runner(folder, args.threads) for name, folder in folders.items()}
-    tokenizer = folders["dense"] / "tokenizer.json"
-    prefill_ids = prompt_ids(tokenizer, args.prefill)
-    decode_ids = prefill_ids[:, : args.decode_prompt]
+    runners = {name: ExportRunner(folder, args.threads) for name, folder in folders.items()}
+    prefill_ids = prompt_ids(runners["dense"].generator.tokenizer, args.prefill)
+    decode_ids = prefill_ids[: args.decode_prompt]
     for runner in runners.values():  # warm-up: ORT allocates its arenas on the first runs
         runner.prefill(prefill_ids)
         runner.decode(decode_ids, 4)
@@ -238,7 +122,8 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     with RichReporter().task("rounds", total=args.rounds) as task:
         for _ in range(args.rounds):
-            best = best_prefills(runners, prefill_ids, args.repeats, order, rng)
+            prefills = {name: partial(r.prefill, prefill_ids) for name, r in runners.items()}
+            best = best_of_shuffled(prefills, args.repeats, order, rng)
             rng.shuffle(order)
             for name in order:
                 prefill[name].append(best[name])
@@ -284,7 +169,7 @@ def main(argv=None) -> int:
             "decode_tokens_per_s_rounds": [round(t, 2) for t in decode[name]],
         }
     meta = {
-        **run_meta("bench_onnx.py", argv),
+        **ort_run_meta("bench_onnx.py", argv),
         "threads": args.threads or "ORT default (all cores)",
         "prefill_tokens": args.prefill,
         "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",
@@ -296,24 +181,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def bootstrap_median_ci(values: list[float], resamples: int = 2000) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median of ``values`` (seeded: reproducible)."""
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
-    )
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
 def write_outputs(out: Path, meta: dict, results: dict) -> None:
-    from armor_export.io import write_json, write_text
-
-    write_json(out / "onnx.json", {"meta": meta, "variants": results})
     lines = [
         "# ONNX Runtime: dense vs ARMOR exports (SmolLM2-135M, fp32, CPU)",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, threads: "
         f"{meta['threads']}",
         f"- prefill: one forward of {meta['prefill_tokens']} tokens (batch 1); decode: "
@@ -372,7 +244,7 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "20% off another; per-round figures are in onnx.json.",
         "",
     ]
-    write_text(out / "onnx.md", "\n".join(lines))
+    write_report(out, "onnx", {"meta": meta, "variants": results}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_onnx import run_meta
+from benchlib import (
+    ExportRunner,
+    dense_flops,
+    dense_shapes,
+    meta_lines,
+    ort_run_meta,
+    prompt_ids,
+    write_report,
+)
 
 log = logging.getLogger("bench_onnx_blockdiag")
 OPSET = 18
@@ -331,14 +339,14 @@ def sessions(args) -> dict[tuple, Timed]:
 
 
 def dense_prefill(folder: Path, tokens: int, threads: int):
-    """A prefill runner of the dense export (bench_onnx's Runner), or None without one."""
-    if not (folder / "export_manifest.json").is_file():
-        return None
-    from bench_onnx import Runner, prompt_ids
+    """A prefill timer of the dense export (seconds, on the runtime), or None without one."""
+    from armor_export.export.api import MANIFEST
 
-    runner = Runner(folder, threads)
-    ids = prompt_ids(folder / "tokenizer.json", tokens)
-    return lambda: runner.prefill(ids)[0]
+    if not (folder / MANIFEST).is_file():
+        return None
+    runner = ExportRunner(folder, threads)
+    ids = prompt_ids(runner.generator.tokenizer, tokens)
+    return lambda: runner.prefill(ids)
 
 
 def measure(timers: dict, rounds: int, repeats: int) -> dict:
@@ -394,7 +402,7 @@ def main(argv=None) -> int:
     if dense is not None:
         against_dense(bounds, Path(args.dense_export), args, 1000 * seconds["dense prefill"])
     meta = {
-        **run_meta("bench_onnx_blockdiag.py", argv),
+        **ort_run_meta("bench_onnx_blockdiag.py", argv),
         "threads": args.threads or "ORT default (all cores)",
         "tokens": args.tokens,
         "rounds": args.rounds,
@@ -461,8 +469,6 @@ def layer_bounds(args, seconds: dict, rows: list[dict]) -> dict:
 def against_dense(bounds: dict, folder: Path, args, dense_ms: float) -> None:
     """Add to each bound the fractions of the dense prefill and the target's allowance for
     the wrappers (FLOP overhead + 0.05, the overhead computed as bench_onnx.py does)."""
-    from bench_onnx import dense_flops, dense_shapes
-
     from armor_export.export.api import read_export_manifest
 
     source = read_export_manifest(folder)["source"]["model"]
@@ -539,14 +545,10 @@ def _core_lines(cores: list[dict]) -> list[str]:
 
 
 def write_outputs(out: Path, meta: dict, rows: list[dict], bounds: dict) -> None:
-    from armor_export.io import write_json, write_text
-
-    write_json(out / "onnx_blockdiag.json", {"meta": meta, "forms": rows, "layer": bounds})
     lines = [
         "# One block-diagonal product on ONNX Runtime (CPU, fp32), every standard form",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, threads: "
         f"{meta['threads']}",
         f"- `y = x @ blockdiag(W)` for x `[{meta['tokens']}, d]`; best of {meta['repeats']} "
@@ -576,7 +578,8 @@ def write_outputs(out: Path, meta: dict, rows: list[dict], bounds: dict) -> None
     lines += _core_lines(meta["cores"])
     if bounds:
         lines += _bound_lines(bounds)
-    write_text(out / "onnx_blockdiag.md", "\n".join(lines))
+    data = {"meta": meta, "forms": rows, "layer": bounds}
+    write_report(out, "onnx_blockdiag", data, "\n".join(lines))
 
 
 if __name__ == "__main__":

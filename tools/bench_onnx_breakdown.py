@@ -28,18 +28,21 @@ import shutil
 import statistics
 import sys
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from bench_onnx import (
-    Runner,
-    best_prefills,
+from benchlib import (
+    ExportRunner,
+    best_of_shuffled,
     bootstrap_median_ci,
     dense_flops,
     dense_shapes,
+    meta_lines,
+    ort_run_meta,
     prompt_ids,
-    run_meta,
     wrapper_flops_per_token,
+    write_report,
 )
 
 log = logging.getLogger("bench_onnx_breakdown")
@@ -125,7 +128,7 @@ def profile(folder: Path, ids: np.ndarray, runs: int) -> dict:
     options.profile_file_prefix = str(folder / "profile")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(folder / "model.onnx"), options)
-    runner = Runner(folder, 0, session=_Raw(session))  # bench_onnx's feeds, this session
+    runner = ExportRunner(folder, session=ProfiledSession(session))  # the runtime's feeds
     for _ in range(runs):
         runner.prefill(ids)
     trace = Path(session.end_profiling())
@@ -150,20 +153,20 @@ def profile(folder: Path, ids: np.ndarray, runs: int) -> dict:
     }
 
 
-class _Raw:
-    """An ORT session behind Runner's ``run(feeds) -> dict`` call."""
+class ProfiledSession:
+    """An ORT session opened with profiling on, behind the runtime's ``Session`` interface."""
 
     def __init__(self, session):
         self.session = session
-        self.names = [o.name for o in session.get_outputs()]
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.output_names = [o.name for o in session.get_outputs()]
 
     def run(self, feeds):
-        return dict(zip(self.names, self.session.run(None, feeds), strict=True))
+        return dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
 
 
 def main(argv=None) -> int:
     from armor_export.export.api import GRAPH_REVISION, read_export_manifest
-    from armor_export.io import write_json, write_text
     from armor_export.progress import RichReporter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -180,19 +183,20 @@ def main(argv=None) -> int:
         changed[name] = without_wrapper_transposes(folders[name], work / (name + NO_COPIES))
         folders[name + NO_COPIES] = work / (name + NO_COPIES)
         log.info("%s: %d wrapper Transposes made Identity (timing only)", name, changed[name])
-    runners = {name: Runner(folder, 0) for name, folder in folders.items()}
-    ids = prompt_ids(folders["dense"] / "tokenizer.json", args.prefill)
-    for runner in runners.values():
-        runner.prefill(ids)
+    runners = {name: ExportRunner(folder) for name, folder in folders.items()}
+    ids = prompt_ids(runners["dense"].generator.tokenizer, args.prefill)
+    prefills = {name: partial(runner.prefill, ids) for name, runner in runners.items()}
+    for prefill in prefills.values():
+        prefill()
     times = {name: [] for name in runners}
     order, rng = list(runners), random.Random(0)
     with RichReporter().task("rounds", total=args.rounds) as task:
         for _ in range(args.rounds):
-            best = best_prefills(runners, ids, args.repeats, order, rng)
+            best = best_of_shuffled(prefills, args.repeats, order, rng)
             for name in runners:
                 times[name].append(best[name])
             task.advance(1)
-    del runners
+    del runners, prefills
     source = read_export_manifest(folders["dense"])["source"]["model"]
     all_flops = dense_flops(dense_shapes(source), args.prefill, args.prefill)
     results = {}
@@ -213,15 +217,14 @@ def main(argv=None) -> int:
             entry["profile"] = profile(folders[name], ids, args.profile_runs)
         results[name] = entry
     meta = {
-        **run_meta("bench_onnx_breakdown.py", argv),
+        **ort_run_meta("bench_onnx_breakdown.py", argv),
         "prefill_tokens": args.prefill,
         "rounds": args.rounds,
         "repeats": args.repeats,
         "profile_runs": args.profile_runs,
     }
-    out = Path(args.out)
-    write_json(out / "onnx_breakdown.json", {"meta": meta, "variants": results})
-    write_text(out / "onnx_breakdown.md", render(meta, results, armor))
+    data = {"meta": meta, "variants": results}
+    write_report(Path(args.out), "onnx_breakdown", data, render(meta, results, armor))
     return 0
 
 
@@ -229,8 +232,7 @@ def render(meta: dict, results: dict, armor: list[str]) -> str:
     lines = [
         "# Where the ARMOR wrappers' prefill time goes (ONNX Runtime, CPU, fp32)",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, ORT default threads",
         f"- prefill of {meta['prefill_tokens']} tokens, batch 1; {meta['rounds']} paired "
         f"rounds (best of {meta['repeats']} per variant and round, shuffled), ratios are the "

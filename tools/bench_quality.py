@@ -4,10 +4,9 @@
 Writes docs/benchmarks/quality.md, quality.json and armor_proxy_loss.png. Each finished
 method is recorded in <work>/bench_state.json, so a killed run resumes where it stopped.
 
-Dense-statistics methods (Wanda, NoWag-P, ARMOR) share one calibration pass: it runs in
-the first of them, its statistics file is copied to the others, and its measured time is
-added to every method that reused it, so each reported time is what a user running that
-method alone would wait (calibration + solve).
+Every method is one ``armor_export.prune.api.prune`` run into its own folder, calibration
+included, so each reported time is what a user running that method alone waits
+(calibration + solve).
 
     python tools/bench_quality.py                  # the full benchmark (about an hour)
     python tools/bench_quality.py --calib-samples 8 --eval-windows 4 --iterations 5  # smoke
@@ -16,35 +15,33 @@ method alone would wait (calibration + solve).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from benchlib import cpu_description
-from safetensors import safe_open
+from benchlib import NO_GPU, command, machine, torch_version, utc_now
 
 from armor_export.config import CalibrationConfig, EvalConfig, PruneConfig
 from armor_export.eval.api import eval_windows_for
 from armor_export.eval.perplexity import perplexity
 from armor_export.io import read_json, write_json, write_text
 from armor_export.progress import RichReporter
+from armor_export.prune import methods
 from armor_export.prune.api import prune
 from armor_export.prune.checkpoint import load_checkpoint, versions
-from armor_export.prune.jobs import JobStore
+from armor_export.report import collect
 
 log = logging.getLogger("bench_quality")
-DENSE_STATS_METHODS = ("wanda", "nowag-p", "armor")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--methods", default="magnitude,wanda,sparsegpt,nowag-p,armor")
+    p.add_argument("--methods", default=",".join(methods.names()), help="registered methods")
     p.add_argument("--block-sizes", default="32,64", help="ARMOR block sizes")
     p.add_argument(
         "--weightings",
@@ -78,10 +75,6 @@ def runs(args) -> list[tuple[str, str, int | None, str | None]]:
     return out
 
 
-def machine() -> str:
-    return f"{cpu_description()}, no GPU, torch {torch.__version__}"
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -103,9 +96,9 @@ def main(argv=None) -> int:
     state = read_json(state_path) if state_path.exists() and not args.fresh else {}
     if {k: state.get("settings", {}).get(k) for k in shared} != settings:
         state = {"settings": settings, "results": {}}
-    command = ("python tools/bench_quality.py " + " ".join(sys.argv[1:])).strip()
-    if command not in state.setdefault("commands", []):
-        state["commands"].append(command)
+    this_command = command("bench_quality.py", argv)
+    if this_command not in state.setdefault("commands", []):
+        state["commands"].append(this_command)
     reporter = RichReporter()
     eval_cfg = EvalConfig("wikipedia", args.eval_windows, args.eval_seqlen)
     calib = CalibrationConfig(n_samples=args.calib_samples, seqlen=args.calib_seqlen)
@@ -121,16 +114,10 @@ def main(argv=None) -> int:
         write_json(state_path, state)
     del model
 
-    shared_stats: tuple[Path, float] | None = None
     for key, method, block, weighting in runs(args):
         out_dir = work / key
         if key in state["results"]:
             log.info("%s: already measured", key)
-            if method in DENSE_STATS_METHODS and shared_stats is None:
-                shared_stats = (
-                    out_dir / "work" / "stats.safetensors",
-                    state["results"][key]["calibration_seconds"],
-                )
             continue
         if out_dir.exists():
             shutil.rmtree(out_dir)  # a half-finished run would mix in unmeasured time
@@ -142,25 +129,17 @@ def main(argv=None) -> int:
             cfg.armor.weighting = weighting
         if args.iterations is not None:
             cfg.armor.iterations = args.iterations
-        reused = 0.0
-        if method in DENSE_STATS_METHODS and shared_stats is not None:
-            (out_dir / "work").mkdir(parents=True)
-            shutil.copy(shared_stats[0], out_dir / "work" / "stats.safetensors")
-            reused = shared_stats[1]
         log.info("%s: pruning", key)
         result = prune(cfg, reporter)
         # sequential methods (SparseGPT) interleave calibration and solving: no split
         calibration = result.timings.get("calibration")
-        calibration = None if calibration is None else calibration + reused
-        if method in DENSE_STATS_METHODS and shared_stats is None:
-            shared_stats = (out_dir / "work" / "stats.safetensors", calibration)
         pruned, _ = load_checkpoint(out_dir)
         start = time.perf_counter()
         ppl = perplexity(pruned, windows, eval_cfg.batch_size, reporter, f"{key} perplexity")
         entry = {
             "method": method,
             "ppl": ppl,
-            "seconds": result.seconds + reused,
+            "seconds": result.seconds,
             **({} if calibration is None else {"calibration_seconds": calibration}),
             "eval_seconds": time.perf_counter() - start,
         }
@@ -184,14 +163,16 @@ def report(args, state, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     res = state["results"]
     dense = res["dense"]["ppl"]
-    baselines = {k: v for k, v in res.items() if k != "dense" and v["method"] != "armor"}
-    armor = {k: v for k, v in res.items() if k != "dense" and v["method"] == "armor"}
+    # the methods held to NoWag-P's loss (ARMOR) against the baselines
+    ours = {k for k, v in res.items() if k != "dense" and methods.get(v["method"]).bounded_by_nowag}
+    baselines = {k: v for k, v in res.items() if k != "dense" and k not in ours}
+    armor = {k: res[k] for k in ours}
     best_key = min(baselines, key=lambda k: baselines[k]["ppl"]) if baselines else None
     best_gap = baselines[best_key]["ppl"] - dense if best_key else None
     data = {
         "command": " && ".join(state.get("commands", [])),
-        "machine": machine(),
-        "date": dt.date.today().isoformat(),
+        "machine": machine(NO_GPU, torch_version()),
+        "date": utc_now("%Y-%m-%d"),
         "versions": versions(),
         "model": args.model,
         "calibration": f"{args.calib_samples} x {args.calib_seqlen} tokens of Botchan",
@@ -258,25 +239,25 @@ def report(args, state, work: Path) -> None:
 
 
 def per_shape(run_dir: Path) -> dict[str, tuple[int, float, float]]:
-    """shape -> (count, median job seconds, median proxy loss / NoWag-P loss)."""
-    from armor_export.io import read_metadata
-
+    """shape -> (count, median job seconds, median proxy loss / NoWag-P loss) of the ARMOR
+    matrices of a checkpoint (shapes in the order of the first matrix name of each)."""
     groups: dict[str, list[tuple[float, float]]] = {}
-    for f in sorted((run_dir / "work" / "jobs").glob("*.safetensors")):
-        meta = read_metadata(f)
-        metrics = json.loads(meta["metrics"])
-        with safe_open(str(f), "pt") as fh:
-            d_out = fh.get_slice("core_values").get_shape()[0]
-            d_in = fh.get_slice("core_values").get_shape()[1] * 2
-        groups.setdefault(f"{d_out}x{d_in}", []).append(
-            (metrics["seconds"], metrics["proxy_loss"] / metrics["nowag_loss"])
+    for m in sorted(armor_matrices(run_dir), key=lambda m: m.name):
+        groups.setdefault(f"{m.d_out}x{m.d_in}", []).append((m.seconds, m.ratio))
+    return {  # the lower middle value of an even count, as the report has always shown
+        shape: (
+            len(rows),
+            statistics.median_low(r[0] for r in rows),
+            statistics.median_low(r[1] for r in rows),
         )
-    out = {}
-    for shape, rows in groups.items():
-        secs = torch.tensor([r[0] for r in rows]).median().item()
-        ratio = torch.tensor([r[1] for r in rows]).median().item()
-        out[shape] = (len(rows), secs, ratio)
-    return out
+        for shape, rows in groups.items()
+    }
+
+
+def armor_matrices(run_dir: Path) -> list:
+    """The checkpoint's ARMOR matrices as the pruning report reads them (shape, job seconds,
+    losses, loss history per iteration)."""
+    return [m for m in collect(run_dir).matrices if m.kind == "armor"]
 
 
 def plot_histories(work: Path, armor: dict, path: Path) -> None:
@@ -288,11 +269,9 @@ def plot_histories(work: Path, armor: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for key in armor:
-        store = JobStore(work / key / "work" / "jobs")
-        curves = []
-        for f in sorted(store.dir.glob("*.safetensors")):
-            hist = store.load(f.name.removesuffix(".safetensors")).metrics["history"]
-            curves.append(torch.tensor(hist) / hist[0])
+        curves = [
+            torch.tensor(m.history) / m.history[0] for m in armor_matrices(work / key) if m.history
+        ]
         if not curves:
             continue
         length = max(len(c) for c in curves)

@@ -13,17 +13,24 @@ otherwise how many masks agree). Writes docs/benchmarks/scale.md and scale.json.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_description
+from benchlib import (
+    NO_GPU,
+    config_toml,
+    machine,
+    meta_lines,
+    os_name,
+    rank_records,
+    run_meta,
+    write_report,
+)
 
 SPEEDUP_TARGET = 1.7  # the issue's target for 2 ranks over 1 on a 2-core machine
 
@@ -51,16 +58,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def config_toml(args, out: Path, device: str | None = None) -> str:
-    return (
-        f'model = "{args.model}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
-        f"low_memory = {'false' if args.in_memory else 'true'}\n"
-        + (f'device = "{device}"\n' if device else "")
-        + f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
-        f"[calibration]\nn_samples = {args.calib_samples}\nseqlen = {args.calib_seqlen}\n"
-    )
-
-
 def run(args, spec: str, work: Path) -> dict:
     ranks, _, threads = spec.partition("t")
     out = work / f"ranks{spec}"
@@ -76,7 +73,7 @@ def run(args, spec: str, work: Path) -> dict:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
     seconds = time.perf_counter() - start
-    per_rank = [json.loads(p.read_text()) for p in sorted((out / "work" / "ranks").glob("*.json"))]
+    per_rank = rank_records(out)
     return {"run": spec, "ranks": int(ranks), "threads_per_rank": int(threads) if threads else None,
             "wall_seconds": round(seconds, 1), "per_rank": per_rank,
             "output": str(out)}  # fmt: skip
@@ -136,11 +133,8 @@ def main(argv=None) -> int:
         r["speedup_vs_first"] = round(base["wall_seconds"] / r["wall_seconds"], 3)
         r["speedup_vs"] = {o["run"]: round(o["wall_seconds"] / r["wall_seconds"], 3) for o in runs}
     identical = [compare(Path(base["output"]), Path(r["output"])) for r in runs[1:]]
-    command = "python tools/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{cpu_description()}, {platform.system()}, no GPU",
+        **run_meta("bench_scale.py", argv, machine(os_name(), NO_GPU)),
         "settings": {k: getattr(args, k) for k in ("model", "block_size", "iterations",
                                                      "calib_samples", "calib_seqlen",
                                                      "in_memory")},
@@ -151,14 +145,10 @@ def main(argv=None) -> int:
 
 
 def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> None:
-    from armor_export.io import write_json, write_text
-
-    write_json(out / "scale.json", {"meta": meta, "runs": runs, "identical": identical})
     lines = [
         "# Scale: ARMOR prune over torch.distributed ranks (CPU, gloo)",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         f"- machine: {meta['machine']}",
         f"- settings: {meta['settings']}",
         "",
@@ -225,7 +215,8 @@ def write(out: Path, meta: dict, runs: list[dict], identical: list[dict]) -> Non
         if begin in previous and end in previous:
             kept = previous[previous.index(begin) : previous.index(end) + len(end)]
             lines += [kept, ""]
-    write_text(out / "scale.md", "\n".join(lines))
+    data = {"meta": meta, "runs": runs, "identical": identical}
+    write_report(out, "scale", data, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,19 @@ CPU) are paired, ratios between runs are not (different machines and times) and 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import sys
 import time
 from pathlib import Path
 
-from benchlib import cpu_description, write_section
+from benchlib import (
+    cpu_description,
+    machine,
+    meta_lines,
+    os_name,
+    run_meta,
+    torch_version,
+    write_section,
+)
 
 BEGIN, END = "<!-- solver:begin -->", "<!-- solver:end -->"
 
@@ -166,15 +172,8 @@ def main(argv=None) -> int:
             shape, args.batch_count, args.batch_block_size, args.iterations, dev
         ),
     )
-    command = "python tools/bench_solver.py " + " ".join(argv if argv is not None else sys.argv[1:])
     gpus = sorted({device_name(d) for d in devices if d.startswith("cuda")})
-    meta = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": ", ".join(
-            [cpu_description(), *gpus, platform.system(), f"torch {torch.__version__}"]
-        ),
-    }
+    meta = run_meta("bench_solver.py", argv, machine(*gpus, os_name(), torch_version()))
     run = {"meta": meta, "rows": rows, "batches": batch_rows}
     runs = [run]
     if args.merge and (out / "solver.json").exists():
@@ -226,8 +225,7 @@ def run_lines(run: dict) -> list[str]:
         "",
         f"### {meta['machine']}",
         "",
-        f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}",
+        *meta_lines(meta),
         "- random weight and statistics, every iteration runs (patience off); fp32; "
         f"{rows[0]['timed_iterations'] if rows else 0} timed iterations after warm-up",
         "",

@@ -1,10 +1,30 @@
-"""Shared pieces of the benchmark scripts (imported as a sibling module: run them as scripts)."""
+"""What the benchmark scripts share: run metadata, report writing, timing statistics, the
+ONNX Runtime benchmarks' prefill/decode timing (on the runtime), prompt and FLOP model, and
+the scale benchmarks' prune config.
+
+The scripts import it as a sibling module (run them as ``python tools/<script>.py``); it
+imports only the standard library and the ``armor_export`` package (lazily, where needed),
+and no script imports another script.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import platform
+import random
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+NO_GPU = "no GPU"
+MINUTE_UTC = "%Y-%m-%d %H:%M UTC"  # the date format of the reports
+
+
+# --- machine and run metadata -----------------------------------------------------------
 
 
 def cpu_description() -> str:
@@ -18,6 +38,64 @@ def cpu_description() -> str:
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
+
+
+def os_name(release: bool = False) -> str:
+    """'Linux', or with ``release`` 'Linux 6.8.0-1-generic'."""
+    return f"{platform.system()} {platform.release()}" if release else platform.system()
+
+
+def torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__}"
+
+
+def machine(*details: str) -> str:
+    """The CPU, then ``details`` (OS, GPUs, versions, ...) in the order given."""
+    return ", ".join([cpu_description(), *details])
+
+
+def command(script: str, argv: Sequence[str] | None = None) -> str:
+    """How ``tools/<script>`` was run, shell-quoted (``argv``: its arguments, default
+    ``sys.argv[1:]``), so the line can be pasted back into a shell."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return shlex.join(["python", f"tools/{script}", *args])
+
+
+def utc_now(fmt: str = MINUTE_UTC) -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime(fmt)
+
+
+def run_meta(script: str, argv: Sequence[str] | None, host: str, **versions: str) -> dict:
+    """What a report records first: its command, date (UTC), machine (``host``, see
+    ``machine``), then ``versions``."""
+    return {"command": command(script, argv), "date": utc_now(), "machine": host, **versions}
+
+
+def ort_run_meta(script: str, argv: Sequence[str] | None) -> dict:
+    """``run_meta`` of the ONNX Runtime (CPU) benchmarks, with onnxruntime's version."""
+    import onnxruntime
+
+    return run_meta(
+        script, argv, machine(os_name(release=True), NO_GPU), onnxruntime=onnxruntime.__version__
+    )
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def meta_lines(meta: dict) -> list[str]:
+    """The command and date lines that open a report's Markdown."""
+    return [f"- command: `{meta['command']}`", f"- date: {meta['date']}"]
+
+
+def write_report(out: Path, name: str, data: dict, markdown: str) -> None:
+    """``out/<name>.json`` (every figure) and ``out/<name>.md`` (the tables)."""
+    from armor_export.io import write_json, write_text
+
+    write_json(out / f"{name}.json", data)
+    write_text(out / f"{name}.md", markdown)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -34,3 +112,131 @@ def write_section(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
     write_text(path, text)
+
+
+# --- timing statistics ------------------------------------------------------------------
+
+
+def best_of_shuffled(
+    timers: dict[str, Callable[[], float]], repeats: int, order: list[str], rng: random.Random
+) -> dict[str, float]:
+    """Each timer's best seconds of ``repeats`` passes. The timers alternate (a fresh shuffle
+    of ``order`` each pass), so a slow phase of the machine falls on all alike."""
+    best = dict.fromkeys(timers, float("inf"))
+    for _ in range(repeats):
+        rng.shuffle(order)
+        for name in order:
+            best[name] = min(best[name], timers[name]())
+    return best
+
+
+def bootstrap_median_ci(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``values`` (seeded: reproducible)."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+# --- ONNX exports on the runtime --------------------------------------------------------
+
+
+class ExportRunner:
+    """One export on the runtime (``armor_export.runtime.Generator``): timed prefills and
+    greedy KV-cache decode steps, the runtime's own forwards with no sampling overhead."""
+
+    def __init__(self, folder: Path, threads: int = 0, session=None):
+        """``session``: one already open on the export (e.g. with profiling on)."""
+        from armor_export.runtime import Generator
+
+        self.generator = Generator(folder, threads=threads, session=session)
+        self.manifest = self.generator.manifest
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds of one prefill of ``ids`` (batch 1) on an empty cache."""
+        start = time.perf_counter()
+        self.generator.prefill([ids])
+        return time.perf_counter() - start
+
+    def decode(self, ids: list[int], steps: int) -> float:
+        """Tokens/s of ``steps`` greedy single-token steps after a prefill of ``ids``."""
+        from armor_export.runtime.sampling import greedy
+
+        state = self.generator.prefill([ids])
+        start = time.perf_counter()
+        for _ in range(steps):
+            state = self.generator.step(state, greedy(state.next_logits))
+        return steps / (time.perf_counter() - start)
+
+
+def prompt_ids(tokenizer, n: int) -> list[int]:
+    """The first ``n`` tokens of the bundled Wikipedia sample (the benchmarks' prompt)."""
+    from armor_export.data.text import load_text
+
+    ids = tokenizer.encode(load_text("wikipedia")[:200_000]).ids
+    if len(ids) < n:
+        sys.exit(f"the benchmark text has only {len(ids)} tokens, {n} asked")
+    return list(ids[:n])
+
+
+def dense_shapes(source: str) -> dict:
+    """FLOP-relevant sizes of the dense model (decoder linears, attention, lm_head)."""
+    from armor_export.eval.api import load_any_model
+
+    model, _, _ = load_any_model(source)
+    cfg = model.config
+    linears = sum(
+        2 * m.in_features * m.out_features
+        for n, m in model.named_modules()
+        if type(m).__name__ == "Linear" and "lm_head" not in n
+    )
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return {
+        "linear_flops_per_token": linears,
+        "attention_width": cfg.num_attention_heads * head_dim,
+        "layers": cfg.num_hidden_layers,
+        "lm_head_flops_per_token": 2 * cfg.hidden_size * cfg.vocab_size,
+    }
+
+
+def dense_flops(shapes: dict, tokens: int, context: int) -> float:
+    """MatMul FLOPs of ``tokens`` new tokens attending to ``context`` (the graph runs full
+    QKᵀ and AV products under the mask, so every token pays for the whole context)."""
+    attention = shapes["layers"] * 4 * context * shapes["attention_width"]
+    per_token = shapes["linear_flops_per_token"] + shapes["lm_head_flops_per_token"] + attention
+    return tokens * per_token
+
+
+def wrapper_flops_per_token(checkpoint: str) -> int:
+    """Extra MatMul FLOPs per token of a checkpoint's ARMOR wrappers, 2·b·(d_in + d_out) per
+    matrix (``armor_export.report``'s count)."""
+    from armor_export.report import collect
+    from armor_export.report.overhead import WrapperOverhead, total
+
+    matrices = collect(checkpoint).matrices
+    return total(WrapperOverhead.of(m.d_out, m.d_in, m.block_size) for m in matrices).wrapper_flops
+
+
+# --- prune runs -------------------------------------------------------------------------
+
+
+def config_toml(args, out: Path, device: str | None = None) -> str:
+    """The ``armor-export prune --config`` file of the scale benchmarks' ARMOR run: ``args``
+    gives model, in_memory, block_size, iterations, calib_samples and calib_seqlen."""
+    return (
+        f'model = "{args.model}"\nmethod = "armor"\noutput_dir = "{out}"\nworkers = 1\n'
+        f"low_memory = {'false' if args.in_memory else 'true'}\n"
+        + (f'device = "{device}"\n' if device else "")
+        + f"[armor]\nblock_size = {args.block_size}\niterations = {args.iterations}\n"
+        f"[calibration]\nn_samples = {args.calib_samples}\nseqlen = {args.calib_seqlen}\n"
+    )
+
+
+def rank_records(checkpoint: Path) -> list[dict]:
+    """What each process of a prune run recorded (``work/ranks/rank<r>.json``: jobs, wall
+    time, calibration time, peak RSS), in rank order."""
+    from armor_export.io import read_json
+
+    paths = (Path(checkpoint) / "work" / "ranks").glob("rank*.json")
+    return [read_json(p) for p in sorted(paths, key=lambda p: int(p.stem.removeprefix("rank")))]

@@ -1,26 +1,35 @@
-"""``armor-export build``: prune → export → engine → verify in one resumable command."""
+"""``armor-export build``: the registered stages (prune → export → engine → verify) in one
+resumable command. Stage names, choices and defaults come from the stage registry and config.
+"""
 
 from __future__ import annotations
 
-COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
-
 
 def add_parser(sub):
-    p = sub.add_parser("build", help="prune → export → engine → verify, resumable")
-    p.add_argument("--config", help="TOML with model/output_dir/stages and [prune] [export] "
-                   "[engine] [verify] tables; flags override it")  # fmt: skip
+    from armor_export.cli.engine import add_target_arguments
+    from armor_export.cli.prune import method_argument
+    from armor_export.config import EXPORT_DTYPES, LOWERINGS, BuildConfig
+    from armor_export.stages import registered
+
+    defaults = BuildConfig()
+    stages = [stage.name for stage in registered()]
+    tables = " ".join(f"[{stage.section}]" for stage in registered())
+    p = sub.add_parser("build", help=f"{' → '.join(stages)}, resumable")
+    p.add_argument("--config", help=f"TOML with model/output_dir/stages and {tables} tables; "
+                   "flags override it")  # fmt: skip
     p.add_argument("--model", help="HF model to prune or an existing pruned checkpoint")
-    p.add_argument("-o", "--output-dir", help="build folder (default runs/build)")
-    p.add_argument("--stages", help="comma list of prune,export,engine,verify (default all)")
+    p.add_argument("-o", "--output-dir", help=f"build folder (default {defaults.output_dir})")
+    p.add_argument("--stages", help=f"comma list of {','.join(stages)} (default all)")
     p.add_argument("--force", default="", help="comma list of stages to redo even if done")
-    p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
+    p.add_argument("--method", **method_argument())
     p.add_argument("--block-size", type=int, help="ARMOR block size")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--calib-samples", type=int, help="calibration sequences")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="ONNX/engine type")
-    p.add_argument("--lowering", choices=["plain", "plugin"])
-    p.add_argument("--backend", choices=["rtx", "trt"], help="engine backend (default rtx)")
-    p.add_argument("--compute-capability", choices=list(COMPUTE_CAPABILITIES))
+    p.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, help=f"ONNX/engine type (default {defaults.export.dtype})"
+    )
+    p.add_argument("--lowering", choices=LOWERINGS)
+    add_target_arguments(p, defaults.engine, unset_is_none=True)
     p.add_argument("--plugin-library", help="libarmor_blockdiag_plugin.so (plugin lowering)")
     p.add_argument("--max-batch", type=int)
     p.add_argument("--max-prompt", type=int)
@@ -30,7 +39,7 @@ def add_parser(sub):
 
 def config_from_args(args):
     from armor_export.config import BuildConfig
-    from armor_export.errors import ConfigError
+    from armor_export.stages import check_names
 
     cfg = BuildConfig.from_toml(args.config) if args.config else BuildConfig()
     if args.model:
@@ -57,9 +66,7 @@ def config_from_args(args):
         if getattr(args, attr) is not None:
             setattr(obj, key, getattr(args, attr))
     force = tuple(s.strip() for s in args.force.split(",") if s.strip())
-    unknown = set(force) - {"prune", "export", "engine", "verify"}
-    if unknown:
-        raise ConfigError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}")
+    check_names(force, "--force")
     cfg.prune.validate()
     cfg.validate()
     return cfg, force

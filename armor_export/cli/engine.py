@@ -1,31 +1,90 @@
-"""``armor-export engine``: an export folder to a TensorRT-RTX / TensorRT engine."""
+"""``armor-export engine``: an export folder to a TensorRT-RTX / TensorRT engine.
+
+Choices and defaults come from ``config`` (``ENGINE_BACKENDS``, ``COMPUTE_CAPABILITIES``,
+``EngineConfig``), so a new backend or target is added there only.
+"""
 
 from __future__ import annotations
 
 
-def add_parser(sub):
-    p = sub.add_parser("engine", help="build a TensorRT-RTX / TensorRT engine from an export")
-    p.add_argument("export_dir", nargs="?", default="runs/onnx", help="export folder")
-    p.add_argument("-o", "--output-dir", default="", help="engine folder (default EXPORT/engine)")
+def add_target_arguments(p, defaults, unset_is_none: bool = False) -> None:
+    """``--backend`` and ``--compute-capability`` (shared with ``build``).
+
+    Their defaults are ``defaults``' (an ``EngineConfig``); with ``unset_is_none`` an unset
+    flag is None instead, so ``build`` keeps its config file's value (help still shows
+    ``defaults``').
+    """
+    from armor_export.config import (
+        COMPUTE_CAPABILITIES,
+        ENGINE_BACKEND_ALIASES,
+        ENGINE_BACKENDS,
+        TENSORRT,
+        TENSORRT_RTX,
+    )
+
     p.add_argument(
         "--backend",
-        choices=["rtx", "trt"],
-        default="rtx",
-        help="rtx: TensorRT-RTX (AOT on CPU); trt: datacenter TensorRT (needs a GPU)",
+        choices=ENGINE_BACKENDS + tuple(ENGINE_BACKEND_ALIASES),  # old names still accepted
+        metavar="{" + ",".join(ENGINE_BACKENDS) + "}",
+        default=None if unset_is_none else defaults.backend,
+        help=f"{TENSORRT_RTX}: TensorRT-RTX (AOT, builds on a CPU too); {TENSORRT}: "
+        f"datacenter TensorRT (needs a GPU); default {defaults.backend}",
     )
     p.add_argument(
         "--compute-capability",
-        default="sm80",
-        choices=["sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current"],
-        help="TensorRT-RTX target GPU architecture",
+        choices=COMPUTE_CAPABILITIES,
+        default=None if unset_is_none else defaults.compute_capability,
+        help=f"TensorRT-RTX target GPU architecture (default {defaults.compute_capability})",
     )
-    p.add_argument("--no-sparse", action="store_true", help="do not set SPARSE_WEIGHTS")
-    p.add_argument("--max-batch", type=int, default=0, help="profile max batch (0: export's)")
-    p.add_argument("--max-prompt", type=int, default=0, help="profile max prompt (0: export's)")
-    p.add_argument("--max-context", type=int, default=0, help="profile max context (0: export's)")
-    p.add_argument("--optimization-level", type=int, default=3, help="builder level 0..5")
-    p.add_argument("--timing-cache", default="", help="timing cache file (default in -o)")
-    p.add_argument("--plugin-library", default="", help="libarmor_blockdiag_plugin.so")
+
+
+def add_parser(sub):
+    from armor_export.config import EngineConfig
+
+    defaults = EngineConfig()
+    p = sub.add_parser("engine", help="build a TensorRT-RTX / TensorRT engine from an export")
+    p.add_argument("export_dir", nargs="?", default=defaults.export_dir, help="export folder")
+    p.add_argument(
+        "-o",
+        "--output-dir",
+        default=defaults.output_dir,
+        help="engine folder (default EXPORT/engine)",
+    )
+    add_target_arguments(p, defaults)
+    p.add_argument(
+        "--no-sparse",
+        dest="sparse_weights",
+        action="store_false",
+        default=defaults.sparse_weights,
+        help="do not set SPARSE_WEIGHTS",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=defaults.max_batch, help="profile max batch (0: export's)"
+    )
+    p.add_argument(
+        "--max-prompt",
+        type=int,
+        default=defaults.max_prompt,
+        help="profile max prompt (0: export's)",
+    )
+    p.add_argument(
+        "--max-context",
+        type=int,
+        default=defaults.max_context,
+        help="profile max context (0: export's)",
+    )
+    p.add_argument(
+        "--optimization-level",
+        type=int,
+        default=defaults.optimization_level,
+        help="builder level 0..5 (default %(default)s)",
+    )
+    p.add_argument(
+        "--timing-cache", default=defaults.timing_cache, help="timing cache file (default in -o)"
+    )
+    p.add_argument(
+        "--plugin-library", default=defaults.plugin_library, help="libarmor_blockdiag_plugin.so"
+    )
     return p
 
 
@@ -37,7 +96,7 @@ def config_from_args(args):
         output_dir=args.output_dir,
         backend=args.backend,
         compute_capability=args.compute_capability,
-        sparse_weights=not args.no_sparse,
+        sparse_weights=args.sparse_weights,
         max_batch=args.max_batch,
         max_prompt=args.max_prompt,
         max_context=args.max_context,

@@ -6,6 +6,9 @@ import json
 
 
 def add_parser(sub):
+    from armor_export.config import EvalConfig
+
+    defaults = EvalConfig()
     p = sub.add_parser("eval", help="perplexity of a model or pruned checkpoint")
     p.add_argument(
         "model",
@@ -13,10 +16,12 @@ def add_parser(sub):
         default="smollm2-135m",
         help="pruned checkpoint dir, model dir, hub id or 'smollm2-135m'",
     )
-    p.add_argument("--text", default="wikipedia", help="wikipedia | botchan | FILE | datasets:...")
-    p.add_argument("--windows", type=int, default=64, help="number of windows")
-    p.add_argument("--seqlen", type=int, default=1024, help="tokens per window")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--text", default=defaults.text, help="wikipedia | botchan | FILE | datasets:..."
+    )
+    p.add_argument("--windows", type=int, default=defaults.n_windows, help="number of windows")
+    p.add_argument("--seqlen", type=int, default=defaults.seqlen, help="tokens per window")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     return p
 

@@ -4,41 +4,49 @@ from __future__ import annotations
 
 
 def add_parser(sub):
+    from armor_export.config import EXPORT_DTYPES, EXTERNAL_DATA, LOWERINGS, ExportConfig
+
+    defaults = ExportConfig()  # every default below is the config's
     p = sub.add_parser("export", help="export a pruned checkpoint to ONNX (KV cache, 2:4 cores)")
     p.add_argument(
-        "model", nargs="?", default="runs/armor", help="pruned checkpoint dir (default runs/armor)"
+        "model",
+        nargs="?",
+        default=defaults.model,
+        help="pruned checkpoint dir (default %(default)s)",
     )
-    p.add_argument("-o", "--output-dir", default="runs/onnx", help="export folder")
+    p.add_argument("-o", "--output-dir", default=defaults.output_dir, help="export folder")
     p.add_argument(
         "--dtype",
-        choices=["float32", "float16", "bfloat16"],
-        default="float32",
+        choices=EXPORT_DTYPES,
+        default=defaults.dtype,
         help="graph precision (TensorRT 11 is strongly typed: this is the engine's)",
     )
     p.add_argument(
         "--lowering",
-        choices=["plain", "plugin"],
-        default="plain",
+        choices=LOWERINGS,
+        default=defaults.lowering,
         help="plain MatMuls (runs on ORT) or TensorRT plugin nodes for the A/B blocks",
     )
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=defaults.opset)
     p.add_argument(
         "--external-data",
-        choices=["auto", "always", "never"],
-        default="auto",
+        choices=EXTERNAL_DATA,
+        default=defaults.external_data,
         help="weights in model.onnx.data (auto: only when over 2 GB)",
     )
-    p.add_argument("--max-batch", type=int, default=8, help="largest batch promised")
+    p.add_argument(
+        "--max-batch", type=int, default=defaults.limits.max_batch, help="largest batch promised"
+    )
     p.add_argument(
         "--max-prompt",
         type=int,
-        default=0,
+        default=defaults.limits.max_prompt,
         help="longest single forward in tokens (0: min(1024, max context))",
     )
     p.add_argument(
         "--max-context",
         type=int,
-        default=0,
+        default=defaults.limits.max_context,
         help="longest past + new tokens (0: the model's max_position_embeddings)",
     )
     return p

@@ -6,12 +6,27 @@ Imports of torch/transformers happen inside the verbs so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
 from armor_export import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+# one module per verb in armor_export/cli/ (add_parser(sub), run(args)), in --help order;
+# a new verb is its module plus its name here
+VERBS = (
+    "build",
+    "plan",
+    "prune",
+    "evaluate",
+    "export",
+    "engine",
+    "verify",
+    "generate",
+    "report",
+    "env",
+)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -21,26 +36,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from armor_export.cli import (
-        build,
-        engine,
-        env,
-        evaluate,
-        export,
-        generate,
-        plan,
-        prune,
-        report,
-        verify,
-    )
-
     parser = argparse.ArgumentParser(
         prog="armor-export",
         description="ARMOR 2:4 pruning of Hugging Face causal LMs, evaluation and export.",
     )
     parser.add_argument("--version", action="version", version=f"armor-export {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>")
-    for module in (build, plan, prune, evaluate, export, engine, verify, generate, report, env):
+    for name in VERBS:
+        module = importlib.import_module(f"armor_export.cli.{name}")
         p = module.add_parser(sub)
         _common(p)
         p.set_defaults(handler=module.run)

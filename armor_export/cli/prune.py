@@ -16,11 +16,19 @@ def add_parser(sub):
     return p
 
 
+def method_argument() -> dict:
+    """``--method``'s choices and help, from the method registry (shared by every verb)."""
+    from armor_export.prune import methods
+
+    listed = "; ".join(f"{m.name}: {m.summary}" for m in methods.registered().values())
+    return {"choices": list(methods.names()), "help": f"pruning method ({listed})"}
+
+
 def add_prune_arguments(p) -> None:
     """The flags that make a PruneConfig (shared by ``prune`` and ``plan``)."""
     p.add_argument("--config", help="TOML recipe (see prune/*.toml); flags override it")
     p.add_argument("--model", help="model dir, hub id or 'smollm2-135m' (default)")
-    p.add_argument("--method", choices=["armor", "nowag-p", "wanda", "sparsegpt", "magnitude"])
+    p.add_argument("--method", **method_argument())
     p.add_argument("-o", "--output-dir", help="where the checkpoint and job results go")
     p.add_argument("--block-size", type=int, help="ARMOR block size b (4 | b, b | dims)")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
@@ -103,6 +111,7 @@ def run(args) -> int:
 
     from armor_export.config import EvalConfig
     from armor_export.progress import RichReporter
+    from armor_export.prune import methods
     from armor_export.prune.api import prune
 
     cfg = config_from_args(args)
@@ -126,7 +135,7 @@ def run(args) -> int:
         "skipped": len(result.skipped),
         "seconds": round(result.seconds, 1),
     }
-    if cfg.method == "armor":
+    if methods.get(cfg.method).bounded_by_nowag:
         summary.update(result.armor_summary)
     if args.eval:
         from armor_export.eval.api import evaluate

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 
 def add_parser(sub):
-    from armor_export.config import VERIFY_BACKENDS
+    from armor_export.config import VERIFY_BACKENDS, VerifyConfig
 
+    defaults = VerifyConfig()
     p = sub.add_parser("verify", help="check an export against its PyTorch source")
-    p.add_argument("export_dir", nargs="?", default="runs/onnx", help="export folder")
-    p.add_argument("--model", default="", help="PyTorch source (default: the one exported)")
+    p.add_argument("export_dir", nargs="?", default=defaults.export_dir, help="export folder")
+    p.add_argument(
+        "--model", default=defaults.model, help="PyTorch source (default: the one exported)"
+    )
     p.add_argument(
         "--backend",
         action="append",
-        choices=list(VERIFY_BACKENDS),
-        help="runner(s) to compare with PyTorch (repeat; default auto)",
+        choices=VERIFY_BACKENDS,
+        help=f"runner(s) to compare with PyTorch (repeat; default {','.join(defaults.backends)})",
     )
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a padded batch)")
-    p.add_argument("--decode-steps", type=int, default=1, help="decode steps after the prefill")
-    p.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (0: by dtype)")
-    p.add_argument("--rtol", type=float, default=0.0, help="relative tolerance (0: by dtype)")
-    p.add_argument("--report-dir", default="", help="report folder (default EXPORT_DIR/verify)")
+    p.add_argument(
+        "--decode-steps",
+        type=int,
+        default=defaults.decode_steps,
+        help="decode steps after the prefill",
+    )
+    p.add_argument(
+        "--atol", type=float, default=defaults.atol, help="absolute tolerance (0: by dtype)"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=defaults.rtol, help="relative tolerance (0: by dtype)"
+    )
+    p.add_argument(
+        "--report-dir",
+        default=defaults.report_dir,
+        help="report folder (default EXPORT_DIR/verify)",
+    )
     return p
 
 
@@ -27,15 +43,16 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from armor_export.config import DEFAULT_PROMPTS, VerifyConfig
+    from armor_export.config import VerifyConfig
     from armor_export.progress import RichReporter
     from armor_export.verify import verify
 
+    defaults = VerifyConfig()
     cfg = VerifyConfig(
         export_dir=args.export_dir,
         model=args.model,
-        backends=args.backend or ["auto"],
-        prompts=args.prompt or list(DEFAULT_PROMPTS),
+        backends=args.backend or defaults.backends,
+        prompts=args.prompt or defaults.prompts,
         decode_steps=args.decode_steps,
         atol=args.atol,
         rtol=args.rtol,

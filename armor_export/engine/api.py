@@ -39,7 +39,7 @@ class EngineResult:
 
 def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineResult:
     """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report."""
-    from armor_export.engine.backends import BACKENDS, load_backend
+    from armor_export.engine.backends import backend_spec, load_backend
 
     cfg.validate()
     reporter = reporter or NullReporter()
@@ -48,7 +48,7 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     out = Path(cfg.output_dir) if cfg.output_dir else export_dir / "engine"
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
-    spec = BACKENDS[cfg.backend]
+    spec = backend_spec(cfg.backend)
     start = time.perf_counter()
     with reporter.task(f"{spec.name} engine", total=3) as task:
         builder, network, _parser, logger, plugin = _parse(trt, cfg, manifest, export_dir)
@@ -145,7 +145,7 @@ def profile_shapes(manifest: ExportManifest, limits: Limits) -> dict[str, tuple]
 
 
 def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
-    from armor_export.engine.backends import compute_capability
+    from armor_export.engine.backends import backend_spec, compute_capability
 
     config = builder.create_builder_config()
     if cfg.sparse_weights:
@@ -153,7 +153,7 @@ def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
     config.builder_optimization_level = cfg.optimization_level
     if hasattr(trt, "ProfilingVerbosity"):
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for the inspector
-    if cfg.backend == "rtx" and cfg.compute_capability != "current":
+    if backend_spec(cfg.backend).aot and cfg.compute_capability != "current":
         config.num_compute_capabilities = 1
         config.set_compute_capability(compute_capability(trt, cfg.compute_capability), 0)
     profile = builder.create_optimization_profile()
@@ -173,7 +173,9 @@ def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
 
 def uses_timing_cache(cfg: EngineConfig) -> bool:
     """TensorRT-RTX made timing-cache operations no-ops (1.2+): only TensorRT keeps one."""
-    return cfg.backend == "trt"
+    from armor_export.engine.backends import backend_spec
+
+    return backend_spec(cfg.backend).timing_cache
 
 
 def timing_cache_path(cfg: EngineConfig, out: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from armor_export.config import ENGINE_BACKEND_ALIASES, TENSORRT, TENSORRT_RTX
 from armor_export.errors import BackendUnavailableError
 
 
@@ -20,22 +21,32 @@ class BackendSpec:
     module: str
     install_hint: str
     aot: bool  # builds for a stated compute capability without that GPU
+    timing_cache: bool  # keeps a timing cache (TensorRT-RTX 1.2+ made those no-ops)
 
 
+# keyed by config.ENGINE_BACKENDS (the names every verb uses; a test checks they match)
 BACKENDS = {
-    "rtx": BackendSpec("TensorRT-RTX", "tensorrt_rtx", "pip install 'armor-export[rtx]'", True),
-    "trt": BackendSpec(
+    TENSORRT_RTX: BackendSpec(
+        "TensorRT-RTX", "tensorrt_rtx", "pip install 'armor-export[rtx]'", True, False
+    ),
+    TENSORRT: BackendSpec(
         "TensorRT",
         "tensorrt",
         "pip install 'armor-export[trt]' (NVIDIA's wheels; needs NVIDIA's package index)",
         False,
+        True,
     ),
 }
 
 
+def backend_spec(kind: str) -> BackendSpec:
+    """The spec of a backend by name (the old names ``rtx``/``trt`` are read as aliases)."""
+    return BACKENDS[ENGINE_BACKEND_ALIASES.get(kind, kind)]
+
+
 def load_backend(kind: str):
     """The backend's Python module, or a clear error with the install hint."""
-    spec = BACKENDS[kind]
+    spec = backend_spec(kind)
     try:
         return importlib.import_module(spec.module)
     except ImportError as exc:

@@ -1,6 +1,6 @@
 """Checks run on every exported graph: ONNX validity, 2:4 orientation, lowering counts.
 
-Polygraphy's ``inspect sparsity`` misreads 3-D batched weights (platform.md), so the 2:4
+Polygraphy's ``inspect sparsity`` misreads 3-D batched weights (docs/design.md §8.5), so the 2:4
 orientation check is our own: each core initializer must be the constant ``B`` input of a
 MatMul, ``[K, N]``, with at most 2 non-zeros in every group of 4 along K (axis 0).
 """

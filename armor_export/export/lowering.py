@@ -7,22 +7,20 @@ Plain form, for any ONNX runtime::
     └─MatMul(sparse_core [K, N])─ (same block-diagonal pattern with A) ─ (+ bias)
 
 The core stays a native MatMul whose constant weight is ``[K, N]`` with the 2:4 groups along
-K (axis 0): the layout TensorRT's sparse tactics need (platform.md). Plugin form replaces the
-two block-diagonal patterns by ``ArmorBlockDiagMatMul`` nodes (reference.py) for the TensorRT
-plugin; the core stays a MatMul either way, since a plugin around it would hide it from
-TensorRT's sparse kernels.
+K (axis 0): the layout TensorRT's sparse tactics need (docs/design.md §8.1). Plugin form
+replaces the two block-diagonal patterns by ``ArmorBlockDiagMatMul`` nodes (reference.py) for
+the TensorRT plugin; the core stays a MatMul either way, since a plugin around it would hide it
+from TensorRT's sparse kernels.
 
-Gated MLPs (``down(act(gate(x)) * up(x))``) whose three projections are ArmorLinear with one
-block size keep the activation in block layout ``[nb, T, b]`` in the plain form: the gate/up
-``A`` outputs and the down ``B`` input then need no Transpose, and elementwise maths does not
-care about layout. Same operations on the same numbers, so the outputs are bit-identical;
-on ORT CPU it halves the MLP wrappers' cost (their output transposes of the wide activation
-were as dear as the block MatMuls).
+Gated MLPs (``down(act(gate(x)) * up(x))``, declared per family by ``Adapter.gated_mlps``)
+whose three projections are ArmorLinear with one block size keep the activation in block
+layout ``[nb, T, b]`` in the plain form: the gate/up ``A`` outputs and the down ``B`` input
+then need no Transpose, and elementwise maths does not care about layout. Same operations on
+the same numbers, so the outputs are bit-identical; on ORT CPU it halves the MLP wrappers'
+cost (their output transposes of the wide activation were as dear as the block MatMuls).
 """
 
 from __future__ import annotations
-
-import inspect
 
 import torch
 from torch import nn
@@ -31,8 +29,6 @@ from armor_export.export import reference
 from armor_export.prune.linear import ArmorLinear, set_submodule
 
 CORE_SUFFIX = "sparse_core"
-# the forward of every supported family's MLP (Llama, Mistral, Qwen2/3, Gemma 1-3)
-GATED_MLP_FORWARD = "self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))"
 
 
 def blockdiag_matmul(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
@@ -132,24 +128,19 @@ class LoweredArmorMLP(nn.Module):
 
 
 def blocked_mlp_eligible(mlp: nn.Module) -> bool:
-    """True for a gated MLP of the known form whose projections are ArmorLinear sharing the
-    block size of the activation (gate/up ``A`` and down ``B``)."""
+    """True for an MLP that a registered family declares gated (``Adapter.gated_mlps``)
+    whose projections are ArmorLinear sharing the block size of the activation (gate/up
+    ``A`` and down ``B``)."""
+    from armor_export.models.registry import gated_mlp_classes
+
+    if type(mlp).__name__ not in gated_mlp_classes():
+        return False
     parts = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
     if not all(isinstance(p, ArmorLinear) for p in parts) or not hasattr(mlp, "act_fn"):
         return False
     gate, up, down = parts
     sizes = {gate.a_blocks.shape[-1], up.a_blocks.shape[-1], down.b_blocks.shape[-1]}
-    if len(sizes) != 1 or gate.out_features != up.out_features:
-        return False
-    try:
-        source = inspect.getsource(type(mlp).forward)
-    except (OSError, TypeError):
-        return False
-    return _squash(GATED_MLP_FORWARD) in _squash(source)
-
-
-def _squash(text: str) -> str:
-    return "".join(text.split())
+    return len(sizes) == 1 and gate.out_features == up.out_features
 
 
 class LoweredSparseLinear(nn.Module):

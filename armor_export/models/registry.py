@@ -29,6 +29,10 @@ class Adapter:
         "mlp.up_proj",
         "mlp.down_proj",
     )
+    # class names of this family's MLP modules that compute
+    # ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``: the export may then keep the
+    # activation in block layout (export/lowering.LoweredArmorMLP); () = never
+    gated_mlps: tuple[str, ...] = ()
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)
@@ -54,16 +58,21 @@ def register(adapter: Adapter) -> Adapter:
     return adapter
 
 
-register(Adapter("llama", ("llama",)))
-register(Adapter("mistral", ("mistral",)))
-register(Adapter("qwen2", ("qwen2",)))
-register(Adapter("qwen3", ("qwen3",)))
-register(Adapter("gemma", ("gemma", "gemma2")))
+register(Adapter("llama", ("llama",), gated_mlps=("LlamaMLP",)))
+register(Adapter("mistral", ("mistral",), gated_mlps=("MistralMLP",)))
+register(Adapter("qwen2", ("qwen2",), gated_mlps=("Qwen2MLP",)))
+register(Adapter("qwen3", ("qwen3",), gated_mlps=("Qwen3MLP",)))
+register(Adapter("gemma", ("gemma", "gemma2"), gated_mlps=("GemmaMLP", "Gemma2MLP")))
 
 
 def registered_families() -> dict[str, Adapter]:
     """Family name -> adapter."""
     return {a.family: a for a in _REGISTRY.values()}
+
+
+def gated_mlp_classes() -> frozenset[str]:
+    """Class names of the MLP modules the registered families declare gated."""
+    return frozenset(name for a in _REGISTRY.values() for name in a.gated_mlps)
 
 
 def registered_model_types() -> dict[str, str]:

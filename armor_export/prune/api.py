@@ -28,14 +28,13 @@ from armor_export.errors import ShapeError, UserError
 from armor_export.io import read_json, read_tensors, write_json, write_tensors
 from armor_export.models.registry import Adapter, adapter_for
 from armor_export.progress import NullReporter, Reporter
+from armor_export.prune import methods
 from armor_export.prune.calibrate import calibrate_layerwise
 from armor_export.prune.checkpoint import apply_result, save_checkpoint, save_checkpoint_streaming
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
 from armor_export.prune.schedule import run_jobs
 
 log = logging.getLogger(__name__)
-
-NEEDS_STATS = {"wanda", "nowag-p", "armor", "sparsegpt"}
 
 
 @dataclass
@@ -54,11 +53,6 @@ class PruneResult:
             "matrices_total": len(armor),
             "matrices_at_or_below_nowag": sum(m["proxy_loss"] <= m["nowag_loss"] for m in armor),
         }
-
-
-def valid_block_sizes(d_out: int, d_in: int) -> list[int]:
-    """Block sizes b with 4 | b, b | d_out and b | d_in."""
-    return [b for b in range(4, min(d_out, d_in) + 1, 4) if d_out % b == 0 and d_in % b == 0]
 
 
 def select_linears(
@@ -95,15 +89,7 @@ def _shape_problem(name: str, mod: nn.Module, cfg: PruneConfig) -> str | None:
     d_out, d_in = mod.out_features, mod.in_features
     if d_in % 8:
         return f"{name}: input dimension {d_in} is not divisible by 8 (2:4 groups, packed storage)"
-    if cfg.method == "armor":
-        b = cfg.armor.block_size
-        if d_out % b or d_in % b:
-            sizes = ", ".join(map(str, valid_block_sizes(d_out, d_in))) or "none"
-            return (
-                f"{name}: shape {d_out}x{d_in} is not divisible by block size {b}; "
-                f"valid block sizes for this layer: {sizes}"
-            )
-    return None
+    return methods.get(cfg.method).shape_problem(name, d_out, d_in, cfg)
 
 
 def calibration_batches(tokenizer, cfg: PruneConfig) -> list[torch.Tensor]:
@@ -156,12 +142,15 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     from armor_export.prune import distributed
 
     cfg.validate()
-    sequential = cfg.method == "sparsegpt" and cfg.sparsegpt.sequential
+    method = methods.get(cfg.method)
+    sequential = method.sequential(cfg)
     if sequential and cfg.low_memory:
-        raise UserError("sequential SparseGPT keeps the pruned layers in memory: drop --low-memory")
+        raise UserError(
+            f"sequential {method.title} keeps the pruned layers in memory: drop --low-memory"
+        )
     ranks = distributed.init(cfg.device) if distributed.launched_distributed() else None
     if ranks and sequential:
-        raise UserError("sequential SparseGPT cannot be spread over ranks: run it on one")
+        raise UserError(f"sequential {method.title} cannot be spread over ranks: run it on one")
     main = ranks is None or ranks.is_main
     reporter = (reporter or NullReporter()) if main else NullReporter()
     start = time.perf_counter()
@@ -330,17 +319,18 @@ def _dense_statistics(
     """
     from armor_export.prune import distributed
 
-    if cfg.method not in NEEDS_STATS:
+    method = methods.get(cfg.method)
+    if not method.needs_statistics:
         return {}
+    gram = method.needs_gram
     path = out / "work" / "stats.safetensors"
     if path.exists():
         stats = read_tensors(path)
         if all(f"{n}.hdiag" in stats for n in targets) and (
-            cfg.method != "sparsegpt" or all(f"{n}.gram" in stats for n in targets)
+            not gram or all(f"{n}.gram" in stats for n in targets)
         ):
             log.info("reusing calibration statistics from %s", path)
             return stats
-    gram = cfg.method == "sparsegpt"
     batches = calibration_batches(tokenizer, cfg)
     if ranks is not None:
         batches = batches[ranks.rank :: ranks.world]
@@ -408,20 +398,21 @@ def armorize_(
     cfg.validate()
     adapter = adapter_for(model)
     targets, _ = select_linears(model, adapter, cfg, filter_fn)
-    sequential = cfg.method == "sparsegpt" and cfg.sparsegpt.sequential
-    if cfg.method in NEEDS_STATS and not batches:
+    method = methods.get(cfg.method)
+    sequential = method.sequential(cfg)
+    if method.needs_statistics and not batches:
         raise UserError(f"method {cfg.method!r} needs calibration batches")
     results: dict[str, MatrixResult] = {}
 
     def solve_layer(_i, layer_stats):
         for name, st in layer_stats.items():
-            gram = st.gram(name) if cfg.method == "sparsegpt" else None
+            gram = st.gram(name) if method.needs_gram else None
             job = MatrixJob(name, targets[name].weight, st.hdiag(name), gram)
             results[name] = run_job(job, cfg)
             if sequential:
                 apply_result(model, results[name])
 
-    if cfg.method == "magnitude":
+    if not method.needs_statistics:
         for name, mod in targets.items():
             results[name] = run_job(MatrixJob(name, mod.weight), cfg)
     else:
@@ -431,7 +422,7 @@ def armorize_(
             batches,
             targets,
             solve_layer,
-            gram=cfg.method == "sparsegpt",
+            gram=method.needs_gram,
             sequential=sequential,
         )
     if not sequential:

@@ -1,4 +1,4 @@
-"""The ARMOR optimiser: ``w_bar ≈ A · S · B`` with a 2:4 core ``S`` (armor-spec §1-§6).
+"""The ARMOR optimiser: ``w_bar ≈ A · S · B`` with a 2:4 core ``S`` (docs/design.md §3).
 
 All work happens in NoWag-normalised coordinates on the calibration-weighted proxy loss
 
@@ -17,11 +17,11 @@ descent in which **every step is an exact or safeguarded minimisation, so the lo
 increases**:
 
 1. sparse-core step: for every 2:4 group the exact best support and values with the rest
-   fixed (spec §5.2, the closed form over the 6 supports); several groups per tile are
+   fixed (docs/design.md §3.2, the closed form over the 6 supports); several groups per tile are
    applied together, and a tile whose joint update is not at least as good as its single
    best group falls back to that group alone;
 2. core values on the fixed mask: a few conjugate-gradient steps per tile;
-3. ``A`` step: each block ``A_p`` solves its least-squares problem exactly (spec §6);
+3. ``A`` step: each block ``A_p`` solves its least-squares problem exactly (docs/design.md §3.4);
 4. ``B`` step: likewise for each ``B_q`` (its columns decouple, so γ drops out).
 
 ``continuous_step="adam"`` follows the authors: one joint Adam step on (A, B, W') per
@@ -58,7 +58,7 @@ class SolverSettings:
     patience: int = 20
     tolerance: float = 1e-6
     compile: bool = False  # fuse the elementwise group maths with torch.compile
-    weighting: str = "normalized"  # "normalized" (authors, spec §3) | "output" (layer output)
+    weighting: str = "normalized"  # "normalized" (authors, docs/design.md §2.5) | "output" (§2.8)
 
 
 @dataclass
@@ -198,13 +198,13 @@ def propose_groups(
     err: torch.Tensor,
     compiled: bool = False,
 ) -> _GroupProposal:
-    """Exact minimiser of the tile loss over each 2:4 group, everything else fixed (spec §5.2).
+    """Exact minimiser of the tile loss over each 2:4 group, everything else fixed.
 
     For group g (row r, columns c) of tile (p, q), with ``a = A_p[:, r]``,
     ``Bg = (B_q diag γ_q)[c, :]`` and ``G = Bg Bgᵀ``, the tile loss as a function of the
     group's values v is ``const + 2 uᵀv + α vᵀ G v`` with ``α = ||a||²`` and
     ``u = (A_pᵀ E B̃_qᵀ)[r, c] − α G s_g`` (E the current weighted error, s_g the current
-    values). Each of the 6 supports is a 2x2 least-squares problem.
+    values). Each of the 6 supports is a 2x2 least-squares problem (docs/design.md §3.2).
     """
     bs, ng, e = prob.b, prob.b // GROUP, prob.e
     bt = b * prob.gamma_blocks  # B̃_q = B_q diag(γ_q), [E, Q, b, b]
@@ -416,7 +416,7 @@ def b_step(
 
 
 def nowag_p_mask(w_bar: torch.Tensor, hdiag: torch.Tensor) -> torch.Tensor:
-    """NoWag-P: keep the top-2 of ``w_bar² · h`` in each group of 4 (spec §4)."""
+    """NoWag-P: keep the top-2 of ``w_bar² · h`` in each group of 4 (docs/design.md §2.7)."""
     return mask_from_scores(w_bar.pow(2) * hdiag)
 
 
@@ -460,7 +460,7 @@ def solve_batch(
     a = blockdiag.identity(e * (m // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
     b = blockdiag.identity(e * (n // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
     nowag_state = (a, s, b)
-    if settings.weighting == "normalized":  # the authors' loss (spec §3)
+    if settings.weighting == "normalized":  # the authors' loss (docs/design.md §2.5)
         prob = _Problem(norm.w_bar, hdiag, bs)
     elif settings.weighting == "output":
         # The layer-output error ||(Â S B̂ − W) diag(√h)||² with Â = diag(r) A: the same
@@ -546,8 +546,8 @@ def _where_problem(take: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> 
 def _fold(norm: Normalized, i, a, s, mask, b, nowag, loss, history, iters, secs) -> ArmorFactors:
     """Fold problem ``i``'s NoWag scales into its wrappers: ``(diag(r) A) S (B diag(c))``.
 
-    ``nowag`` and ``loss`` are always the spec's normalised proxy loss; ``history`` is the
-    loss actually optimised (they coincide for ``weighting="normalized"``).
+    ``nowag`` and ``loss`` are always the normalised proxy loss (docs/design.md §2.5);
+    ``history`` is the loss actually optimised (they coincide for ``weighting="normalized"``).
     """
     bs = a.shape[-1]
     a_out = a * norm.row_scale[i].reshape(-1, bs, 1)

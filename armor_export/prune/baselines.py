@@ -25,7 +25,7 @@ def wanda(weight: torch.Tensor, hdiag: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def nowag_p(weight: torch.Tensor, hdiag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """NoWag-P: score ``w_bar_ij² · h_j`` on the NoWag-normalised weight (armor-spec §4)."""
+    """NoWag-P: score ``w_bar_ij² · h_j`` on the NoWag-normalised weight (docs/design.md §4.3)."""
     mask = nowag_p_mask(normalize(weight).w_bar, hdiag)
     return weight * mask, mask
 

@@ -34,8 +34,9 @@ from dataclasses import replace
 import torch
 
 from armor_export.config import PruneConfig
-from armor_export.prune import armor
-from armor_export.prune.jobs import MatrixJob, solver_settings
+from armor_export.prune import armor, methods
+from armor_export.prune.jobs import MatrixJob
+from armor_export.prune.methods.armor import solver_settings
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ _DECISIONS: dict[tuple, int] = {}
 def group_jobs(
     jobs: list[MatrixJob], cfg: PruneConfig, probe: Probe | None = None
 ) -> list[list[MatrixJob]]:
-    """``jobs`` in their order, same-shape ARMOR jobs gathered into batches where chosen."""
-    if cfg.method != "armor" or cfg.batch_same_shape == "off":
+    """``jobs`` in their order, same-shape jobs of a method with a batched solve (ARMOR)
+    gathered into batches where chosen."""
+    if methods.get(cfg.method).solve_batch is None or cfg.batch_same_shape == "off":
         return [[job] for job in jobs]
     by_shape: dict[tuple[int, int], list[MatrixJob]] = {}
     for job in jobs:

@@ -19,7 +19,7 @@ import torch
 from armor_export.config import PruneConfig
 from armor_export.errors import CorruptFileError
 from armor_export.io import read_metadata, read_tensors, write_tensors
-from armor_export.prune import armor, baselines, masks
+from armor_export.prune import armor, masks, methods
 from armor_export.prune.proxy import clean_hdiag, normalize, proxy_loss
 
 log = logging.getLogger(__name__)
@@ -73,22 +73,6 @@ class MatrixResult:
         )
 
 
-def solver_settings(cfg: PruneConfig) -> armor.SolverSettings:
-    a = cfg.armor
-    return armor.SolverSettings(
-        block_size=a.block_size,
-        iterations=a.iterations,
-        continuous_step=a.continuous_step,
-        lr=a.lr,
-        cg_steps=a.cg_steps,
-        groups_per_tile=a.groups_per_tile,
-        patience=a.patience,
-        tolerance=a.tolerance,
-        compile=a.compile,
-        weighting=a.weighting,
-    )
-
-
 def _baseline_losses(core: torch.Tensor, weight: torch.Tensor, hdiag: torch.Tensor):
     """(proxy loss of ``core``, NoWag-P's proxy loss) of ``weight``, in NoWag coordinates."""
     norm = normalize(weight)
@@ -97,79 +81,47 @@ def _baseline_losses(core: torch.Tensor, weight: torch.Tensor, hdiag: torch.Tens
     return proxy_loss(approx_bar, norm.w_bar, hdiag), proxy_loss(nowag_bar, norm.w_bar, hdiag)
 
 
+def _on_device(job: MatrixJob, device: torch.device) -> MatrixJob:
+    """The job's tensors in fp32 on ``device``, its input norms cleaned of dead columns."""
+
+    def move(t):
+        return None if t is None else t.detach().to(device, torch.float32)
+
+    hdiag = None if job.hdiag is None else clean_hdiag(move(job.hdiag), job.name)
+    return MatrixJob(job.name, move(job.weight), hdiag, move(job.gram))
+
+
 @torch.no_grad()
 def run_job(
     job: MatrixJob, cfg: PruneConfig, progress: Callable[[int, float], None] | None = None
 ) -> MatrixResult:
     """Prune one matrix with ``cfg.method``; deterministic for the same inputs."""
     start = time.perf_counter()
-    device = torch.device(cfg.device)
-    weight = job.weight.detach().to(device, torch.float32)
-    hdiag = None
-    if job.hdiag is not None:
-        hdiag = clean_hdiag(job.hdiag.to(device, torch.float32), job.name)
-    method = cfg.method
-    metrics: dict = {}
-    if method == "armor":
-        factors = armor.solve(weight, hdiag, solver_settings(cfg), progress)
-        result = _armor_result(job.name, factors, cfg)
-        metrics = result.metrics
-    else:
-        if method == "magnitude":
-            core, mask = baselines.magnitude(weight)
-        elif method == "wanda":
-            core, mask = baselines.wanda(weight, hdiag)
-        elif method == "nowag-p":
-            core, mask = baselines.nowag_p(weight, hdiag)
-        elif method == "sparsegpt":
-            core, mask = baselines.sparsegpt(
-                weight,
-                job.gram.to(device, torch.float32),
-                cfg.sparsegpt.block_size,
-                cfg.sparsegpt.damp,
-            )
-        else:  # config validation makes this unreachable for users
-            raise ValueError(f"unknown method {method!r}")
-        result = MatrixResult(job.name, method, core, mask)
-        if hdiag is not None:
-            metrics["proxy_loss"], metrics["nowag_loss"] = _baseline_losses(core, weight, hdiag)
-    metrics["seconds"] = time.perf_counter() - start
-    result.metrics = metrics
+    ready = _on_device(job, torch.device(cfg.device))
+    result = methods.get(cfg.method).solve(ready, cfg, progress)
+    if "proxy_loss" not in result.metrics and ready.hdiag is not None:
+        losses = _baseline_losses(result.core, ready.weight, ready.hdiag)
+        result.metrics["proxy_loss"], result.metrics["nowag_loss"] = losses
+    result.metrics["seconds"] = time.perf_counter() - start
     return result.to("cpu")
-
-
-def _armor_result(name: str, factors: armor.ArmorFactors, cfg: PruneConfig) -> MatrixResult:
-    result = MatrixResult(
-        name, "armor", factors.core, factors.mask, factors.a_blocks, factors.b_blocks
-    )
-    result.metrics.update(
-        nowag_loss=factors.nowag_loss,
-        proxy_loss=factors.final_loss,
-        iterations=factors.iterations,
-        history=factors.history,
-        block_size=cfg.armor.block_size,
-    )
-    return result
 
 
 @torch.no_grad()
 def run_job_batch(jobs: list[MatrixJob], cfg: PruneConfig) -> list[MatrixResult]:
-    """Same-shape ARMOR jobs as one batched solve; each result is the one ``run_job`` gives
-    (``armor.solve_batch``), with ``seconds`` the batch's time shared out evenly."""
+    """Same-shape jobs of a batching method as one solve; each result is the one
+    ``run_job`` gives, with ``seconds`` the batch's time shared out evenly."""
     if len(jobs) == 1:
         return [run_job(jobs[0], cfg)]
     start = time.perf_counter()
     device = torch.device(cfg.device)
-    weights = [job.weight.detach().to(device, torch.float32) for job in jobs]
-    hdiags = [clean_hdiag(job.hdiag.to(device, torch.float32), job.name) for job in jobs]
-    factors = armor.solve_batch(weights, hdiags, solver_settings(cfg))
+    solve_batch = methods.get(cfg.method).solve_batch
+    if solve_batch is None:
+        raise ValueError(f"method {cfg.method!r} has no batched solve")
+    results = solve_batch([_on_device(job, device) for job in jobs], cfg)
     seconds = (time.perf_counter() - start) / len(jobs)
-    results = []
-    for job, fac in zip(jobs, factors, strict=True):
-        result = _armor_result(job.name, fac, cfg)
+    for result in results:
         result.metrics.update(seconds=seconds, batch=len(jobs))
-        results.append(result.to("cpu"))
-    return results
+    return [result.to("cpu") for result in results]
 
 
 class JobStore:

@@ -10,7 +10,7 @@ from armor_export.prune import blockdiag
 
 
 class ArmorLinear(nn.Module):
-    """Drop-in replacement for ``nn.Linear`` holding ARMOR factors (armor-spec §1).
+    """Drop-in replacement for ``nn.Linear`` holding ARMOR factors (docs/design.md §2.1).
 
     ``a_blocks`` ``[d_out/b, b, b]`` and ``b_blocks`` ``[d_in/b, b, b]`` already include the
     NoWag scales; ``core`` is the 2:4 sparse matrix (zeros off ``mask``).

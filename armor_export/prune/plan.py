@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from armor_export.config import PruneConfig
+from armor_export.prune import methods
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,15 @@ def _probe_job(cfg: PruneConfig, name: str, weight: torch.Tensor, iterations: in
     """(setup seconds, seconds per iteration, iterations measured) for one real matrix."""
     from armor_export.prune.jobs import MatrixJob, run_job
 
+    method = methods.get(cfg.method)
     d_out, d_in = weight.shape
     hdiag = torch.ones(d_in)  # timing does not depend on the statistics' values
-    gram = torch.eye(d_in) if cfg.method == "sparsegpt" else None
-    if cfg.method != "armor":
+    gram = torch.eye(d_in) if method.needs_gram else None
+    if method.probe_config is None:  # a one-shot method: time one whole job
         start = time.perf_counter()
         run_job(MatrixJob(name, weight, hdiag, gram), cfg)
         return time.perf_counter() - start, 0.0, 0
-    probe = PruneConfig.from_dict(cfg.to_dict())
-    probe.armor.iterations = iterations
-    probe.armor.patience = iterations + 1  # never stop early in the probe
-    probe.armor.compile = False
+    probe = method.probe_config(cfg, iterations)
     stamps: list[float] = []
     start = time.perf_counter()
     run_job(
@@ -139,9 +138,10 @@ def layer_bytes(model, adapter) -> int:
 
 def statistics_bytes(targets: dict, method: str) -> int:
     """Bytes of the calibration statistics a prune keeps: fp64 input norms of every target
-    (and SparseGPT's Gram matrices)."""
+    (and the Gram matrices of a method that needs them, SparseGPT)."""
     norms = sum(m.in_features for m in targets.values()) * 8
-    grams = sum(m.in_features**2 for m in targets.values()) * 8 if method == "sparsegpt" else 0
+    gram = methods.get(method).needs_gram
+    grams = sum(m.in_features**2 for m in targets.values()) * 8 if gram else 0
     return norms + grams
 
 
@@ -184,20 +184,19 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
 
 
 def _probe(cfg, lazy, adapter, tokenizer, by_shape, iterations, progress):
-    from armor_export.prune.api import NEEDS_STATS
-
+    method = methods.get(cfg.method)
     shapes = []
     for shape, names in sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
         weight = lazy.weight(names[0])
         setup, per_it, measured = _probe_job(cfg, names[0], weight, iterations)
-        total_iterations = cfg.armor.iterations if cfg.method == "armor" else 0
+        total_iterations = method.iterations(cfg) if method.iterations else 0
         shapes.append(
             ShapePlan(shape, names, names[0], measured, round(setup, 4), round(per_it, 4),
                       round(setup + per_it * total_iterations, 3))
         )  # fmt: skip
         if progress is not None:
             progress(shape)
-    if cfg.method in NEEDS_STATS:
+    if method.needs_statistics:
         calib = _probe_calibration(cfg, lazy, adapter, tokenizer)
     else:
         calib = {"batches": 0, "batch_shape": [0, 0], "est_seconds": 0.0}
@@ -228,7 +227,7 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     torch.set_num_threads(probe_threads)
     try:
         shapes, calib = _probe(cfg, lazy, adapter, tokenizer, by_shape, probe_iterations, progress)
-        if cfg.method == "armor":
+        if methods.get(cfg.method).solve_batch is not None:
             from armor_export.prune import batching
 
             # with "auto", the probe prune itself runs

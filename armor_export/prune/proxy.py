@@ -1,4 +1,4 @@
-"""NoWag normalisation and the calibration-weighted proxy loss (armor-spec §2-§4)."""
+"""NoWag normalisation and the calibration-weighted proxy loss (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class Normalized:
 
 
 def normalize(weight: torch.Tensor) -> Normalized:
-    """Column norms first, then row norms of the column-normalised matrix (spec §2).
+    """Column norms first, then row norms of the column-normalised matrix (docs/design.md §2.3).
 
     ``weight`` is ``[d_out, d_in]`` or a batch ``[E, d_out, d_in]``.
     """

@@ -6,6 +6,7 @@ so other schedulers (torch.distributed, clusters) can reuse both.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from multiprocessing import get_context
 import torch
 
 from armor_export.config import PruneConfig
-from armor_export.prune import batching
+from armor_export.prune import batching, methods
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job, run_job_batch
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,15 @@ def resolve_workers(requested: int, pending: int, device: str = "cpu") -> int:
     return max(1, min(workers, pending))
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, method_modules: tuple[str, ...]) -> None:
     torch.set_num_threads(threads)
+    # a method registered outside the built-ins (a user's module) registers in the worker too
+    for module in method_modules:
+        importlib.import_module(module)
+
+
+def _method_modules() -> tuple[str, ...]:
+    return tuple(sorted({m.defining_module for m in methods.registered().values()}))
 
 
 def _work(job: MatrixJob, cfg: PruneConfig) -> MatrixResult:
@@ -74,7 +82,7 @@ def run_jobs(
     ctx = get_context("spawn")
     queue = iter(pending)
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, _method_modules())
     ) as pool:
         in_flight: set = set()
 

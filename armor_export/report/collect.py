@@ -20,6 +20,8 @@ from pathlib import Path
 
 from armor_export.errors import CorruptFileError, UserError
 from armor_export.io import read_json, read_metadata
+from armor_export.prune import methods
+from armor_export.prune.methods import PruneMethod
 
 # the order projections are shown in; other names follow alphabetically
 PROJECTION_ORDER = ("q", "k", "v", "o", "gate", "up", "down")
@@ -109,10 +111,21 @@ class ReportData:
         return str(self.manifest.get("method", "?"))
 
     @property
+    def method_info(self) -> PruneMethod | None:
+        """The registered method that made the checkpoint (None: unknown to this build)."""
+        return methods.find(self.method)
+
+    @property
     def method_name(self) -> str:
         """The method as papers spell it."""
-        names = {"armor": "ARMOR", "nowag-p": "NoWag-P", "sparsegpt": "SparseGPT"}
-        return names.get(self.method, self.method.capitalize())
+        info = self.method_info
+        return info.title if info else self.method.capitalize()
+
+    @property
+    def bounded_by_nowag(self) -> bool:
+        """The method promises every matrix at or below its NoWag-P loss (ARMOR)."""
+        info = self.method_info
+        return bool(info and info.bounded_by_nowag)
 
     @property
     def prune_config(self) -> dict:

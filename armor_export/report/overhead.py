@@ -5,7 +5,8 @@ One pruned matrix ``W ≈ A · S · B`` with ``W`` of shape ``[d_out, d_in]`` an
 ``b · (d_out + d_in)`` extra parameters. Per token the wrappers cost
 ``2 · b · (d_in + d_out)`` FLOPs (one multiply-add per stored entry), the dense matmul
 ``2 · d_in · d_out`` and the 2:4 core half of that, ``d_in · d_out``. The benchmark script
-``tools/bench_onnx.py`` (``wrapper_flops_per_token``) uses the same definition.
+``tools/bench_onnx.py`` counts a checkpoint's wrappers with it (``tools/benchlib.py``,
+``wrapper_flops_per_token``).
 """
 
 from __future__ import annotations

@@ -137,9 +137,9 @@ def heatmap_png(data: ReportData) -> bytes | None:
     axes[0].set_ylabel("decoder layer")
     if len(layers) <= 48:
         _annotate(axes[2], ratio, ratio_norm, ratio_cmap)
-    for i, line in enumerate(ratio):  # ARMOR cells above NoWag-P: outlined, whatever colour
+    for i, line in enumerate(ratio):  # cells above a promised NoWag-P bound: outlined
         for j, value in enumerate(line):
-            if value > 1 and data.method == "armor":
+            if value > 1 and data.bounded_by_nowag:
                 axes[2].add_patch(
                     Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="#d50000", lw=2.5)
                 )

@@ -177,26 +177,11 @@ def _run_section(data: ReportData) -> list[Block]:
     add("checkpoint", f"`{data.checkpoint.resolve()}`")
     add("model", f"`{_model_name(data)}`")
     add("method", data.method_name)
-    if data.method == "armor":
-        armor = cfg.get("armor", {})
-        done = sorted(m.iterations for m in data.matrices if m.iterations is not None)
-        ran = "?" if not done else f"{done[0]}–{done[-1]}" if done[0] != done[-1] else done[0]
-        add("block size b", str(armor.get("block_size", "?")))
-        add(
-            "iterations",
-            f"{armor.get('iterations', '?')} at most, {ran} run "
-            f"(patience {armor.get('patience', '?')})",
-        )
-        step, weighting = armor.get("continuous_step", "?"), armor.get("weighting", "?")
-        add("continuous step / weighting", f"{step} / {weighting}")
-    if data.method == "sparsegpt":
-        sg = cfg.get("sparsegpt", {})
-        add(
-            "SparseGPT",
-            ", ".join(f"{k} {sg.get(k, '?')}" for k in ("block_size", "damp", "sequential")),
-        )
+    info = data.method_info
+    if info is not None:
+        rows.extend([key, value] for key, value in info.report_rows(cfg, data.matrices))
     cal = cfg.get("calibration")
-    if data.method != "magnitude" and isinstance(cal, dict):
+    if (info is None or info.needs_statistics) and isinstance(cal, dict):
         n, seqlen = cal.get("n_samples"), cal.get("seqlen")
         tokens = n * seqlen if isinstance(n, int) and isinstance(seqlen, int) else None
         total = f" = {_count(tokens)} tokens" if tokens else ""
@@ -239,7 +224,8 @@ def _run_section(data: ReportData) -> list[Block]:
 
 
 def _curves_section(data: ReportData, figs: dict[str, bytes], missing: str | None) -> list[Block]:
-    if data.method != "armor" and not any(m.kind == "armor" for m in data.matrices):
+    wrappers = data.method_info is not None and data.method_info.wrappers
+    if not wrappers and not any(m.kind == "armor" for m in data.matrices):
         return []
     blocks: list[Block] = [Heading("Proxy loss curves")]
     if "curves.png" in figs:
@@ -267,9 +253,10 @@ def _loss_section(data: ReportData, figs: dict[str, bytes], missing: str | None)
     blocks: list[Block] = [Heading("Final proxy loss", "final-proxy-loss")]
     rows = data.with_losses
     if not rows:
+        info = data.method_info
         why = (
-            "magnitude pruning uses no calibration statistics, so it records no proxy losses"
-            if data.method == "magnitude"
+            f"{data.method} pruning uses no calibration statistics, so it records no proxy losses"
+            if info is not None and not info.needs_statistics
             else "the manifest records no proxy losses for these matrices"
         )
         return blocks + [Paragraph(f"No proxy losses: {why}; there is nothing to compare.")]
@@ -299,8 +286,8 @@ def _loss_section(data: ReportData, figs: dict[str, bytes], missing: str | None)
         blocks.append(
             Notice(
                 f"{len(above)} of {len(rows)} matrices ended ABOVE their NoWag-P proxy loss"
-                + (" (ARMOR promises none)." if data.method == "armor" else "."),
-                "bad" if data.method == "armor" else "info",
+                + (f" ({method} promises none)." if data.bounded_by_nowag else "."),
+                "bad" if data.bounded_by_nowag else "info",
             )
         )
         blocks.append(

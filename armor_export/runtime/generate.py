@@ -16,11 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from armor_export.errors import ConfigError, CorruptFileError
+from armor_export.errors import ConfigError, CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest
 from armor_export.runtime.inputs import check_limits, encode_prompts, left_pad, position_ids
 from armor_export.runtime.sampling import Sampler, SamplingConfig
-from armor_export.runtime.session import Session, open_session, past_dtype
+from armor_export.runtime.session import (
+    Session,
+    check_session_matches,
+    open_session,
+    past_dtype,
+)
 from armor_export.runtime.streaming import IncrementalDecoder
 
 TextCallback = Callable[[int, str], None]
@@ -60,6 +65,20 @@ class GenerationResult:
 
 
 @dataclass
+class DecodeState:
+    """Where a batch stands after a prefill or a step: the graph's outputs (``logits`` and
+    the presents, i.e. the KV cache) and the attention mask of every position so far."""
+
+    outputs: dict[str, np.ndarray]
+    attention_mask: np.ndarray  # int64 [batch, positions]; 0 = left padding
+
+    @property
+    def next_logits(self) -> np.ndarray:
+        """Each row's logits for its next token, ``[batch, vocab]``."""
+        return self.outputs["logits"][:, -1, :]
+
+
+@dataclass
 class _Row:
     """One prompt's continuation while it is being generated."""
 
@@ -93,10 +112,15 @@ class Generator:
         backend: str = "onnxruntime",
         providers: Sequence[str] | None = None,
         threads: int = 0,
+        session: Session | None = None,
     ) -> None:
+        """``session``: one already open on this export (e.g. with profiling on) to run
+        instead of opening one on ``backend``."""
         self.folder = Path(folder)
         self.manifest = ExportManifest.read(self.folder)
-        self.session: Session = open_session(
+        if session is not None:
+            check_session_matches(session, self.manifest)
+        self.session: Session = session or open_session(
             self.folder, self.manifest, backend, providers, threads
         )
         self.dtype = past_dtype(self.manifest, backend)
@@ -124,21 +148,38 @@ class Generator:
         rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
 
         start = time.perf_counter()
-        batch = left_pad(prompt_ids, self.pad_id)
-        past = self._empty_past(len(prompts))
-        outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)
-        next_ids = sampler(outputs["logits"][:, -1, :])
+        state = self.prefill(prompt_ids)
+        next_ids = sampler(state.next_logits)
         prefill_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
-        mask = batch.attention_mask
         while not self._record(rows, next_ids, config, on_text):
             finished = np.array([row.finish_reason is not None for row in rows])
-            step_ids = np.where(finished, self.pad_id, next_ids)[:, None].astype(np.int64)
-            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
-            outputs = self._run(step_ids, mask, position_ids(mask)[:, -1:], self._past(outputs))
-            next_ids = sampler(outputs["logits"][:, -1, :])
+            state = self.step(state, np.where(finished, self.pad_id, next_ids))
+            next_ids = sampler(state.next_logits)
         return self._result(prompts, prompt_ids, rows, prefill_seconds, start)
+
+    def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> DecodeState:
+        """Run the prompts' token ids (left-padded into one batch) on an empty KV cache."""
+        rows = [list(row) for row in prompt_ids]
+        check_limits(rows, 1, self.limits)
+        batch = left_pad(rows, self.pad_id)
+        past = self._empty_past(len(batch.input_ids))
+        outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)
+        return DecodeState(outputs, batch.attention_mask)
+
+    def step(self, state: DecodeState, token_ids: np.ndarray) -> DecodeState:
+        """Append one token per row (``token_ids``, ``[batch]``) to the KV cache in ``state``."""
+        mask = state.attention_mask
+        if mask.shape[1] >= int(self.limits.max_context):
+            raise ShapeError(
+                f"one more token would exceed this export's limits.max_context "
+                f"{self.limits.max_context}"
+            )
+        mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+        step_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
+        outputs = self._run(step_ids, mask, position_ids(mask)[:, -1:], self._past(state.outputs))
+        return DecodeState(outputs, mask)
 
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """Zero-length past for the prefill step: ``[batch, kv_heads, 0, head_dim]``."""

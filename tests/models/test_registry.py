@@ -131,3 +131,17 @@ def test_unsupported_architecture_names_supported_types():
         api.armorize_(model, PruneConfig.from_dict({"method": "magnitude"}))
     for model_type in MODEL_TYPES:
         assert model_type in str(info.value)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_declared_gated_mlps_compute_the_gated_form(model_type):
+    """``Adapter.gated_mlps`` is what lets the export keep an MLP's activation in block
+    layout: every registered model type's MLP must be declared, and must compute
+    ``down(act(gate(x)) * up(x))``, or the blocked lowering would compute something else."""
+    model = build(model_type)
+    mlp = model.model.layers[0].mlp
+    assert type(mlp).__name__ in adapter_for(model).gated_mlps
+    x = torch.randn(2, 3, TINY_DIMS["hidden_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+        torch.testing.assert_close(mlp(x), want, rtol=0, atol=0)

@@ -14,13 +14,15 @@ from armor_export.prune.masks import is_two_four
 from tests.conftest import tiny_prune_config
 
 N_LINEARS = 14  # 2 layers x 7
+# every registered method (tests/prune/test_methods.py checks this list against the registry)
+METHODS = ["magnitude", "wanda", "nowag-p", "sparsegpt", "armor"]
 
 
 def make_config(model_dir, text_file, out, method="armor", **armor):
     return tiny_prune_config(model_dir, text_file, out, method, armor)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda", "nowag-p", "sparsegpt", "armor"])
+@pytest.mark.parametrize("method", METHODS)
 def test_prune_writes_a_checkpoint_that_loads_back(method, tiny_model_dir, text_file, tmp_path):
     cfg = make_config(tiny_model_dir, text_file, tmp_path / "out", method)
     result = api.prune(cfg)

@@ -167,7 +167,7 @@ def test_output_weighting_minimises_the_layer_output_error():
     # its history is the output error it optimised, starting from the NoWag-P mask
     assert output.history[-1] == pytest.approx(output_error(output), rel=1e-3)
     assert all(b <= a for a, b in zip(output.history, output.history[1:], strict=False))
-    # reported losses stay in the spec's normalised metric, from the same NoWag-P start
+    # reported losses stay in the normalised metric (docs/design.md §2.5), same NoWag-P start
     assert output.nowag_loss == pytest.approx(normalized.nowag_loss, rel=1e-6)
     assert output.final_loss < output.nowag_loss
 

@@ -203,6 +203,34 @@ def test_eos_stops_one_row_while_the_other_goes_on(generator, monkeypatch):
         assert feeds["position_ids"][1, 0] == len(result.prompt_token_ids[1]) + step - 1
 
 
+def test_prefill_and_steps_are_what_generate_runs(generator, export_dir):
+    """The public prefill/step hook, driven by hand, gives generate's tokens and feeds."""
+    from armor_export.runtime.sampling import greedy
+
+    want = generator.generate(PROMPTS[:2], greedy_config(5))
+    state = generator.prefill(want.prompt_token_ids)
+    tokens = [greedy(state.next_logits)]
+    for _ in range(4):
+        state = generator.step(state, tokens[-1])
+        tokens.append(greedy(state.next_logits))
+    assert np.stack(tokens, axis=1).tolist() == want.token_ids
+    assert state.attention_mask.shape[1] == max(map(len, want.prompt_token_ids)) + 4
+
+    # an already-open session is run as it is, and checked against the manifest first
+    recorder = Recorder(generator.session)
+    again = Generator(export_dir, session=recorder)
+    assert again.session is recorder
+    again.step(again.prefill([[5, 6, 7]]), np.array([8]))
+    assert [f["input_ids"].tolist() for f in recorder.feeds] == [[[5, 6, 7]], [[8]]]
+
+
+def test_step_refuses_to_run_past_the_context(generator):
+    state = generator.prefill([[5] * 255])
+    state = generator.step(state, np.array([6]))  # the 256th position: the last one
+    with pytest.raises(ShapeError, match="limits.max_context 256"):
+        generator.step(state, np.array([7]))
+
+
 def test_float16_export_feeds_float16_past(export_dir, tmp_path, monkeypatch):
     """An fp16 graph (converted from the fp32 export) gets fp16 past arrays at every step."""
     onnx = pytest.importorskip("onnx")

@@ -1,0 +1,102 @@
+"""CLI choices and defaults come from config: no flag re-spells a config's vocabulary."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from armor_export import config
+from armor_export.cli.main import build_parser
+from armor_export.config import EngineConfig, EvalConfig, ExportConfig, VerifyConfig
+from armor_export.errors import ConfigError
+
+
+def options(verb: str) -> dict:
+    """``--flag`` -> argparse action of one verb."""
+    sub = next(a for a in build_parser()._actions if a.dest == "verb").choices[verb]
+    return {s: a for a in sub._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize(
+    "verb, flag, choices",
+    [
+        ("export", "--dtype", config.EXPORT_DTYPES),
+        ("export", "--lowering", config.LOWERINGS),
+        ("export", "--external-data", config.EXTERNAL_DATA),
+        ("build", "--dtype", config.EXPORT_DTYPES),
+        ("build", "--lowering", config.LOWERINGS),
+        ("build", "--compute-capability", config.COMPUTE_CAPABILITIES),
+        ("engine", "--compute-capability", config.COMPUTE_CAPABILITIES),
+        ("verify", "--backend", config.VERIFY_BACKENDS),
+    ],
+)
+def test_choices_are_configs(verb, flag, choices):
+    assert tuple(options(verb)[flag].choices) == choices
+
+
+@pytest.mark.parametrize("verb", ["engine", "build"])
+def test_backend_choices_are_the_engine_backends_and_their_old_names(verb):
+    action = options(verb)["--backend"]
+    names = config.ENGINE_BACKENDS + tuple(config.ENGINE_BACKEND_ALIASES)
+    assert tuple(action.choices) == names
+    assert action.metavar == "{tensorrt-rtx,tensorrt}"  # help shows the canonical names only
+
+
+def test_export_defaults_are_export_configs():
+    from armor_export.cli.export import config_from_args
+
+    args = build_parser().parse_args(["export", "x", "-o", "y"])
+    assert config_from_args(args) == ExportConfig(model="x", output_dir="y")
+    args = build_parser().parse_args(["export"])
+    assert config_from_args(args) == ExportConfig()
+
+
+def test_engine_defaults_are_engine_configs():
+    from armor_export.cli.engine import config_from_args
+
+    assert config_from_args(build_parser().parse_args(["engine"])) == EngineConfig()
+    args = build_parser().parse_args(["engine", "e", "--no-sparse"])
+    assert config_from_args(args) == EngineConfig(export_dir="e", sparse_weights=False)
+
+
+def test_verify_and_eval_defaults_are_their_configs():
+    verify = build_parser().parse_args(["verify"])
+    assert (verify.export_dir, verify.model, verify.decode_steps, verify.report_dir) == (
+        VerifyConfig().export_dir,
+        VerifyConfig().model,
+        VerifyConfig().decode_steps,
+        VerifyConfig().report_dir,
+    )
+    ev = build_parser().parse_args(["eval"])
+    assert EvalConfig(ev.text, ev.windows, ev.seqlen, ev.batch_size) == EvalConfig()
+
+
+def test_build_flags_left_unset_keep_the_config(tmp_path):
+    from armor_export.cli.build import config_from_args
+
+    toml = tmp_path / "build.toml"
+    toml.write_text('[engine]\nbackend = "tensorrt"\ncompute_capability = "sm89"\n')
+    cfg, _ = config_from_args(build_parser().parse_args(["build", "--config", str(toml)]))
+    assert (cfg.engine.backend, cfg.engine.compute_capability) == ("tensorrt", "sm89")
+
+
+@pytest.mark.parametrize("old, new", [("rtx", "tensorrt-rtx"), ("trt", "tensorrt")])
+def test_old_backend_names_are_aliases(old, new, tmp_path, caplog):
+    from armor_export.cli import build, engine
+
+    with caplog.at_level(logging.WARNING):
+        args = build_parser().parse_args(["engine", "--backend", old])
+        assert engine.config_from_args(args).backend == new
+    assert f"engine backend '{old}' is now called '{new}'" in caplog.text
+
+    toml = tmp_path / "build.toml"  # an existing config file keeps working
+    toml.write_text(f'[engine]\nbackend = "{old}"\n')
+    assert config.BuildConfig.from_toml(toml).engine.backend == new
+    args = build_parser().parse_args(["build", "--backend", old])
+    assert build.config_from_args(args)[0].engine.backend == new
+
+
+def test_an_unknown_backend_names_the_canonical_ones():
+    with pytest.raises(ConfigError, match="backend must be one of tensorrt-rtx, tensorrt"):
+        EngineConfig(backend="tensorrtx").validate()
