@@ -17,6 +17,7 @@ import tomllib
 
 from armor_export.errors import ConfigError
 from armor_export.prune import methods
+from armor_export.verify.backends import VERIFY_BACKENDS  # "auto" + the registered runners
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,6 @@ class ExportConfig:
         return dataclasses.asdict(self)
 
 
-VERIFY_BACKENDS = ("auto", "onnxruntime", "numpy-reference", "tensorrt")
 DEFAULT_PROMPTS = [
     "The capital of France is",
     "Sparse matrices with two of every four weights kept can run faster on tensor cores",

@@ -105,7 +105,7 @@ def test_export_runner_times_the_runtimes_prefill_and_steps(benchlib, tiny_expor
     # the KV cache is the export's dtype and grows by one position per step
     past = [f["past_key_values.0.key"] for f in calls[1:]]
     assert [p.shape[2] for p in past] == [0, 4, 5, 6]
-    assert {p.dtype.name for p in past} == {runner.manifest["dtype"]}
+    assert {p.dtype.name for p in past} == {runner.manifest.dtype}
 
 
 def test_wrapper_flops_count_every_armor_matrix(benchlib, tiny_checkpoint):

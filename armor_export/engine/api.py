@@ -11,6 +11,7 @@ from pathlib import Path
 
 from armor_export.config import EngineConfig
 from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.export_manifest import ExportManifest, Limits
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,11 @@ class EngineResult:
 def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineResult:
     """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report."""
     from armor_export.engine.backends import backend_spec, load_backend
-    from armor_export.export.api import read_export_manifest
 
     cfg.validate()
     reporter = reporter or NullReporter()
     export_dir = Path(cfg.export_dir)
-    manifest = read_export_manifest(export_dir)
+    manifest = ExportManifest.read(export_dir)
     out = Path(cfg.output_dir) if cfg.output_dir else export_dir / "engine"
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
@@ -75,11 +75,11 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     return EngineResult(out / ENGINE_FILE, report_path, report, seconds)
 
 
-def resolve_limits(cfg: EngineConfig, manifest: dict) -> dict:
+def resolve_limits(cfg: EngineConfig, manifest: ExportManifest) -> Limits:
     """Profile limits: the engine's own, never beyond what the export promised."""
-    exported = manifest["limits"]
+    exported = manifest.limits.to_dict()
     limits = {}
-    for key in ("max_batch", "max_prompt", "max_context"):
+    for key in exported:
         asked = getattr(cfg, key) or exported[key]
         if asked > exported[key]:
             flag = "--" + key.replace("_", "-")
@@ -91,10 +91,10 @@ def resolve_limits(cfg: EngineConfig, manifest: dict) -> dict:
         raise ConfigError(
             f"max_prompt {limits['max_prompt']} exceeds max_context {limits['max_context']}"
         )
-    return limits
+    return Limits(**limits)
 
 
-def _parse(trt, cfg: EngineConfig, manifest: dict, export_dir: Path):
+def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path):
     from armor_export.engine.backends import CollectingLogger, strongly_typed_flags
 
     logger = CollectingLogger(trt)
@@ -103,7 +103,7 @@ def _parse(trt, cfg: EngineConfig, manifest: dict, export_dir: Path):
     plugin = _load_plugin(builder, cfg, manifest)
     network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
-    onnx_path = export_dir / manifest["onnx"]
+    onnx_path = export_dir / manifest.onnx
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise EngineBuildError(f"{onnx_path}: the ONNX parser failed: {'; '.join(errors[:5])}")
@@ -111,37 +111,36 @@ def _parse(trt, cfg: EngineConfig, manifest: dict, export_dir: Path):
     return builder, network, parser, logger, plugin
 
 
-def _load_plugin(builder, cfg: EngineConfig, manifest: dict) -> dict | None:
-    plugin = manifest.get("plugin")
-    if manifest["lowering"] != "plugin":
+def _load_plugin(builder, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
+    plugin = manifest.plugin
+    if manifest.lowering != "plugin":
         return None
     library = Path(cfg.plugin_library) if cfg.plugin_library else None
     if library is None or not library.is_file():
         raise ConfigError(
-            f"this export uses the {plugin['name']} plugin node: build "
+            f"this export uses the {plugin.name} plugin node: build "
             "plugins/armorBlockDiagPlugin (see its README) and pass --plugin-library "
             "libarmor_blockdiag_plugin.so, or export with --lowering plain"
         )
     registry = builder.get_plugin_registry()
     if registry.load_library(str(library)) is None:
         raise EngineBuildError(f"{library}: the plugin registry could not load this library")
-    return {**plugin, "library": str(library)}
+    return {**plugin.to_dict(), "library": str(library)}
 
 
-def profile_shapes(manifest: dict, limits: dict) -> dict[str, tuple]:
+def profile_shapes(manifest: ExportManifest, limits: Limits) -> dict[str, tuple]:
     """min / opt / max per input: opt is a one-sequence prefill of half the prompt limit."""
-    batch, prompt, context = limits["max_batch"], limits["max_prompt"], limits["max_context"]
-    spec = manifest["decoder"]
-    heads, head_dim = spec["num_kv_heads"], spec["head_dim"]
+    batch, prompt, context = limits.max_batch, limits.max_prompt, limits.max_context
+    decoder = manifest.decoder
     opt_prompt = max(1, prompt // 2)
     shapes = {
         "input_ids": ((1, 1), (1, opt_prompt), (batch, prompt)),
         "position_ids": ((1, 1), (1, opt_prompt), (batch, prompt)),
         "attention_mask": ((1, 1), (1, opt_prompt), (batch, context)),
     }
-    for name in manifest["input_names"][3:]:
-        shapes[name] = ((1, heads, 0, head_dim), (1, heads, 0, head_dim),
-                        (batch, heads, context - 1, head_dim))  # fmt: skip
+    for name in manifest.past_names:
+        shapes[name] = (decoder.past_shape(1, 0), decoder.past_shape(1, 0),
+                        decoder.past_shape(batch, context - 1))  # fmt: skip
     return shapes
 
 
@@ -229,9 +228,9 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
 
     sparsity = sparsity_from_log(logger.messages)
     notes = []
-    if manifest["dtype"] not in SPARSE_DTYPES:
+    if manifest.dtype not in SPARSE_DTYPES:
         notes.append(
-            f"{manifest['dtype']} engine: TensorRT's 2:4 kernels are for fp16/bf16 (and int8/"
+            f"{manifest.dtype} engine: TensorRT's 2:4 kernels are for fp16/bf16 (and int8/"
             "fp8); export with --dtype float16 to run the cores on sparse tensor cores"
         )
     if sparsity["eligible_layers"] is None and spec.aot:
@@ -253,16 +252,16 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
         "backend_module": spec.module,
         "versions": {"armor_export": __version__, spec.module: trt.__version__},
         "compute_capability": cfg.compute_capability if spec.aot else "the local GPU",
-        "precision": manifest["dtype"],
+        "precision": manifest.dtype,
         "strongly_typed": True,
         "sparse_weights_flag": cfg.sparse_weights,
         "optimization_level": cfg.optimization_level,
-        "limits": limits,
+        "limits": limits.to_dict(),
         "profile": profile,
         "plugin": plugin,
         "sparsity": {
-            "core_matmuls_2_4": manifest["counts"]["cores"],
-            "armor_linears": manifest["counts"]["armor"],
+            "core_matmuls_2_4": manifest.counts["cores"],
+            "armor_linears": manifest.counts["armor"],
             **sparsity,
             "inspector": inspector,
         },
@@ -271,7 +270,7 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
         else "not used: timing-cache operations are no-ops in TensorRT-RTX",
         "engine_bytes": len(engine),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
-        "onnx_sha256": manifest["sha256"].get(manifest["onnx"]),
+        "onnx_sha256": manifest.sha256.get(manifest.onnx),
         "build_seconds": round(seconds, 2),
         "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
         "notes": notes,

@@ -15,21 +15,27 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from armor_export.config import ExportConfig
 from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.export_manifest import (
+    EXTERNAL_DATA_FILE,
+    MANIFEST,
+    ONNX_FILE,
+    TOKENIZER_FILE,
+    ExportManifest,
+    Limits,
+    PluginInfo,
+    Source,
+    Tokens,
+)
 from armor_export.io import sha256_file
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "export_manifest.json"
-ONNX_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-FORMAT = "armor-export-onnx"
-FORMAT_VERSION = 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf's hard limit is 2 GiB; keep a margin
 # the form of the exported graph, in the manifest; bumped whenever it changes, so builds
 # and benchmarks redo older exports (1: per-linear lowering, 2: block-layout gated MLP,
@@ -112,7 +118,7 @@ def export_onnx(
             )
             task.advance(1, stage="checked")
             _save_tokenizer(tokenizer, tmp_dir)
-            files = [ONNX_FILE, TOKENIZER_FILE] + ([ONNX_FILE + ".data"] if external else [])
+            files = [ONNX_FILE, TOKENIZER_FILE] + ([EXTERNAL_DATA_FILE] if external else [])
             manifest = _manifest(
                 cfg,
                 model,
@@ -127,10 +133,12 @@ def export_onnx(
             )
             _publish(tmp_dir, out, files, manifest)
         task.advance(1, stage="written")
-    return ExportResult(out, out / ONNX_FILE, manifest, time.perf_counter() - start, counts)
+    return ExportResult(
+        out, out / ONNX_FILE, manifest.to_dict(), time.perf_counter() - start, counts
+    )
 
 
-def _resolve_limits(cfg: ExportConfig, config) -> dict:
+def _resolve_limits(cfg: ExportConfig, config) -> Limits:
     model_max = int(getattr(config, "max_position_embeddings", 0) or 0)
     max_context = cfg.limits.max_context or model_max
     if not max_context:
@@ -143,11 +151,7 @@ def _resolve_limits(cfg: ExportConfig, config) -> dict:
     max_prompt = cfg.limits.max_prompt or min(1024, max_context)
     if max_prompt > max_context:
         raise ConfigError(f"limits.max_prompt {max_prompt} exceeds max_context {max_context}")
-    return {
-        "max_batch": cfg.limits.max_batch,
-        "max_prompt": max_prompt,
-        "max_context": max_context,
-    }
+    return Limits(max_batch=cfg.limits.max_batch, max_prompt=max_prompt, max_context=max_context)
 
 
 def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool, int]:
@@ -266,7 +270,7 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
         shutil.copyfile(src, folder / TOKENIZER_FILE)
 
 
-def _token_ids(model, tokenizer) -> dict:
+def _token_ids(model, tokenizer) -> Tokens:
     gen = getattr(model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
     if eos is None:
@@ -275,57 +279,50 @@ def _token_ids(model, tokenizer) -> dict:
         eos = tokenizer.eos_token_id
     eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
-    return {
-        "eos_token_ids": eos_ids,
-        "bos_token_id": tokenizer.bos_token_id,
-        "pad_token_id": pad if pad is not None else (eos_ids[0] if eos_ids else 0),
-    }
+    return Tokens(
+        eos_token_ids=tuple(eos_ids),
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+    )
 
 
-def _manifest(cfg, model, tokenizer, spec, limits, counts, report, ckpt, external, hashes):
-    from dataclasses import asdict
-
+def _manifest(
+    cfg, model, tokenizer, spec, limits, counts, report, ckpt, external, hashes
+) -> ExportManifest:
     from armor_export.export import reference
     from armor_export.models.registry import adapter_for
 
-    versions = export_versions()
-    source = {"model": cfg.model, "pruned": ckpt is not None}
+    source = Source(model=cfg.model, pruned=ckpt is not None)
     if ckpt is not None:
-        source["method"] = ckpt.get("method")
-        source["block_sizes"] = sorted(
-            {m["block_size"] for m in ckpt["matrices"].values() if m.get("block_size")}
-        )
+        blocks = {m["block_size"] for m in ckpt["matrices"].values() if m.get("block_size")}
+        source = replace(source, method=ckpt.get("method"), block_sizes=tuple(sorted(blocks)))
     plugin = None
     if cfg.lowering == "plugin":
-        plugin = {
-            "name": reference.PLUGIN_NAME,
-            "domain": reference.PLUGIN_DOMAIN,
-            "version": reference.PLUGIN_VERSION,
-            "namespace": reference.PLUGIN_NAMESPACE,
-        }
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "versions": versions,
-        "config": cfg.to_dict(),
-        "source": source,
-        "family": adapter_for(model).family,
-        "onnx": ONNX_FILE,
-        "external_data": ONNX_FILE + ".data" if external else None,
-        "tokenizer": TOKENIZER_FILE,
-        "dtype": cfg.dtype,
-        "lowering": cfg.lowering,
-        "graph_revision": GRAPH_REVISION,
-        "attention": ATTENTION,
-        "plugin": plugin,
-        "decoder": asdict(spec),
-        "input_names": spec.input_names(),
-        "output_names": spec.output_names(),
-        "limits": limits,
-        "tokens": _token_ids(model, tokenizer),
-        "counts": {**counts, **report.to_dict()},
-        "sha256": hashes,
-    }
+        plugin = PluginInfo(
+            name=reference.PLUGIN_NAME,
+            domain=reference.PLUGIN_DOMAIN,
+            version=reference.PLUGIN_VERSION,
+            namespace=reference.PLUGIN_NAMESPACE,
+        )
+    return ExportManifest(
+        versions=export_versions(),
+        config=cfg.to_dict(),
+        source=source,
+        family=adapter_for(model).family,
+        external_data=EXTERNAL_DATA_FILE if external else None,
+        dtype=cfg.dtype,
+        lowering=cfg.lowering,
+        graph_revision=GRAPH_REVISION,
+        attention=ATTENTION,
+        plugin=plugin,
+        decoder=spec,
+        input_names=tuple(spec.input_names()),
+        output_names=tuple(spec.output_names()),
+        limits=limits,
+        tokens=_token_ids(model, tokenizer),
+        counts={**counts, **report.to_dict()},
+        sha256=hashes,
+    )
 
 
 def export_versions() -> dict:
@@ -343,41 +340,22 @@ def export_versions() -> dict:
     }
 
 
-def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: dict) -> None:
+def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: ExportManifest) -> None:
     """Move the checked files into ``out``; the old manifest goes first, the new one last."""
     from armor_export.io import write_json
 
     (out / MANIFEST).unlink(missing_ok=True)
-    stale = out / (ONNX_FILE + ".data")
-    if stale.exists() and ONNX_FILE + ".data" not in files:
+    stale = out / EXTERNAL_DATA_FILE
+    if stale.exists() and EXTERNAL_DATA_FILE not in files:
         stale.unlink()
     for name in files:
         os.replace(tmp_dir / name, out / name)
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest.to_dict())
 
 
 def read_export_manifest(folder: str | Path) -> dict:
-    """The manifest of a finished export (torch-free), or a clear error."""
-    from armor_export.io import read_json
+    """The JSON form of a finished export's manifest, or a clear error (torch-free).
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CorruptFileError(f"{folder}: no such export folder")
-    if not (folder / MANIFEST).is_file():
-        raise CorruptFileError(
-            f"{folder}: no {MANIFEST} (not an export, or the export did not finish; "
-            "run armor-export export again)"
-        )
-    manifest = read_json(folder / MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CorruptFileError(f"{folder / MANIFEST}: not an armor-export ONNX manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"{folder / MANIFEST}: format version {manifest.get('format_version')} "
-            f"(this armor-export reads {FORMAT_VERSION})"
-        )
-    for key in ("onnx", "tokenizer", "external_data"):
-        name = manifest.get(key)
-        if name and not (folder / name).is_file():
-            raise CorruptFileError(f"{folder}: missing file {name} listed in {MANIFEST}")
-    return manifest
+    Kept for scripts that index the JSON; code reads ``ExportManifest.read(folder)``.
+    """
+    return ExportManifest.read(folder).to_dict()

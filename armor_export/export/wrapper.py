@@ -1,55 +1,19 @@
 """The exported decoder signature: flat KV-cache tensors in, logits and presents out.
 
 Names follow the common ONNX LLM convention (``past_key_values.{i}.key`` /
-``present.{i}.key``) so other tools recognise them. One graph serves prefill (``past_seq``
-= 0) and decode steps (``seq`` = 1).
+``present.{i}.key``) so other tools recognise them; ``armor_export.export_manifest``
+defines them, with ``DecoderSpec``. One graph serves prefill (``past_seq`` = 0) and
+decode steps (``seq`` = 1).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+# the names and sizes of the graph's tensors are the export manifest's (torch-free) contract
+from armor_export.export_manifest import DecoderSpec
 
-@dataclass(frozen=True)
-class DecoderSpec:
-    """What a runtime needs to know to drive the graph (stored in the export manifest)."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    hidden_size: int
-
-    @classmethod
-    def from_config(cls, config) -> DecoderSpec:
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(
-            num_layers=config.num_hidden_layers,
-            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
-            head_dim=head_dim,
-            vocab_size=config.vocab_size,
-            hidden_size=config.hidden_size,
-        )
-
-    def past_names(self) -> list[str]:
-        return [f"past_key_values.{i}.{kv}" for i in range(self.num_layers) for kv in KV]
-
-    def present_names(self) -> list[str]:
-        return [f"present.{i}.{kv}" for i in range(self.num_layers) for kv in KV]
-
-    def input_names(self) -> list[str]:
-        return [*TOKEN_INPUTS, *self.past_names()]
-
-    def output_names(self) -> list[str]:
-        return ["logits", *self.present_names()]
-
-
-KV = ("key", "value")
-TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 # named dynamic dimensions of every input/output, by position
 DIMS = {
     "input_ids": ("batch", "seq"),

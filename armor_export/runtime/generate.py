@@ -1,9 +1,10 @@
 """Text generation with an exported decoder: prefill, then one token per step on the KV cache.
 
 Only numpy, ``tokenizers`` and the backend (ONNX Runtime) are imported: no torch, no
-transformers. The graph contract is the export's: ``input_ids``/``attention_mask``/
-``position_ids`` plus ``past_key_values.{i}.{key,value}`` in, ``logits`` plus
-``present.{i}.{key,value}`` out, the presents becoming the next step's past.
+transformers, nothing of the exporter. The graph contract is the export manifest's
+(``armor_export.export_manifest``): ``input_ids``/``attention_mask``/``position_ids`` plus
+``past_key_values.{i}.{key,value}`` in, ``logits`` plus ``present.{i}.{key,value}`` out,
+the presents becoming the next step's past.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from armor_export.errors import ConfigError, CorruptFileError, ShapeError
-from armor_export.export.api import read_export_manifest
+from armor_export.export_manifest import ExportManifest
 from armor_export.runtime.inputs import check_limits, encode_prompts, left_pad, position_ids
 from armor_export.runtime.sampling import Sampler, SamplingConfig
 from armor_export.runtime.session import (
@@ -26,8 +27,6 @@ from armor_export.runtime.session import (
     past_dtype,
 )
 from armor_export.runtime.streaming import IncrementalDecoder
-
-PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 
 TextCallback = Callable[[int, str], None]
 """Called as ``on_text(row, new_text)`` whenever a prompt's continuation grows."""
@@ -104,19 +103,6 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def cache_names(manifest: dict) -> list[tuple[str, str]]:
-    """(past input, present output) name pairs of the KV cache, from the manifest."""
-    outputs = set(manifest["output_names"])
-    pairs = []
-    for name in manifest["input_names"]:
-        if name.startswith(PAST_PREFIX):
-            present = PRESENT_PREFIX + name[len(PAST_PREFIX) :]
-            if present not in outputs:
-                raise CorruptFileError(f"export_manifest.json: {name} has no output {present}")
-            pairs.append((name, present))
-    return pairs
-
-
 class Generator:
     """An export folder loaded for generation: session, tokenizer, limits, special ids."""
 
@@ -131,19 +117,19 @@ class Generator:
         """``session``: one already open on this export (e.g. with profiling on) to run
         instead of opening one on ``backend``."""
         self.folder = Path(folder)
-        self.manifest = read_export_manifest(self.folder)
+        self.manifest = ExportManifest.read(self.folder)
         if session is not None:
             check_session_matches(session, self.manifest)
         self.session: Session = session or open_session(
             self.folder, self.manifest, backend, providers, threads
         )
         self.dtype = past_dtype(self.manifest, backend)
-        self.tokenizer = load_tokenizer(self.folder / self.manifest["tokenizer"])
-        self.cache = cache_names(self.manifest)
-        self.limits = self.manifest["limits"]
-        tokens = self.manifest.get("tokens", {})
-        self.eos_ids = {int(i) for i in tokens.get("eos_token_ids", [])}
-        pad = tokens.get("pad_token_id")
+        self.tokenizer = load_tokenizer(self.folder / self.manifest.tokenizer)
+        self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs
+        self.limits = self.manifest.limits
+        tokens = self.manifest.tokens
+        self.eos_ids = {int(i) for i in tokens.eos_token_ids}
+        pad = tokens.pad_token_id
         self.pad_id = int(pad) if pad is not None else min(self.eos_ids, default=0)
 
     def generate(
@@ -185,10 +171,10 @@ class Generator:
     def step(self, state: DecodeState, token_ids: np.ndarray) -> DecodeState:
         """Append one token per row (``token_ids``, ``[batch]``) to the KV cache in ``state``."""
         mask = state.attention_mask
-        if mask.shape[1] >= int(self.limits["max_context"]):
+        if mask.shape[1] >= int(self.limits.max_context):
             raise ShapeError(
                 f"one more token would exceed this export's limits.max_context "
-                f"{self.limits['max_context']}"
+                f"{self.limits.max_context}"
             )
         mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
         step_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
@@ -197,8 +183,7 @@ class Generator:
 
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """Zero-length past for the prefill step: ``[batch, kv_heads, 0, head_dim]``."""
-        decoder = self.manifest["decoder"]
-        shape = (batch, int(decoder["num_kv_heads"]), 0, int(decoder["head_dim"]))
+        shape = self.manifest.decoder.past_shape(batch, 0)
         return {past: np.zeros(shape, dtype=self.dtype) for past, _ in self.cache}
 
     def _past(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from armor_export.errors import ConfigError, ShapeError
+from armor_export.export_manifest import Limits
 
 
 @dataclass
@@ -38,12 +39,12 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return ids
 
 
-def check_limits(prompt_ids: list[list[int]], max_new_tokens: int, limits: dict) -> None:
+def check_limits(prompt_ids: list[list[int]], max_new_tokens: int, limits: Limits) -> None:
     """Refuse batches and lengths beyond what the export was built (and checked) for."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    max_batch, max_prompt = int(limits["max_batch"]), int(limits["max_prompt"])
-    max_context = int(limits["max_context"])
+    max_batch, max_prompt = int(limits.max_batch), int(limits.max_prompt)
+    max_context = int(limits.max_context)
     if len(prompt_ids) > max_batch:
         raise ShapeError(
             f"{len(prompt_ids)} prompts exceed this export's limits.max_batch {max_batch}: "

@@ -3,8 +3,9 @@
 A ``Session`` is anything with ``input_names``, ``output_names`` and
 ``run(feeds) -> {name: array}``; ONNX Runtime is the one backend today, and a TensorRT
 session only has to implement the same three members to plug in. Every check that can
-refuse an export (plugin nodes, bfloat16 on the CPU provider) runs before the backend is
-imported, so the message is the same whether or not the backend is installed.
+refuse an export (``compat.ORT_RULES``: plugin nodes, bfloat16 on the CPU provider) runs
+before the backend is imported, so the message is the same whether or not the backend is
+installed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Protocol
 import numpy as np
 
 from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
+from armor_export.export_manifest import MANIFEST, ExportManifest
+from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
 
 BACKENDS = ("onnxruntime", "tensorrt")
-CPU_PROVIDER = "CPUExecutionProvider"
 DEFAULT_PROVIDERS = (CPU_PROVIDER,)
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 ORT_INSTALL_HINT = "pip install armor-export[onnx]"
@@ -68,9 +70,9 @@ class OrtSession:
         return dict(zip(self.output_names, outputs, strict=True))
 
 
-def past_dtype(manifest: dict, backend: str = "onnxruntime") -> type[np.generic]:
+def past_dtype(manifest: ExportManifest, backend: str = "onnxruntime") -> type[np.generic]:
     """The numpy dtype of the KV cache (and logits) of this export."""
-    dtype = manifest.get("dtype", "float32")
+    dtype = manifest.dtype
     if dtype not in NUMPY_DTYPES:
         raise BackendUnavailableError(
             f"the {backend} runtime feeds numpy arrays, which have no {dtype}: "
@@ -79,44 +81,29 @@ def past_dtype(manifest: dict, backend: str = "onnxruntime") -> type[np.generic]
     return NUMPY_DTYPES[dtype]
 
 
-def check_ort_compatible(manifest: dict, providers: Sequence[str]) -> None:
-    """Refuse exports ONNX Runtime cannot run, before onnxruntime is imported."""
-    if manifest.get("lowering") == "plugin":
-        raise BackendUnavailableError(
-            "this export has TensorRT plugin nodes (lowering 'plugin'), which ONNX Runtime "
-            "cannot run: export with --lowering plain for ONNX Runtime"
-        )
-    if manifest.get("dtype") == "bfloat16":
-        if not providers or providers[0] == CPU_PROVIDER:
-            raise BackendUnavailableError(
-                "this export is bfloat16 and ONNX Runtime's CPU provider has no bfloat16 "
-                "MatMul: export with --dtype float16 or --dtype float32, or run it on TensorRT"
-            )
-        past_dtype(manifest)  # other providers: numpy still has no bfloat16
-
-
-def check_session_matches(session: Session, manifest: dict) -> None:
+def check_session_matches(session: Session, manifest: ExportManifest) -> None:
     """The graph's inputs/outputs are the ones the manifest promises."""
     for kind in ("input_names", "output_names"):
-        want, have = list(manifest.get(kind, [])), list(getattr(session, kind))
+        want, have = list(getattr(manifest, kind)), list(getattr(session, kind))
         if sorted(want) != sorted(have):
             missing = sorted(set(want) - set(have)) or sorted(set(have) - set(want))
             raise CorruptFileError(
-                f"the graph's {kind.split('_')[0]}s differ from export_manifest.json "
+                f"the graph's {kind.split('_')[0]}s differ from {MANIFEST} "
                 f"(e.g. {missing[:3]}): export again"
             )
 
 
 def _open_onnxruntime(
-    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     providers = tuple(providers or DEFAULT_PROVIDERS)
-    check_ort_compatible(manifest, providers)
-    return OrtSession(folder / manifest.get("onnx", "model.onnx"), providers, threads)
+    check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
+    past_dtype(manifest)  # the runtime feeds numpy arrays: no bfloat16 on any provider
+    return OrtSession(folder / manifest.onnx, providers, threads)
 
 
 def _open_tensorrt(
-    folder: Path, manifest: dict, providers: Sequence[str] | None, threads: int
+    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     raise BackendUnavailableError(
         "TensorRT engines are run by the engine stage, which is not yet available: "
@@ -132,7 +119,7 @@ _OPENERS: dict[str, Callable[..., Session]] = {
 
 def open_session(
     folder: str | Path,
-    manifest: dict,
+    manifest: ExportManifest,
     backend: str = "onnxruntime",
     providers: Sequence[str] | None = None,
     threads: int = 0,

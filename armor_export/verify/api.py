@@ -10,6 +10,7 @@ from pathlib import Path
 
 from armor_export.config import VerifyConfig
 from armor_export.errors import UserError
+from armor_export.export_manifest import ExportManifest
 from armor_export.progress import NullReporter, Reporter
 from armor_export.verify.report import OutputParity, VerifyReport
 
@@ -29,17 +30,17 @@ def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> V
     Bad input (no export, unusable backend) raises a UserError after the report is written;
     a mismatch or a runner that crashes gives ``passed=False``.
     """
-    from armor_export.export.api import export_versions, read_export_manifest
+    from armor_export.export.api import export_versions
 
     cfg.validate()
     reporter = reporter or NullReporter()
     export_dir = Path(cfg.export_dir)
-    manifest = read_export_manifest(export_dir)
+    manifest = ExportManifest.read(export_dir)
     report = VerifyReport(
         export_dir=str(export_dir),
-        model=cfg.model or manifest["source"]["model"],
-        dtype=manifest["dtype"],
-        lowering=manifest["lowering"],
+        model=cfg.model or manifest.source.model,
+        dtype=manifest.dtype,
+        lowering=manifest.lowering,
         versions=export_versions(),
     )
     report_dir = Path(cfg.report_dir) if cfg.report_dir else export_dir / "verify"
@@ -59,11 +60,13 @@ def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> V
     return VerifyResult(report.passed, report, path)
 
 
-def _run(cfg, manifest, export_dir: Path, report: VerifyReport, model, task) -> None:
+def _run(
+    cfg, manifest: ExportManifest, export_dir: Path, report: VerifyReport, model, task
+) -> None:
     from armor_export.verify import inputs
     from armor_export.verify.runners import TorchRunner, make_runners
 
-    onnx_path = export_dir / manifest["onnx"]
+    onnx_path = export_dir / manifest.onnx
     runners, skipped = make_runners(cfg.backends, onnx_path, manifest)
     report.skipped = {s.backend: s.reason for s in skipped}
     report.runners = [r.name for r in runners]
@@ -71,9 +74,9 @@ def _run(cfg, manifest, export_dir: Path, report: VerifyReport, model, task) -> 
         from armor_export.export.api import load_for_export, torch_dtype
 
         model, _, _ = load_for_export(report.model)
-        model = model.to(torch_dtype(manifest["dtype"])).eval()
+        model = model.to(torch_dtype(manifest.dtype)).eval()
     torch_runner = TorchRunner(model, manifest)
-    feeds = [inputs.prefill_feed(export_dir / manifest["tokenizer"], cfg.prompts, manifest)]
+    feeds = [inputs.prefill_feed(export_dir / manifest.tokenizer, cfg.prompts, manifest)]
     with torch_runner:
         for _ in range(cfg.decode_steps):
             outputs = torch_runner.infer(feeds[-1], check_inputs=False)
@@ -86,7 +89,7 @@ def _run(cfg, manifest, export_dir: Path, report: VerifyReport, model, task) -> 
     task.advance(1, stage="inputs")
     results = _compare_runs([torch_runner, *runners], feeds)
     task.advance(1, stage="run")
-    report.rows = _parity_rows(results, feeds, manifest["dtype"], cfg)
+    report.rows = _parity_rows(results, feeds, manifest.dtype, cfg)
     task.advance(1, stage="compared")
 
 

@@ -2,7 +2,8 @@
 
 PyTorch and the NumPy reference are our own small ``BaseRunner`` subclasses; ONNX Runtime
 and TensorRT use Polygraphy's runners. Every runner returns float32 NumPy outputs so the
-comparison arithmetic never happens in fp16/bf16.
+comparison arithmetic never happens in fp16/bf16. Each backend's factory is registered by
+name in ``verify/backends.py``.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from armor_export.errors import BackendUnavailableError
+from armor_export.export_manifest import ExportManifest
 
 
-def _metadata(manifest: dict) -> TensorMetadata:
-    meta = TensorMetadata()
-    spec = manifest["decoder"]
+def _metadata(manifest: ExportManifest) -> TensorMetadata:
     from armor_export.verify.inputs import numpy_dtype
 
-    for name in manifest["input_names"][:3]:
+    meta = TensorMetadata()
+    for name in manifest.token_inputs:
         meta.add(name, np.int64, (None, None))
-    kv_dtype = numpy_dtype(manifest["dtype"])
-    for name in manifest["input_names"][3:]:
-        meta.add(name, kv_dtype, (None, spec["num_kv_heads"], None, spec["head_dim"]))
+    kv_dtype = numpy_dtype(manifest.dtype)
+    for name in manifest.past_names:
+        meta.add(name, kv_dtype, manifest.decoder.past_shape(None, None))
     return meta
 
 
@@ -39,7 +40,7 @@ def _to_float32(outputs) -> OrderedDict:
 class TorchRunner(BaseRunner):
     """The PyTorch model (ArmorLinear modules, not lowered) behind the exported signature."""
 
-    def __init__(self, model, manifest: dict, name: str = "pytorch"):
+    def __init__(self, model, manifest: ExportManifest, name: str = "pytorch"):
         super().__init__(name=name)
         self.model, self.manifest = model, manifest
 
@@ -56,9 +57,10 @@ class TorchRunner(BaseRunner):
 
         from armor_export.export.api import torch_dtype
 
-        dtype = torch_dtype(self.manifest["dtype"])
+        dtype = torch_dtype(self.manifest.dtype)
+        decoder = self.manifest.decoder
         args = []
-        for name in self.manifest["input_names"]:
+        for name in decoder.input_names():  # the wrapper's signature order
             value = np.asarray(feed_dict[name])
             if value.dtype.kind == "f" or value.dtype.name == "bfloat16":
                 args.append(torch.from_numpy(value.astype(np.float32)).to(dtype))
@@ -68,7 +70,7 @@ class TorchRunner(BaseRunner):
         with torch.no_grad():
             outputs = self.wrapper(*args)
         self.inference_time = time.perf_counter() - start
-        names = self.manifest["output_names"]
+        names = decoder.output_names()
         return OrderedDict((n, t.float().numpy()) for n, t in zip(names, outputs, strict=True))
 
     def deactivate_impl(self):
@@ -78,7 +80,7 @@ class TorchRunner(BaseRunner):
 class NumpyReferenceRunner(BaseRunner):
     """``onnx.reference`` with the NumPy plugin op: the oracle for plugin-lowered graphs."""
 
-    def __init__(self, onnx_path: Path, manifest: dict, name: str = "numpy-reference"):
+    def __init__(self, onnx_path: Path, manifest: ExportManifest, name: str = "numpy-reference"):
         super().__init__(name=name)
         self.onnx_path, self.manifest = onnx_path, manifest
 
@@ -93,10 +95,11 @@ class NumpyReferenceRunner(BaseRunner):
         return _metadata(self.manifest)
 
     def infer_impl(self, feed_dict):
+        names = list(self.manifest.output_names)
         start = time.perf_counter()
-        outputs = self.evaluator.run(None, dict(feed_dict))
+        outputs = self.evaluator.run(names, dict(feed_dict))
         self.inference_time = time.perf_counter() - start
-        return _to_float32(dict(zip(self.manifest["output_names"], outputs, strict=True)))
+        return _to_float32(dict(zip(names, outputs, strict=True)))
 
     def deactivate_impl(self):
         del self.evaluator
@@ -133,34 +136,33 @@ class Skipped:
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def ort_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
+# what verify offers instead when ONNX Runtime cannot run an export (runtime/compat.py)
+ORT_ALTERNATIVES = {
+    "plugin": "use the numpy-reference backend",
+    "bfloat16-cpu": "verify it with TensorRT (--backend tensorrt, on a GPU)",
+}
+
+
+def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     """Polygraphy's ONNX Runtime runner, or a clear error for graphs ORT cannot run."""
+    from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
+
     try:
         import onnxruntime as ort
     except ImportError:
         raise BackendUnavailableError(
             "onnxruntime is not installed: pip install 'armor-export[onnx]'"
         ) from None
-    if manifest["lowering"] == "plugin":
-        raise BackendUnavailableError(
-            "ONNX Runtime cannot run the TensorRT plugin node of a plugin-lowered export "
-            "(use the numpy-reference backend, or export with --lowering plain)"
-        )
     available = ort.get_available_providers()
-    providers = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-    if manifest["dtype"] == "bfloat16" and providers == ["CPUExecutionProvider"]:
-        raise BackendUnavailableError(
-            "ONNX Runtime's CPU provider has no bfloat16 MatMul: verify this bf16 export with "
-            "TensorRT (--backend tensorrt, on a GPU), or re-export with --dtype float16 or "
-            "float32 to check it on ONNX Runtime"
-        )
+    providers = [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
+    check_ort_compatible(manifest, providers, ORT_ALTERNATIVES)
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     session = SessionFromOnnx(str(onnx_path), providers=providers)
     return Float32Runner(OnnxrtRunner(session), name="onnxruntime")
 
 
-def tensorrt_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
+def tensorrt_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     """Polygraphy's TensorRT runner (datacenter TensorRT + a CUDA GPU), strongly typed."""
     try:
         import tensorrt  # noqa: F401
@@ -179,7 +181,7 @@ def tensorrt_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
     from armor_export.engine.api import profile_shapes
 
     profile = Profile()
-    for name, (low, opt, high) in profile_shapes(manifest, manifest["limits"]).items():
+    for name, (low, opt, high) in profile_shapes(manifest, manifest.limits).items():
         profile.add(name, low, opt, high)
     network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
     config = CreateConfig(sparse_weights=True, profiles=[profile])
@@ -187,27 +189,15 @@ def tensorrt_runner(onnx_path: Path, manifest: dict) -> BaseRunner:
 
 
 def make_runners(
-    backends: list[str], onnx_path: Path, manifest: dict
+    backends: list[str], onnx_path: Path, manifest: ExportManifest
 ) -> tuple[list[BaseRunner], list[Skipped]]:
     """Runners for ``backends`` ("auto" picks what can run here); skipped ones with reasons."""
-    wanted = []
-    for backend in backends:
-        if backend == "auto":
-            first = "numpy-reference" if manifest["lowering"] == "plugin" else "onnxruntime?"
-            wanted += [first, "tensorrt?"]
-        else:
-            wanted.append(backend)
+    from armor_export.verify.backends import requested, runner_factory
+
     runners, skipped = [], []
-    for backend in dict.fromkeys(wanted):
-        optional = backend.endswith("?")
-        backend = backend.rstrip("?")
+    for backend, optional in requested(backends, manifest.lowering).items():
         try:
-            if backend == "onnxruntime":
-                runners.append(ort_runner(onnx_path, manifest))
-            elif backend == "numpy-reference":
-                runners.append(NumpyReferenceRunner(onnx_path, manifest))
-            elif backend == "tensorrt":
-                runners.append(tensorrt_runner(onnx_path, manifest))
+            runners.append(runner_factory(backend)(onnx_path, manifest))
         except BackendUnavailableError as exc:
             if not optional:
                 raise

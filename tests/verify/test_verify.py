@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ pytest.importorskip("polygraphy")
 from armor_export.cli.main import main  # noqa: E402
 from armor_export.config import VerifyConfig  # noqa: E402
 from armor_export.errors import BackendUnavailableError, CorruptFileError  # noqa: E402
+from armor_export.export_manifest import ExportManifest, Limits  # noqa: E402
 from armor_export.verify import verify  # noqa: E402
 from armor_export.verify.inputs import prefill_feed, valid_positions  # noqa: E402
 
@@ -117,8 +119,9 @@ def test_missing_export_is_a_clear_error(tmp_path):
 def test_prompts_beyond_the_export_limits_are_refused(tiny_export):
     from armor_export.errors import ShapeError
 
-    manifest = dict(
-        tiny_export.manifest, limits={"max_batch": 1, "max_prompt": 4, "max_context": 8}
+    manifest = replace(
+        ExportManifest.read(tiny_export.output_dir),
+        limits=Limits(max_batch=1, max_prompt=4, max_context=8),
     )
     tokenizer = tiny_export.output_dir / "tokenizer.json"
     with pytest.raises(ShapeError, match="max_batch 1"):
@@ -131,7 +134,7 @@ def test_padding_is_left_and_masked(tiny_export):
     feed = prefill_feed(
         tiny_export.output_dir / "tokenizer.json",
         ["a", "a much longer prompt here"],
-        tiny_export.manifest,
+        ExportManifest.read(tiny_export.output_dir),
     )
     mask = feed["attention_mask"]
     assert mask[0, 0] == 0 and mask[0, -1] == 1 and mask[1].all()
