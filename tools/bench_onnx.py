@@ -82,14 +82,15 @@ def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
     """The variant's export in ``work``: reused when it is of the current graph form."""
     from armor_export.config import ExportConfig
     from armor_export.export import export_onnx
-    from armor_export.export.api import GRAPH_REVISION, MANIFEST, read_export_manifest
+    from armor_export.export.api import GRAPH_REVISION
+    from armor_export.export_manifest import MANIFEST, ExportManifest
     from armor_export.progress import RichReporter
 
     folder = work / name
     if (folder / MANIFEST).is_file() and not reexport:
-        manifest = read_export_manifest(folder)
-        same_graph = manifest.get("graph_revision") == GRAPH_REVISION
-        if manifest["source"]["model"] == source and manifest["dtype"] == "float32" and same_graph:
+        manifest = ExportManifest.read(folder)
+        same_graph = manifest.graph_revision == GRAPH_REVISION
+        if manifest.source.model == source and manifest.dtype == "float32" and same_graph:
             log.info("%s: reusing the export in %s", name, folder)
             return folder
     result = export_onnx(ExportConfig(model=source, output_dir=str(folder)), RichReporter())
@@ -145,11 +146,11 @@ def main(argv=None) -> int:
         paired_ratio = statistics.median(paired)
         low, high = bootstrap_median_ci(paired)
         target = 1 + overhead + 0.05
-        counts = runners[name].manifest["counts"]
+        counts = runners[name].manifest.counts
         results[name] = {
             "source": sources[name],
             "graph": {k: counts.get(k, 0) for k in GRAPH_COUNTS},
-            "graph_revision": runners[name].manifest.get("graph_revision"),
+            "graph_revision": runners[name].manifest.graph_revision,
             "prefill_ms": round(p_ms, 2),
             "decode_tokens_per_s": round(tps, 2),
             "flop_overhead": round(overhead, 4),

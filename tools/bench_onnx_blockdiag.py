@@ -469,9 +469,9 @@ def layer_bounds(args, seconds: dict, rows: list[dict]) -> dict:
 def against_dense(bounds: dict, folder: Path, args, dense_ms: float) -> None:
     """Add to each bound the fractions of the dense prefill and the target's allowance for
     the wrappers (FLOP overhead + 0.05, the overhead computed as bench_onnx.py does)."""
-    from armor_export.export.api import read_export_manifest
+    from armor_export.export_manifest import ExportManifest
 
-    source = read_export_manifest(folder)["source"]["model"]
+    source = ExportManifest.read(folder).source.model
     shapes = dense_shapes(source)
     products = [w for shape in core_shapes(args) for w in shape]
     for b, bound in bounds.items():

@@ -98,7 +98,9 @@ def without_wrapper_transposes(folder: Path, dest: Path) -> int:
             changed += 1
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dest / "model.onnx"))
-    for name in ("export_manifest.json", "tokenizer.json"):
+    from armor_export.export_manifest import MANIFEST, TOKENIZER_FILE
+
+    for name in (MANIFEST, TOKENIZER_FILE):
         shutil.copyfile(folder / name, dest / name)
     return changed
 
@@ -166,7 +168,8 @@ class ProfiledSession:
 
 
 def main(argv=None) -> int:
-    from armor_export.export.api import GRAPH_REVISION, read_export_manifest
+    from armor_export.export.api import GRAPH_REVISION
+    from armor_export.export_manifest import ExportManifest
     from armor_export.progress import RichReporter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -175,8 +178,8 @@ def main(argv=None) -> int:
     armor = [a for a in args.armor.split(",") if a]
     folders = {"dense": work / "dense"} | {a: work / a for a in armor}
     for folder in folders.values():
-        manifest = read_export_manifest(folder) if folder.is_dir() else None
-        if manifest is None or manifest.get("graph_revision") != GRAPH_REVISION:
+        manifest = ExportManifest.read(folder) if folder.is_dir() else None
+        if manifest is None or manifest.graph_revision != GRAPH_REVISION:
             sys.exit(f"{folder}: no current export (run tools/bench_onnx.py first)")
     changed = {}
     for name in armor:
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
                 times[name].append(best[name])
             task.advance(1)
     del runners, prefills
-    source = read_export_manifest(folders["dense"])["source"]["model"]
+    source = ExportManifest.read(folders["dense"]).source.model
     all_flops = dense_flops(dense_shapes(source), args.prefill, args.prefill)
     results = {}
     for name in folders:
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
             "prefill_ratio_ci95": [round(x, 4) for x in bootstrap_median_ci(paired)],
         }
         if name in armor:
-            ckpt = read_export_manifest(folders[name])["source"]["model"]
+            ckpt = ExportManifest.read(folders[name]).source.model
             overhead = args.prefill * wrapper_flops_per_token(ckpt) / all_flops
             entry["flop_overhead"] = round(overhead, 4)
             entry["prefill_target_ratio"] = round(1 + overhead + 0.05, 4)

@@ -111,10 +111,12 @@ def _export_row(folder: Path, other: Path) -> dict:
 
 
 def compare(before: Path, after: Path) -> dict:
+    from armor_export.export_manifest import MANIFEST
+
     folders = sorted(p for p in before.iterdir() if p.is_dir())
     rows = [
         _checkpoint_row(p, after / p.name) for p in folders if (p / "armor_manifest.json").is_file()
-    ] + [_export_row(p, after / p.name) for p in folders if (p / "export_manifest.json").is_file()]
+    ] + [_export_row(p, after / p.name) for p in folders if (p / MANIFEST).is_file()]
     # the bytes of an ONNX file hold source paths: they are reported, not required
     checks = [
         value

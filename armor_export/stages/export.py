@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from armor_export.export_manifest import MANIFEST
 from armor_export.stages.base import Stage
 from armor_export.stages.prune import checkpoint_of
 
@@ -20,7 +21,7 @@ class ExportStage(Stage):
         )
 
     def outputs(self, cfg) -> list[Path]:
-        return [Path(cfg.output_dir) / "export_manifest.json"]
+        return [Path(cfg.output_dir) / MANIFEST]
 
     def key_parts(self, cfg) -> dict:
         from armor_export.export.api import GRAPH_REVISION
