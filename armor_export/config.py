@@ -322,6 +322,45 @@ class BuildConfig:
         return cfg
 
 
+RUNTIME_BACKENDS = ("onnxruntime", TENSORRT)  # runtime/session.py opens each
+
+
+@dataclass
+class SamplingConfig:
+    """How to pick each next token; ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1.0 = no nucleus filter
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class GenerationConfig:
+    """How many tokens to generate and how to pick them."""
+
+    max_new_tokens: int = 64
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks, tests)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.sampling.validate()
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing or invalid file is a ConfigError naming it."""
     try:

@@ -7,27 +7,42 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from armor_export.runtime import GenerationConfig
+    from armor_export.config import GenerationConfig
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from armor_export.config import RUNTIME_BACKENDS, ExportConfig, GenerationConfig
+
+    defaults, export_dir = GenerationConfig(), ExportConfig().output_dir
     p = sub.add_parser("generate", help="generate text with an export (no torch needed)")
     p.add_argument(
-        "export_dir", nargs="?", default="runs/onnx", help="export folder (default runs/onnx)"
+        "export_dir", nargs="?", default=export_dir, help=f"export folder (default {export_dir})"
     )
     p.add_argument(
         "--prompt", action="append", required=True, help="text to continue (repeat for a batch)"
     )
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k best tokens (0 = off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    sampling = defaults.sampling
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        help="tokens to generate at most (default %(default)s)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=sampling.temperature, help="0 (default) = greedy"
+    )
+    p.add_argument(
+        "--top-k", type=int, default=sampling.top_k, help="sample from the k best tokens (0 = off)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=sampling.top_p, help="nucleus sampling mass (1 = off)"
+    )
     p.add_argument("--seed", type=int, help="sampling seed (reproducible runs)")
     p.add_argument("--ignore-eos", action="store_true", help="always make --max-new-tokens")
     p.add_argument(
         "--backend",
-        choices=["onnxruntime", "tensorrt"],
-        default="onnxruntime",
+        choices=RUNTIME_BACKENDS,
+        default=RUNTIME_BACKENDS[0],
         help="onnxruntime (default; needs a --lowering plain export) or tensorrt (not yet)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
@@ -36,7 +51,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    from armor_export.runtime import GenerationConfig, SamplingConfig
+    from armor_export.config import GenerationConfig, SamplingConfig
 
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     return GenerationConfig(args.max_new_tokens, sampling, stop_at_eos=not args.ignore_eos)

@@ -5,14 +5,14 @@ Usage: ``Generator("runs/onnx").generate(["Once upon a time"], GenerationConfig(
 callers that pick tokens or time the steps themselves.
 """
 
+from armor_export.config import GenerationConfig, SamplingConfig
 from armor_export.runtime.generate import (
     DecodeState,
-    GenerationConfig,
     GenerationResult,
     Generator,
     generate,
 )
-from armor_export.runtime.sampling import Sampler, SamplingConfig
+from armor_export.runtime.sampling import Sampler
 from armor_export.runtime.session import OrtSession, Session, open_session
 
 __all__ = [

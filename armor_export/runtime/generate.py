@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from armor_export.errors import ConfigError, CorruptFileError, ShapeError
+from armor_export.config import GenerationConfig
+from armor_export.errors import CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest
 from armor_export.runtime.inputs import check_limits, encode_prompts, left_pad, position_ids
-from armor_export.runtime.sampling import Sampler, SamplingConfig
+from armor_export.runtime.sampling import Sampler
 from armor_export.runtime.session import (
     Session,
     check_session_matches,
@@ -30,20 +31,6 @@ from armor_export.runtime.streaming import IncrementalDecoder
 
 TextCallback = Callable[[int, str], None]
 """Called as ``on_text(row, new_text)`` whenever a prompt's continuation grows."""
-
-
-@dataclass
-class GenerationConfig:
-    """How many tokens to generate and how to pick them."""
-
-    max_new_tokens: int = 64
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks, tests)
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        self.sampling.validate()
 
 
 @dataclass

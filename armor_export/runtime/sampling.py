@@ -7,33 +7,9 @@ filter keeps at least one token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from armor_export.errors import ConfigError
-
-
-@dataclass
-class SamplingConfig:
-    """How to pick each next token; ``temperature == 0`` means greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0  # 0 = no top-k filter
-    top_p: float = 1.0  # 1.0 = no nucleus filter
-    seed: int | None = None
-
-    def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+from armor_export.config import SamplingConfig
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

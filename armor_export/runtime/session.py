@@ -16,11 +16,12 @@ from typing import Protocol
 
 import numpy as np
 
+from armor_export.config import RUNTIME_BACKENDS
 from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
 from armor_export.export_manifest import MANIFEST, ExportManifest
 from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = RUNTIME_BACKENDS  # the names; _OPENERS below opens each
 DEFAULT_PROVIDERS = (CPU_PROVIDER,)
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 ORT_INSTALL_HINT = "pip install armor-export[onnx]"

@@ -111,3 +111,15 @@ def test_old_backend_names_are_aliases(old, new, tmp_path, caplog):
 def test_an_unknown_backend_names_the_canonical_ones():
     with pytest.raises(ConfigError, match="backend must be one of tensorrt-rtx, tensorrt"):
         EngineConfig(backend="tensorrtx").validate()
+
+
+def test_generate_choices_and_defaults_are_the_runtime_configs():
+    from armor_export.cli.generate import config_from_args
+    from armor_export.config import RUNTIME_BACKENDS, GenerationConfig
+    from armor_export.runtime import session
+
+    assert tuple(options("generate")["--backend"].choices) == RUNTIME_BACKENDS
+    assert tuple(session._OPENERS) == RUNTIME_BACKENDS  # every name opens a session
+    args = build_parser().parse_args(["generate", "--prompt", "x"])
+    assert config_from_args(args) == GenerationConfig()
+    assert args.export_dir == ExportConfig().output_dir
