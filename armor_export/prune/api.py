@@ -25,10 +25,10 @@ from torch import nn
 
 from armor_export.config import PruneConfig
 from armor_export.errors import ShapeError, UserError
-from armor_export.io import read_json, read_tensors, write_json, write_tensors
+from armor_export.io import read_json, read_metadata, read_tensors, write_json, write_tensors
 from armor_export.models.registry import Adapter, adapter_for
 from armor_export.progress import NullReporter, Reporter
-from armor_export.prune import methods
+from armor_export.prune import methods, provenance
 from armor_export.prune.calibrate import calibrate_layerwise
 from armor_export.prune.checkpoint import apply_result, save_checkpoint, save_checkpoint_streaming
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job
@@ -314,24 +314,35 @@ def _dense_statistics(
 ):
     """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``.
 
-    Under torch.distributed every rank runs its share of the batches and the sums are
+    The file is reused only when it was computed from the same model content and
+    calibration token ids (its ``key``, ``prune/provenance.statistics_key``). Under
+    torch.distributed every rank runs its share of the batches and the sums are
     all-reduced layer by layer; rank 0 writes the file.
     """
+    from armor_export.data.models import resolve_model_path
     from armor_export.prune import distributed
 
     method = methods.get(cfg.method)
     if not method.needs_statistics:
         return {}
     gram = method.needs_gram
+    batches = calibration_batches(tokenizer, cfg)
+    model_key = provenance.model_digest(resolve_model_path(cfg.model))
+    key = provenance.statistics_key(model_key, batches, gram)
     path = out / "work" / "stats.safetensors"
     if path.exists():
-        stats = read_tensors(path)
-        if all(f"{n}.hdiag" in stats for n in targets) and (
+        stats, stored = read_tensors(path), read_metadata(path).get("key")
+        complete = all(f"{n}.hdiag" in stats for n in targets) and (
             not gram or all(f"{n}.gram" in stats for n in targets)
-        ):
+        )
+        if complete and stored == key:
             log.info("reusing calibration statistics from %s", path)
             return stats
-    batches = calibration_batches(tokenizer, cfg)
+        if complete:
+            log.warning(
+                "%s was computed from another model content or calibration text; calibrating again",
+                path,
+            )
     if ranks is not None:
         batches = batches[ranks.rank :: ranks.world]
     collected: dict[str, torch.Tensor] = {}
@@ -348,7 +359,7 @@ def _dense_statistics(
         reporter, "calibration", model, adapter, batches, targets, on_layer, gram=gram, lazy=lazy
     )
     if ranks is None or ranks.is_main:
-        write_tensors(path, collected)
+        write_tensors(path, collected, {"key": key})
     return collected
 
 

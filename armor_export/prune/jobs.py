@@ -133,23 +133,38 @@ class JobStore:
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.safetensors"
 
-    def is_done(self, name: str) -> bool:
+    def is_done(self, name: str, key: str | None = None) -> bool:
+        """A finished, intact result of ``name``; with ``key``, one computed from the same
+        inputs (``prune/provenance.job_key``), else it is stale."""
         path = self.path(name)
         if not path.is_file():
             return False
         try:
-            read_metadata(path)
+            meta = read_metadata(path)
         except CorruptFileError:
             log.warning("result of %s is corrupt; the job will run again", name)
             return False
+        if key is not None and meta.get("key") != key:
+            log.warning(
+                "%s: the stored result was computed from other inputs (weight, calibration "
+                "statistics or solver settings); the job will run again",
+                name,
+            )
+            return False
         return True
 
-    def save(self, result: MatrixResult) -> None:
+    def save(self, result: MatrixResult, key: str = "", solved_with: dict | None = None) -> None:
+        """Write ``result`` atomically, with the key of its inputs and the solver settings
+        it was computed with."""
         values, positions = masks.pack(result.core, result.mask)
         tensors = {"core_values": values, "core_positions": positions}
         if result.is_armor:
             tensors.update(a_blocks=result.a_blocks, b_blocks=result.b_blocks)
         meta = {"name": result.name, "method": result.method, "metrics": json.dumps(result.metrics)}
+        if key:
+            meta["key"] = key
+        if solved_with is not None:
+            meta["solved_with"] = json.dumps(solved_with, sort_keys=True)
         write_tensors(self.path(result.name), tensors, meta)
 
     def load(self, name: str) -> MatrixResult:

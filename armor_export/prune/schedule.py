@@ -16,7 +16,7 @@ from multiprocessing import get_context
 import torch
 
 from armor_export.config import PruneConfig
-from armor_export.prune import batching, methods
+from armor_export.prune import batching, methods, provenance
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job, run_job_batch
 
 log = logging.getLogger(__name__)
@@ -54,25 +54,36 @@ def run_jobs(
 ) -> None:
     """Run every job not yet in ``store``; save each result as it completes, then report it.
 
-    Finished jobs are loaded from the store instead of being run again. In one process,
-    same-shape ARMOR jobs may run as one batched solve (``batching.group_jobs``).
+    Finished jobs are loaded from the store instead of being run again, but only when they
+    were computed from the same weight, statistics and solver settings (their content key,
+    ``prune/provenance.py``). In one process, same-shape ARMOR jobs may run as one batched
+    solve (``batching.group_jobs``).
     """
+    keys: dict[str, str] = {}
     pending = []
     for job in jobs:
-        if store.is_done(job.name):
+        ready = job.resolved()  # a low-memory job reads its weight once here to key it
+        keys[job.name] = provenance.job_key(ready.weight, ready.hdiag, ready.gram, cfg)
+        del ready
+        if store.is_done(job.name, keys[job.name]):
             log.info("%s: reusing finished job", job.name)
             on_result(store.load(job.name))
         else:
             pending.append(job)
     if not pending:
         return
+    solved_with = provenance.solver_config(cfg)
+
+    def save(result: MatrixResult) -> None:
+        store.save(result, keys[result.name], solved_with)
+
     workers = resolve_workers(workers, len(pending), cfg.device)
     if workers == 1:
         for group in batching.group_jobs(pending, cfg):
             ready = [job.resolved() for job in group]
             results = run_job_batch(ready, cfg) if len(ready) > 1 else [run_job(ready[0], cfg)]
             for result in results:
-                store.save(result)
+                save(result)
                 on_result(result)
         return
     # largest matrices first, so the pool drains evenly
@@ -100,7 +111,7 @@ def run_jobs(
                 for fut in done:
                     in_flight.discard(fut)
                     result = fut.result()
-                    store.save(result)
+                    save(result)
                     on_result(result)
                     submit_next()
         except BaseException:

@@ -1,0 +1,94 @@
+"""Content keys: what a statistic or a job result was computed from, as a digest.
+
+A resumed prune reuses earlier work only when its key matches, never because a file sits
+at the same path. A model folder overwritten in place, or an edited calibration text,
+therefore redoes exactly the work whose inputs changed.
+- The calibration statistics are keyed on the model's weight files, the calibration token
+  ids and the kind of statistics.
+- Each job is keyed on its own weight, its statistics and the method's settings.
+Layers whose inputs did not change get bit-identical statistics (calibration is
+deterministic), so their jobs are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from armor_export.config import PruneConfig
+from armor_export.prune import methods
+
+CHUNK = 1 << 22
+
+
+def _update_tensor(digest, tensor: torch.Tensor | None) -> None:
+    if tensor is None:
+        digest.update(b"none;")
+        return
+    tensor = tensor.detach().contiguous().cpu()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
+def tensor_digest(*tensors: torch.Tensor | None) -> str:
+    """sha256 of the tensors' dtypes, shapes and bytes, in order (None counts too)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        _update_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def files_digest(paths: Iterable[Path]) -> str:
+    """sha256 of the files' names and bytes, in the order given."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name};".encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(CHUNK), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_digest(model_path: str) -> str:
+    """The content of a local model: its config and every safetensors file. A hub id that
+    is not a local folder can only be keyed by its name."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return hashlib.sha256(f"hub:{model_path}".encode()).hexdigest()
+    files = [folder / "config.json"] if (folder / "config.json").is_file() else []
+    files += sorted(folder.glob("*.safetensors"))
+    return files_digest(files)
+
+
+def statistics_key(model_key: str, batches: list[torch.Tensor], gram: bool) -> str:
+    """Key of the dense calibration statistics: model, calibration token ids, Gram or not."""
+    data = {"model": model_key, "calibration": tensor_digest(*batches), "gram": gram}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def solver_config(cfg: PruneConfig) -> dict:
+    """The settings that decide one job's result: the method and its own settings (not
+    scheduling: workers, batching, compile; not selection or calibration, which reach a
+    job through its weight and statistics)."""
+    method = methods.get(cfg.method)
+    data: dict = {"method": cfg.method}
+    if method.settings:
+        settings = dict(getattr(cfg, method.settings).__dict__)
+        settings.pop("compile", None)  # a faster path to the same numbers
+        data[method.settings] = settings
+    return data
+
+
+def job_key(
+    weight: torch.Tensor,
+    hdiag: torch.Tensor | None,
+    gram: torch.Tensor | None,
+    cfg: PruneConfig,
+) -> str:
+    """Key of one job's result: its weight, its statistics and the solver settings."""
+    settings = json.dumps(solver_config(cfg), sort_keys=True)
+    return hashlib.sha256((tensor_digest(weight, hdiag, gram) + settings).encode()).hexdigest()

@@ -1,0 +1,97 @@
+"""Resume reuses work only when its inputs are the same content (issue #18, items 2-3).
+
+A model folder overwritten in place, or an edited calibration text, at the same paths and
+with the same config, must redo exactly the statistics and jobs whose inputs changed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from armor_export.prune import api, jobs, schedule
+from tests.conftest import TEXT, tiny_model, tiny_prune_config
+
+N_LINEARS = 14
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The names of the jobs solved (not reloaded) by the prunes that follow."""
+    calls: list[str] = []
+    real = jobs.run_job
+
+    def counting(job, cfg, progress=None):
+        calls.append(job.name)
+        return real(job, cfg, progress)
+
+    monkeypatch.setattr(schedule, "run_job", counting)
+    return calls
+
+
+def _prune(model_dir, text_file, out, method="nowag-p"):
+    return api.prune(tiny_prune_config(model_dir, text_file, out, method))
+
+
+def _save(model, model_dir):
+    model.save_pretrained(model_dir)
+
+
+def test_an_unchanged_rerun_reuses_everything(tiny_model_dir, text_file, tmp_path, counted):
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    assert len(counted) == N_LINEARS
+    counted.clear()
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    assert counted == []
+
+
+def test_a_model_overwritten_in_place_redoes_every_job(
+    tiny_model_dir, text_file, tmp_path, counted
+):
+    first = _prune(tiny_model_dir, text_file, tmp_path / "out")
+    _save(tiny_model("llama", seed=1), tiny_model_dir)  # other weights, same folder
+    counted.clear()
+    second = _prune(tiny_model_dir, text_file, tmp_path / "out")
+    assert sorted(counted) == sorted(first.metrics)
+    fresh = _prune(tiny_model_dir, text_file, tmp_path / "fresh")
+    for name in fresh.results:  # the resumed run equals a fresh run on the new model
+        assert torch.equal(second.results[name].core, fresh.results[name].core)
+
+
+def test_an_edited_calibration_text_recalibrates(tiny_model_dir, text_file, tmp_path, counted):
+    first = _prune(tiny_model_dir, text_file, tmp_path / "out")
+    stats = tmp_path / "out" / "work" / "stats.safetensors"
+    before = api.read_tensors(stats)
+    text_file.write_text(TEXT.upper())
+    counted.clear()
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    after = api.read_tensors(stats)
+    name = "model.layers.0.self_attn.q_proj.hdiag"
+    assert not torch.equal(before[name], after[name])
+    assert sorted(counted) == sorted(first.metrics)  # every hdiag changed
+
+
+def test_one_changed_weight_redoes_that_job_alone(tiny_model_dir, text_file, tmp_path, counted):
+    """The last layer's down projection feeds nothing that is calibrated after it: its
+    statistics and every other job's inputs stay bit-identical, so only it is solved."""
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    _save(model, tiny_model_dir)
+    counted.clear()
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    assert counted == ["model.layers.1.mlp.down_proj"]
+
+
+def test_jobs_record_the_settings_they_were_solved_with(tiny_model_dir, text_file, tmp_path):
+    import json
+
+    from armor_export.io import read_metadata
+
+    _prune(tiny_model_dir, text_file, tmp_path / "out", "armor")
+    path = jobs.JobStore(tmp_path / "out" / "work" / "jobs").path("model.layers.0.mlp.up_proj")
+    meta = read_metadata(path)
+    solved_with = json.loads(meta["solved_with"])
+    assert solved_with["method"] == "armor" and solved_with["armor"]["iterations"] == 8
+    assert len(meta["key"]) == 64
