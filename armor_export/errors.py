@@ -40,3 +40,7 @@ class GraphCheckError(UserError):
 
 class BackendUnavailableError(UserError):
     """An optional runtime/backend (ONNX Runtime, TensorRT...) is missing or cannot run this."""
+
+
+class OutputInUseError(UserError):
+    """Another process is writing the same output folder."""

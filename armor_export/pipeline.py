@@ -57,9 +57,17 @@ def _hash_config(stage_cfg) -> str:
 
 
 def build(cfg: BuildConfig, reporter: Reporter | None = None, force: tuple = ()) -> BuildResult:
-    """Run the selected stages in order; a finished, unchanged stage is skipped."""
+    """Run the selected stages in order; a finished, unchanged stage is skipped. One build
+    at a time writes a build folder (``locks.hold``)."""
+    from armor_export.locks import hold
+
     cfg.validate()
     check_names(force, "force")
+    with hold(cfg.output_dir, "build"):
+        return _build(cfg, reporter, force)
+
+
+def _build(cfg: BuildConfig, reporter: Reporter | None, force: tuple) -> BuildResult:
     reporter = reporter or NullReporter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

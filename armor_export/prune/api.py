@@ -171,61 +171,71 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     targets, skipped = select_linears(model, adapter, cfg)
     if lazy is None:
         _check_finite_weights(targets)  # low-memory runs check each weight as it is read
-    # the run is valid: from here on, its directory belongs to this config
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "run_config.json", _defining_config(cfg))
-    store = JobStore(out / "work" / "jobs")
-    timings: dict[str, float] = {"load": time.perf_counter() - start}
-    peaks: dict[str, float] = {}  # peak RSS (MiB) so far, at the end of each phase
-    loop = _JobLoop(cfg, store, reporter, len(targets), keep=lazy is None)
-    with torch.no_grad(), loop as runner:
-        share = len(targets)
-        if sequential:
-            _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
-        else:
-            stats = _dense_statistics(
-                model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
-            )
-            timings["calibration"] = time.perf_counter() - start - timings["load"]
-            peaks["after_calibration"] = distributed.peak_rss_mib()
-            if lazy is not None:
-                lazy.release_all()  # embeddings etc. are not needed by the jobs
-            batch = [
-                MatrixJob(
-                    name,
-                    mod.weight,
-                    stats.get(f"{name}.hdiag"),
-                    stats.get(f"{name}.gram"),
-                    None if lazy is None else _weight_reader(lazy, name),
+    # the run is valid: from here on, its directory belongs to this config and this process
+    with _output_lock(out, main):
+        if main:
+            _check_run_dir(out, cfg)  # again: another run may have started meanwhile
+            write_json(out / "run_config.json", _defining_config(cfg))
+        store = JobStore(out / "work" / "jobs")
+        timings: dict[str, float] = {"load": time.perf_counter() - start}
+        peaks: dict[str, float] = {}  # peak RSS (MiB) so far, at the end of each phase
+        loop = _JobLoop(cfg, store, reporter, len(targets), keep=lazy is None)
+        with torch.no_grad(), loop as runner:
+            share = len(targets)
+            if sequential:
+                _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
+            else:
+                stats = _dense_statistics(
+                    model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
                 )
-                for name, mod in targets.items()
-            ]
-            share = _run_share(batch, cfg, store, runner, model, ranks)
-    timings["total_prune"] = time.perf_counter() - start
-    peaks["after_jobs"] = distributed.peak_rss_mib()
-    manifest = {
-        "method": cfg.method,
-        "base_model": cfg.model,
-        "prune_config": cfg.to_dict(),
-        "skipped": skipped,
-    }
-    if main and lazy is not None:
-        save_checkpoint_streaming(out, lazy, tokenizer, store, list(targets), manifest)
-    elif main:
-        save_checkpoint(out, model, tokenizer, runner.results, manifest)
-    seconds = time.perf_counter() - start
-    calibration = round(timings.get("calibration", 0.0), 2)
-    distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds,
-                            calibration_seconds=calibration,
-                            peak_rss_by_phase_mib=peaks)  # fmt: skip
-    if ranks:
-        distributed.finish()
-    if main:
-        _write_report(out)
-    return PruneResult(
-        out, runner.results, skipped, time.perf_counter() - start, timings, runner.metrics
-    )
+                timings["calibration"] = time.perf_counter() - start - timings["load"]
+                peaks["after_calibration"] = distributed.peak_rss_mib()
+                if lazy is not None:
+                    lazy.release_all()  # embeddings etc. are not needed by the jobs
+                batch = [
+                    MatrixJob(
+                        name,
+                        mod.weight,
+                        stats.get(f"{name}.hdiag"),
+                        stats.get(f"{name}.gram"),
+                        None if lazy is None else _weight_reader(lazy, name),
+                    )
+                    for name, mod in targets.items()
+                ]
+                share = _run_share(batch, cfg, store, runner, model, ranks)
+        timings["total_prune"] = time.perf_counter() - start
+        peaks["after_jobs"] = distributed.peak_rss_mib()
+        manifest = {
+            "method": cfg.method,
+            "base_model": cfg.model,
+            "prune_config": cfg.to_dict(),
+            "skipped": skipped,
+        }
+        if main and lazy is not None:
+            save_checkpoint_streaming(out, lazy, tokenizer, store, list(targets), manifest)
+        elif main:
+            save_checkpoint(out, model, tokenizer, runner.results, manifest)
+        seconds = time.perf_counter() - start
+        calibration = round(timings.get("calibration", 0.0), 2)
+        distributed.record_rank(out / "work" / "ranks", ranks or distributed.SINGLE, share, seconds,
+                                calibration_seconds=calibration,
+                                peak_rss_by_phase_mib=peaks)  # fmt: skip
+        if ranks:
+            distributed.finish()
+        if main:
+            _write_report(out)
+        return PruneResult(
+            out, runner.results, skipped, time.perf_counter() - start, timings, runner.metrics
+        )
+
+
+def _output_lock(out: Path, main: bool):
+    """This process holds ``out`` (rank 0 holds it for a torchrun run)."""
+    from contextlib import nullcontext
+
+    from armor_export.locks import hold
+
+    return hold(out, "prune") if main else nullcontext()
 
 
 def _write_report(out: Path) -> None:
