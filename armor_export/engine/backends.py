@@ -111,7 +111,10 @@ def rtx_plugin_parse_problem(trt) -> str | None:
     """
     import ctypes
     import os
+    import sys
 
+    if not sys.platform.startswith("linux"):
+        return None  # seen with the Linux wheel; Windows resolves DLLs differently
     libs = _loaded_library_dir("libtensorrt_onnxparser_rtx")
     if libs is not None and os.path.exists(os.path.join(libs, RTX_PARSER_DLOPENS)):
         return None
