@@ -24,6 +24,7 @@ CUDA_ARCH = "80"
 class PluginBuild:
     library: Path  # libarmor_blockdiag_plugin.so
     contract_check: Path  # armor_plugin_contract_check (tests/pluginContractCheck.cpp)
+    enqueue_check: Path  # armor_plugin_enqueue_check (tests/pluginEnqueueCheck.cpp, GPU)
     trt_include: Path
     seconds: float
 
@@ -69,6 +70,7 @@ def build_plugin(build_dir: Path) -> PluginBuild:
     return PluginBuild(
         library=build_dir / "libarmor_blockdiag_plugin.so",
         contract_check=build_dir / "armor_plugin_contract_check",
+        enqueue_check=build_dir / "armor_plugin_enqueue_check",
         trt_include=trt_root() / "include",
         seconds=time.perf_counter() - start,
     )

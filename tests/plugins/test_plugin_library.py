@@ -1,7 +1,8 @@
 """libarmor_blockdiag_plugin.so built with its CMake against TensorRT's public headers: the
 creator and IPluginV3 answer as TensorRT's registry and ONNX parser expect (checked by a host
 program, no TensorRT library or GPU), agree with armorBlockDiagPlugin.yaml and reference.py,
-and TensorRT-RTX parses and builds a one-node graph with it (plugins/armorBlockDiagPlugin/repro).
+TensorRT-RTX parses and builds a one-node graph with it (plugins/armorBlockDiagPlugin/repro),
+and, on a GPU, its enqueue matches a host reference.
 """
 
 from __future__ import annotations
@@ -120,3 +121,18 @@ def test_without_the_link_tensorrt_rtx_1_7_aborts_in_the_parser(plugin_build):
     assert proc.returncode == -6, proc.stdout + proc.stderr  # SIGABRT from std::terminate
     assert "Successfully created plugin: ArmorBlockDiagMatMul" in proc.stdout
     assert "terminate called" in proc.stderr
+
+
+def test_enqueue_matches_the_reference_on_a_gpu(plugin_build):
+    """The glue's enqueue (createPlugin(kRUNTIME), onShapeChange, enqueue on a stream) against
+    a double-precision host reference, fp32/fp16/bf16 and b = 32..128, within the YAML's
+    tolerances. Exit status 2: no usable CUDA device here."""
+    proc = subprocess.run(
+        [str(plugin_build.enqueue_check), str(plugin_build.library)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if proc.returncode == 2:
+        pytest.skip(f"needs a CUDA GPU ({proc.stderr.strip()})")
+    cases = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and len(cases) == 8, proc.stdout + proc.stderr
+    assert all(case["ok"] for case in cases), proc.stdout
