@@ -208,3 +208,27 @@ def random_armorize(model, block_size=16, seed=0):
             model, name, ArmorLinear.from_factors(a, core, mask_from_scores(core.abs()), b, bias)
         )
     return len(names)
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_plugin_export(tiny_checkpoint, tmp_path_factory):
+    """fp16 with ArmorBlockDiagMatMul nodes: what a TensorRT plugin engine is built from."""
+    pytest.importorskip("onnx")
+    return export_tiny(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("onnx") / "plugin-fp16",
+        lowering="plugin",
+        dtype="float16",
+    )
+
+
+@pytest.fixture(scope="session")
+def plugin_build(tmp_path_factory):
+    """libarmor_blockdiag_plugin.so (+ its contract check) built once per session with the
+    plugin's CMake against TensorRT's headers; skips naming whatever tool is missing."""
+    from tests.plugins.plugin_build import build_plugin, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        pytest.skip("cannot build the TensorRT plugin: missing " + ", ".join(missing))
+    return build_plugin(tmp_path_factory.mktemp("armor_plugin_build"))

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armor_export.config import EngineConfig
-from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    CorruptFileError,
+    UserError,
+)
 from armor_export.export_manifest import ExportManifest, Limits
 from armor_export.progress import NullReporter, Reporter
 
@@ -100,18 +105,20 @@ def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path):
     logger = CollectingLogger(trt)
     trt_logger = logger.make()
     builder = trt.Builder(trt_logger)
-    plugin = _load_plugin(builder, cfg, manifest)
+    plugin = _load_plugin(trt, builder, cfg, manifest)
     network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
     onnx_path = export_dir / manifest.onnx
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
         raise EngineBuildError(f"{onnx_path}: the ONNX parser failed: {'; '.join(errors[:5])}")
+    if plugin is not None:
+        plugin["layers"] = plugin_layer_names(trt, network)
     # the caller keeps the parser alive until the build: it owns the parsed weights
     return builder, network, parser, logger, plugin
 
 
-def _load_plugin(builder, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
+def _load_plugin(trt, builder, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
     plugin = manifest.plugin
     if manifest.lowering != "plugin":
         return None
@@ -122,10 +129,22 @@ def _load_plugin(builder, cfg: EngineConfig, manifest: ExportManifest) -> dict |
             "plugins/armorBlockDiagPlugin (see its README) and pass --plugin-library "
             "libarmor_blockdiag_plugin.so, or export with --lowering plain"
         )
+    from armor_export.engine.backends import backend_spec, rtx_plugin_parse_problem
+
+    if backend_spec(cfg.backend).module == "tensorrt_rtx":
+        problem = rtx_plugin_parse_problem(trt)
+        if problem is not None:
+            raise BackendUnavailableError(problem)
     registry = builder.get_plugin_registry()
     if registry.load_library(str(library)) is None:
         raise EngineBuildError(f"{library}: the plugin registry could not load this library")
     return {**plugin.to_dict(), "library": str(library)}
+
+
+def plugin_layer_names(trt, network) -> list[str]:
+    """The network's IPluginV3 layers (the parsed plugin nodes), by name."""
+    layers = (network.get_layer(i) for i in range(network.num_layers))
+    return [layer.name for layer in layers if layer.type == trt.LayerType.PLUGIN_V3]
 
 
 def profile_shapes(manifest: ExportManifest, limits: Limits) -> dict[str, tuple]:
@@ -286,6 +305,13 @@ def write_report(out: Path, report: dict) -> Path:
     return out / REPORT_JSON
 
 
+def plugin_summary(plugin: dict | None) -> str:
+    if not plugin:
+        return "none (plain MatMuls)"
+    layers = plugin.get("layers")
+    return plugin["library"] + ("" if layers is None else f" ({len(layers)} plugin layers)")
+
+
 def report_markdown(report: dict) -> str:
     sp = report["sparsity"]
 
@@ -298,7 +324,7 @@ def report_markdown(report: dict) -> str:
         ("precision", f"{report['precision']} (strongly typed)"),
         ("SPARSE_WEIGHTS", "on" if report["sparse_weights_flag"] else "off"),
         ("limits", ", ".join(f"{k} {v}" for k, v in report["limits"].items())),
-        ("plugin", report["plugin"]["library"] if report["plugin"] else "none (plain MatMuls)"),
+        ("plugin", plugin_summary(report["plugin"])),
         ("2:4 core MatMuls in the graph", str(sp["core_matmuls_2_4"])),
         ("eligible for sparse math (builder log)", layers(sp["eligible_layers"])),
         ("picked sparse kernels (builder log)", layers(sp["picked_layers"])),

@@ -95,3 +95,53 @@ def compute_capability(trt, name: str):
             f"this backend cannot target compute capability {name} (it knows {known or 'none'})"
         )
     return value
+
+
+RTX_PARSER_DLOPENS = "libtensorrt_rtx.so"  # the unversioned name TensorRT-RTX's parser asks for
+
+
+def rtx_plugin_parse_problem(trt) -> str | None:
+    """Why parsing a plugin node with this TensorRT-RTX would abort the process, or None.
+
+    TensorRT-RTX 1.7's ONNX parser dlopen()s the unversioned ``libtensorrt_rtx.so`` when it
+    imports a plugin node and dies in ``std::terminate`` when that fails; the pip wheel ships
+    only ``libtensorrt_rtx.so.1`` (plugins/armorBlockDiagPlugin/repro/README.md). The parser
+    looks beside itself (RPATH ``$ORIGIN``) first, then where any dlopen looks, so: that
+    folder, then a dlopen of the same name from here (what the parser would load next).
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None  # seen with the Linux wheel; Windows resolves DLLs differently
+    libs = _loaded_library_dir("libtensorrt_onnxparser_rtx")
+    if libs is not None and os.path.exists(os.path.join(libs, RTX_PARSER_DLOPENS)):
+        return None
+    try:
+        ctypes.CDLL(RTX_PARSER_DLOPENS)
+        return None
+    except OSError:
+        pass
+    target = os.path.join(libs or "<tensorrt_rtx_libs>", RTX_PARSER_DLOPENS)
+    return (
+        f"TensorRT-RTX {trt.__version__}'s ONNX parser aborts the process on plugin nodes "
+        f"unless it can dlopen {RTX_PARSER_DLOPENS}, which its pip wheel lacks: run "
+        f"'ln -s {RTX_PARSER_DLOPENS}.1 {target}' (or start with LD_LIBRARY_PATH naming a "
+        "folder holding that link), or export with --lowering plain"
+    )
+
+
+def _loaded_library_dir(stem: str) -> str | None:
+    """The folder of a shared library this process has mapped (Linux), else None."""
+    import os
+
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith(stem + ".so"):
+                    return os.path.dirname(path)
+    except OSError:
+        return None
+    return None
