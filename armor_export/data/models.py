@@ -79,13 +79,44 @@ def load_model_and_tokenizer(
         _check_local_weights(Path(path))
     logger.info("loading model %s (%s)", path, str(dtype).removeprefix("torch."))
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, output_loading_info=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         hint = "" if is_local else " (no network? pass a local directory)"
         raise _load_failure(name_or_path, exc, hint) from exc
+    _check_loading_info(path, info)
     model.eval()
     return model, tokenizer
+
+
+# tensors only a pruned checkpoint stores (prune/checkpoint.py)
+PRUNED_TENSORS = ("core_values", "core_positions", "a_blocks", "b_blocks")
+
+
+def _check_loading_info(path: str, info: dict) -> None:
+    """Refuse a model whose weights did not all load: transformers would initialise the
+    missing ones randomly and every result after that would be wrong, silently."""
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or []
+    ]
+    unexpected = list(info.get("unexpected_keys") or [])
+    if not (missing or mismatched):
+        return
+    pruned = [k for k in unexpected if k.rsplit(".", 1)[-1] in PRUNED_TENSORS]
+    if pruned:
+        raise CorruptFileError(
+            f"{path} holds pruned weights ({pruned[0]}, ...) but no armor_manifest.json: "
+            "it is an incomplete copy of a pruned checkpoint; copy the manifest too, or "
+            "prune again"
+        )
+    names = missing or mismatched
+    raise CorruptFileError(
+        f"{path}: {len(names)} weight(s) are missing from its safetensors files or do not "
+        f"fit the model (e.g. {names[0]}); they would be initialised randomly"
+    )
 
 
 def load_lazy_model_and_tokenizer(name_or_path: str):

@@ -95,3 +95,35 @@ def test_jobs_record_the_settings_they_were_solved_with(tiny_model_dir, text_fil
     solved_with = json.loads(meta["solved_with"])
     assert solved_with["method"] == "armor" and solved_with["armor"]["iterations"] == 8
     assert len(meta["key"]) == 64
+
+
+def test_a_checkpoint_without_its_manifest_is_refused_not_loaded_dense(tmp_path):
+    """Loaded as a plain model, its linears would be initialised randomly (ppl ~ 321)."""
+    import shutil
+
+    from armor_export.data.models import load_model_and_tokenizer
+    from armor_export.errors import CorruptFileError
+    from armor_export.eval.api import load_any_model
+    from tests.conftest import prune_tiny
+
+    checkpoint = prune_tiny(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoint, copy, ignore=shutil.ignore_patterns("work", "report"))
+    (copy / "armor_manifest.json").unlink()
+    for load in (load_model_and_tokenizer, load_any_model):
+        with pytest.raises(CorruptFileError, match="pruned weights .* no armor_manifest.json"):
+            load(str(copy))
+
+
+def test_a_model_missing_a_weight_is_refused(tiny_model_dir):
+    from safetensors.torch import load_file, save_file
+
+    from armor_export.data.models import load_model_and_tokenizer
+    from armor_export.errors import CorruptFileError
+
+    weights = tiny_model_dir / "model.safetensors"
+    state = load_file(weights)
+    del state["model.norm.weight"]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(CorruptFileError, match=r"missing .* model\.norm\.weight"):
+        load_model_and_tokenizer(str(tiny_model_dir))
