@@ -87,8 +87,17 @@ def load_model_and_tokenizer(
         hint = "" if is_local else " (no network? pass a local directory)"
         raise _load_failure(name_or_path, exc, hint) from exc
     _check_loading_info(path, info)
+    check_finite(model, path)
     model.eval()
     return model, tokenizer
+
+
+def check_finite(model: torch.nn.Module, where: str | Path) -> None:
+    """Refuse a model with NaN/Inf in any parameter or buffer (a broken norm weight makes
+    every output NaN, and the text that follows blank), naming the first such tensor."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CorruptFileError(f"{where}: tensor {name} contains NaN or Inf values")
 
 
 # tensors only a pruned checkpoint stores (prune/checkpoint.py)

@@ -193,6 +193,9 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
         )
     if tied:
         model.tie_weights()
+    from armor_export.data.models import check_finite
+
+    check_finite(model, path)
     model.eval()
     return model, manifest
 

@@ -127,3 +127,26 @@ def test_a_model_missing_a_weight_is_refused(tiny_model_dir):
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(CorruptFileError, match=r"missing .* model\.norm\.weight"):
         load_model_and_tokenizer(str(tiny_model_dir))
+
+
+def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file, tmp_path):
+    """A NaN final norm made every logit NaN and generate print blank text, exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    from armor_export.errors import CorruptFileError
+    from armor_export.prune.checkpoint import load_checkpoint
+    from tests.conftest import prune_tiny
+
+    weights = tiny_model_dir / "model.safetensors"
+    state = load_file(weights)
+    state["model.norm.weight"][3] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(CorruptFileError, match="model.norm.weight contains NaN"):
+        _prune(tiny_model_dir, text_file, tmp_path / "out", "magnitude")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    checkpoint = prune_tiny(tmp_path / "ckpt")
+    state = load_file(checkpoint / "model.safetensors")
+    state["model.norm.weight"][0] = float("inf")
+    save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CorruptFileError, match="model.norm.weight contains NaN or Inf"):
+        load_checkpoint(checkpoint)
