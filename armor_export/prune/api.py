@@ -62,7 +62,7 @@ def select_linears(
     filter_fn: Callable[[str, nn.Module], bool] | None = None,
 ) -> tuple[dict[str, nn.Linear], list[str]]:
     """The decoder linears to prune (glob rules, then shape checks); returns (chosen, skipped)."""
-    chosen, skipped = {}, []
+    chosen, skipped, problems = {}, [], []
     for name, mod in adapter.linears(model).items():
         if not any(fnmatch.fnmatch(name, pat) for pat in cfg.include):
             continue
@@ -78,8 +78,14 @@ def select_linears(
                 )
             log.warning("%s; left dense", problem)
             skipped.append(name)
+            problems.append(problem)
             continue
         chosen[name] = mod
+    if not chosen and skipped:
+        raise ShapeError(
+            f"--skip-incompatible left every selected layer dense ({len(skipped)} of them): "
+            f"none fits these settings; for example {problems[0]}"
+        )
     if not chosen:
         raise UserError("no linear layer selected for pruning (check --include/--exclude)")
     return chosen, skipped
@@ -171,6 +177,8 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     targets, skipped = select_linears(model, adapter, cfg)
     if lazy is None:
         _check_finite_weights(targets)  # low-memory runs check each weight as it is read
+    # the calibration text is an input too: a bad one fails here, before anything is written
+    batches = calibration_batches(tokenizer, cfg) if method.needs_statistics else []
     # the run is valid: from here on, its directory belongs to this config and this process
     with _output_lock(out, main):
         if main:
@@ -183,10 +191,10 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         with torch.no_grad(), loop as runner:
             share = len(targets)
             if sequential:
-                _prune_sequential(model, adapter, tokenizer, targets, cfg, runner, reporter)
+                _prune_sequential(model, adapter, batches, targets, cfg, runner, reporter)
             else:
                 stats = _dense_statistics(
-                    model, adapter, tokenizer, targets, cfg, out, reporter, ranks, lazy
+                    model, adapter, batches, targets, cfg, out, reporter, ranks, lazy
                 )
                 timings["calibration"] = time.perf_counter() - start - timings["load"]
                 peaks["after_calibration"] = distributed.peak_rss_mib()
@@ -320,7 +328,7 @@ class _JobLoop:
 
 
 def _dense_statistics(
-    model, adapter, tokenizer, targets, cfg, out: Path, reporter, ranks=None, lazy=None
+    model, adapter, batches, targets, cfg, out: Path, reporter, ranks=None, lazy=None
 ):
     """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``.
 
@@ -336,7 +344,6 @@ def _dense_statistics(
     if not method.needs_statistics:
         return {}
     gram = method.needs_gram
-    batches = calibration_batches(tokenizer, cfg)
     model_key = provenance.model_digest(resolve_model_path(cfg.model))
     key = provenance.statistics_key(model_key, batches, gram)
     path = out / "work" / "stats.safetensors"
@@ -381,9 +388,8 @@ def _calibrate_with_progress(
         calibrate_layerwise(model, adapter, *args, progress=lambda i, n: task.advance(1), **kwargs)
 
 
-def _prune_sequential(model, adapter, tokenizer, targets, cfg, runner: _JobLoop, reporter):
+def _prune_sequential(model, adapter, batches, targets, cfg, runner: _JobLoop, reporter):
     """SparseGPT's mode: each layer is calibrated on the outputs of the pruned layers before."""
-    batches = calibration_batches(tokenizer, cfg)
 
     def on_layer(_i, layer_stats):
         for name, st in layer_stats.items():

@@ -150,3 +150,28 @@ def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file
     save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(CorruptFileError, match="model.norm.weight contains NaN or Inf"):
         load_checkpoint(checkpoint)
+
+
+def test_an_empty_calibration_text_fails_before_anything_is_written(
+    tiny_model_dir, text_file, tmp_path
+):
+    from armor_export.errors import UserError
+
+    text_file.write_text("")
+    with pytest.raises(UserError):
+        _prune(tiny_model_dir, text_file, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    text_file.write_text(TEXT)  # the corrected rerun is not refused
+    assert len(_prune(tiny_model_dir, text_file, tmp_path / "out").metrics) == N_LINEARS
+
+
+def test_skip_incompatible_that_skips_everything_says_so(tiny_model_dir, text_file, tmp_path):
+    from armor_export.errors import ShapeError
+
+    cfg = tiny_prune_config(
+        tiny_model_dir, text_file, tmp_path / "out", "armor", {"block_size": 96},
+        skip_incompatible=True,
+    )  # fmt: skip
+    with pytest.raises(ShapeError, match=r"left every selected layer dense \(14 of them\).*"
+                       r"valid block sizes for this layer: 4, 8, 16, 32, 64"):  # fmt: skip
+        api.prune(cfg)
