@@ -32,6 +32,15 @@ def _check_positive(prefix: str, obj: Any, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{prefix}.{name} must be positive")
 
 
+def validate_section(section: str, cfg: Any) -> None:
+    """``cfg.validate()`` of a nested table, its errors named by their full key path
+    (``prune.calibration.n_samples``, ``engine.optimization_level``)."""
+    try:
+        cfg.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{section}.{exc}") from None
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -130,7 +139,7 @@ class PruneConfig:
         _check_choice("batch_same_shape", self.batch_same_shape, BATCH_SAME_SHAPE)
         if self.version != CONFIG_VERSION:
             raise ConfigError(
-                f"config version {self.version} is not supported (expected {CONFIG_VERSION})"
+                f"version {self.version} is not supported (expected {CONFIG_VERSION})"
             )
         self._validate_device()
         self.armor.validate()
@@ -308,9 +317,8 @@ class BuildConfig:
             _check_choice("stages", stage, _stage_names())
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported")
-        self.export.validate()
-        self.engine.validate()
-        self.verify.validate()
+        for section in ("export", "engine", "verify"):
+            validate_section(section, getattr(self, section))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -374,7 +382,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses; strict."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'} must be a table/dict")
+        raise ConfigError(f"{where.rstrip('.') or 'config'} must be a table/dict")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

@@ -38,7 +38,7 @@ def add_parser(sub):
 
 
 def config_from_args(args):
-    from armor_export.config import BuildConfig
+    from armor_export.config import BuildConfig, validate_section
     from armor_export.stages import check_names
 
     cfg = BuildConfig.from_toml(args.config) if args.config else BuildConfig()
@@ -67,7 +67,7 @@ def config_from_args(args):
             setattr(obj, key, getattr(args, attr))
     force = tuple(s.strip() for s in args.force.split(",") if s.strip())
     check_names(force, "--force")
-    cfg.prune.validate()
+    validate_section("prune", cfg.prune)
     cfg.validate()
     return cfg, force
 

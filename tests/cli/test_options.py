@@ -123,3 +123,26 @@ def test_generate_choices_and_defaults_are_the_runtime_configs():
     args = build_parser().parse_args(["generate", "--prompt", "x"])
     assert config_from_args(args) == GenerationConfig()
     assert args.export_dir == ExportConfig().output_dir
+
+
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        ("[prune.calibration]\nn_samples = 0\n", "prune.calibration.n_samples must be positive"),
+        ("[prune]\nmethod = 'obs'\n", "prune.method must be one of"),
+        ("[engine]\noptimization_level = 9\n", "engine.optimization_level must be in 0..5"),
+        ("[export.limits]\nmax_batch = 0\n", "export.limits.max_batch must be positive"),
+        ("[verify]\ndecode_steps = -1\n", "verify.decode_steps"),
+        ("prune = 3\n", "prune must be a table/dict"),
+        ("[prune]\nnsamples = 3\n", "unknown config key(s) prune.nsamples"),
+    ],
+)
+def test_build_config_errors_name_the_full_key_path(toml, message, tmp_path):
+    """A config error names the key as the TOML file spells it, never a bare 'prune.'."""
+    from armor_export.cli.build import config_from_args
+
+    path = tmp_path / "build.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        config_from_args(build_parser().parse_args(["build", "--config", str(path)]))
+    assert message in str(info.value)
