@@ -45,3 +45,11 @@ def test_readme_cli_commands_parse(command):
 def test_recipes_are_valid_configs(recipe):
     cfg = PruneConfig.from_toml(recipe)
     assert cfg.method in ("armor", "nowag-p", "wanda", "sparsegpt", "magnitude")
+
+
+def test_the_main_command_installs_what_the_full_report_needs():
+    """The build's report has its figures only with matplotlib (the plots extra)."""
+    text = (ROOT / "README.md").read_text()
+    first = re.search(r"```bash\n(.*?)```", text, re.S).group(1).splitlines()[1]
+    extras = re.search(r'-e "\.\[(.*?)\]"', first).group(1).split(",")
+    assert {"assets", "plots", "onnx", "rtx"} <= set(extras)
