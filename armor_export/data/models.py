@@ -71,6 +71,7 @@ def load_model_and_tokenizer(
     name_or_path: str, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM (safetensors weights only, eval mode) and its tokenizer."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
@@ -83,6 +84,10 @@ def load_model_and_tokenizer(
             path, dtype=dtype, use_safetensors=True, output_loading_info=True
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except SafetensorError as exc:  # a truncated or corrupt weights file
+        raise CorruptFileError(
+            f"{path}: a safetensors file is corrupt or truncated ({_first_line(exc)})"
+        ) from None
     except (OSError, ValueError) as exc:
         hint = "" if is_local else " (no network? pass a local directory)"
         raise _load_failure(name_or_path, exc, hint) from exc
@@ -154,8 +159,11 @@ def load_lazy_model_and_tokenizer(name_or_path: str):
     return lazy, tokenizer
 
 
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def _load_failure(name_or_path: str, exc: Exception, hint: str = "") -> UserError:
     """A one-line error from what ``from_pretrained`` raised (its first line)."""
-    lines = str(exc).strip().splitlines()
-    reason = lines[0][:300] if lines else type(exc).__name__
-    return UserError(f"could not load model {name_or_path!r}: {reason}{hint}")
+    return UserError(f"could not load model {name_or_path!r}: {_first_line(exc)}{hint}")

@@ -98,3 +98,28 @@ def test_default_model_prepares_and_runs():
     assert logits.shape == (1, ids.shape[1], 49152)
     assert torch.isfinite(logits).all()
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+@pytest.mark.parametrize("verb", ["eval", "prune", "export"])
+def test_a_truncated_weights_file_is_one_line_for_every_verb(verb, tiny_model_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    weights = tiny_model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    args = {
+        "eval": ["eval", str(tiny_model_dir), "--windows", "1"],
+        "prune": ["prune", "--model", str(tiny_model_dir), "--method", "magnitude",
+                  "-o", str(tmp_path / "out")],
+        "export": ["export", str(tiny_model_dir), "-o", str(tmp_path / "onnx")],
+    }[verb]  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "armor_export", *args, "-q"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert f"armor-export {verb}: error: " in run.stderr
+    assert "corrupt or truncated" in run.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "onnx").exists()
