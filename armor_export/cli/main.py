@@ -13,6 +13,7 @@ import sys
 from armor_export import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+CHATTY_LIBRARIES = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo")
 # one module per verb in armor_export/cli/ (add_parser(sub), run(args)), in --help order;
 # a new verb is its module plus its name here
 VERBS = (
@@ -71,6 +72,10 @@ def _setup_logging(args) -> None:
         handlers.append(fh)
     logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    # the exporter's libraries narrate at INFO (dozens of "Skipping constant folding ..."
+    # lines per export): only their warnings, unless -v asks for more
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(level if args.verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

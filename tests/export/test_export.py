@@ -300,3 +300,20 @@ def test_cli_export_reports_and_refuses_bad_input(tiny_checkpoint, tmp_path, cap
     assert manifest["limits"]["max_batch"] == 2
     assert main(["export", str(tmp_path / "missing"), "-o", str(tmp_path / "x")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_default_export_output_is_what_a_user_acts_on(tiny_checkpoint, tmp_path):
+    """The exporter's libraries log dozens of INFO lines per export ("Skipping constant
+    folding ..."); at default verbosity only armor-export's own lines and warnings show."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run(
+        [sys.executable, "-m", "armor_export", "export", str(tiny_checkpoint),
+         "-o", str(tmp_path / "out")],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Skipping constant folding" not in run.stderr
+    assert "exported" in run.stdout
