@@ -152,6 +152,33 @@ def not_run_reason(report: dict, gpus: list[str], gpu_reason: str) -> str:
     return ""
 
 
+def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) -> dict:
+    """Outputs of the engine at ``engine_path`` for one feed (Polygraphy's TensorRT runner,
+    pointed at TensorRT-RTX when that built it). Needs a CUDA GPU; run it in a child
+    (``run_in_child``) so a native crash is an error."""
+    import numpy as np
+
+    from armor_export.engine.backends import backend_spec, load_backend
+
+    if backend_spec(backend).module == "tensorrt_rtx":  # read when Polygraphy is imported
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
+    trt = load_backend(backend)
+    if plugin_library:
+        load_plugin_library(trt, plugin_library)
+    from polygraphy.backend.trt import TrtRunner
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+    if engine is None:
+        raise EngineMismatchError(
+            f"{engine_path}: {trt.__name__} {trt.__version__} could not deserialise it "
+            "(built by another version, for another GPU, or without its plugin library)"
+        )
+    with TrtRunner(engine) as runner:
+        outputs = runner.infer(feed)
+    return {name: np.asarray(value).astype(np.float32) for name, value in outputs.items()}
+
+
 def _sha256(path: Path) -> str | None:
     if not path.is_file():
         return None
