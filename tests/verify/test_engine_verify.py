@@ -152,3 +152,15 @@ def test_cli_verify_takes_the_engine_and_says_what_was_checked(
     assert last.startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
     assert last.endswith(f"engine built for sm80, not run: {NO_GPU}")
     assert Path(tmp_path / "verify_report.md").read_text().count("not run") >= 1
+
+
+def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
+    export_with_engine, monkeypatch
+):
+    from armor_export.verify.runners import EngineRunner, EngineTarget
+
+    report = json.loads((export_with_engine / "engine" / "build_report.json").read_text())
+    runner = EngineRunner(EngineTarget(export_with_engine / "engine", report), "")
+    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")  # the child calls os.abort()
+    with pytest.raises(runtime.NativeCrashError, match=re.escape("(signal 6: SIGABRT)")):
+        runner.infer_impl({"input_ids": [[1]]})
