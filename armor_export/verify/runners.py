@@ -183,16 +183,16 @@ class EngineRunner(BaseRunner):
     """The shipped ``model.engine``, run with the backend that built it, one feed per child
     process (``engine.runtime.run_in_child``): a TensorRT abort fails verify with a message."""
 
-    def __init__(self, engine: EngineTarget, plugin_library: str):
+    def __init__(self, engine: EngineTarget, manifest: ExportManifest, plugin_library: str):
         super().__init__(name=engine.name)
-        self.engine, self.plugin_library = engine, plugin_library
+        self.engine, self.manifest, self.plugin_library = engine, manifest, plugin_library
         self.backend = engine.report.get("config", {}).get("backend", "tensorrt-rtx")
 
     def activate_impl(self):
         pass
 
     def get_input_metadata_impl(self):
-        raise NotImplementedError("the engine runner is fed by the comparator only")
+        return _metadata(self.manifest)  # the comparator checks every feed against it
 
     def infer_impl(self, feed_dict):
         from armor_export.engine.runtime import ENGINE_FILE, run_engine, run_in_child
@@ -242,7 +242,7 @@ def engine_runner(onnx_path: Path, manifest: ExportManifest, engine: EngineTarge
     why = not_run_reason(engine.report, gpus, reason)
     if why:
         raise EngineNotRun(f"engine built for {engine.built_for}, not run: {why}")
-    return EngineRunner(engine, library)
+    return EngineRunner(engine, manifest, library)
 
 
 def ort_factory(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:

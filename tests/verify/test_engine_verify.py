@@ -160,7 +160,26 @@ def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
     from armor_export.verify.runners import EngineRunner, EngineTarget
 
     report = json.loads((export_with_engine / "engine" / "build_report.json").read_text())
-    runner = EngineRunner(EngineTarget(export_with_engine / "engine", report), "")
+    from armor_export.export_manifest import ExportManifest
+
+    manifest = ExportManifest.read(export_with_engine)
+    runner = EngineRunner(EngineTarget(export_with_engine / "engine", report), manifest, "")
+    assert list(runner.get_input_metadata_impl()) == list(manifest.input_names)  # feeds checked
     monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")  # the child calls os.abort()
     with pytest.raises(runtime.NativeCrashError, match=re.escape("(signal 6: SIGABRT)")):
         runner.infer_impl({"input_ids": [[1]]})
+
+
+def test_an_engine_crash_during_verify_is_recorded_and_raised(
+    export_with_engine, tmp_path, monkeypatch
+):
+    """The whole verify path up to the engine child: a GPU of the engine's target is
+    simulated (here there is none), the child really aborts through the runner's test hook."""
+    monkeypatch.setattr(runtime, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")
+    cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path))
+    with pytest.raises(runtime.NativeCrashError, match=re.escape("engine run (verify) crashed")):
+        verify(cfg)
+    data = json.loads((tmp_path / "verify_report.json").read_text())
+    assert data["passed"] is False and data["engine_executed"] is True
+    assert data["verdict"] == "FAILED: engine run (verify) crashed (signal 6: SIGABRT)"
