@@ -158,7 +158,7 @@ def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) 
     (``run_in_child``) so a native crash is an error."""
     import numpy as np
 
-    from armor_export.engine.backends import backend_spec, load_backend
+    from armor_export.engine.backends import CollectingLogger, backend_spec, load_backend
 
     if backend_spec(backend).module == "tensorrt_rtx":  # read when Polygraphy is imported
         os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
@@ -167,12 +167,14 @@ def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) 
         load_plugin_library(trt, plugin_library)
     from polygraphy.backend.trt import TrtRunner
 
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    logger = CollectingLogger(trt)
+    runtime = trt.Runtime(logger.make())
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
+        said = logger.errors()[-1][:300] if logger.errors() else "no message"
         raise EngineMismatchError(
             f"{engine_path}: {trt.__name__} {trt.__version__} could not deserialise it "
-            "(built by another version, for another GPU, or without its plugin library)"
+            f"(built by another version, for another GPU, or without its plugin library): {said}"
         )
     with TrtRunner(engine) as runner:
         outputs = runner.infer(feed)

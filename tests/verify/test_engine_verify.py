@@ -183,3 +183,18 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
     data = json.loads((tmp_path / "verify_report.json").read_text())
     assert data["passed"] is False and data["engine_executed"] is True
     assert data["verdict"] == "FAILED: engine run (verify) crashed (signal 6: SIGABRT)"
+
+
+@needs_no_gpu
+def test_loading_the_real_engine_without_a_gpu_fails_in_one_line(export_with_engine):
+    """run_engine's real load path (Polygraphy on TensorRT-RTX, in a child): with no GPU the
+    backend refuses to deserialise, and the error quotes why."""
+    import numpy as np
+
+    engine = export_with_engine / "engine" / "model.engine"
+    feed = {"input_ids": np.zeros((1, 1), np.int64)}
+    with pytest.raises(runtime.EngineMismatchError, match="could not deserialise it") as err:
+        runtime.run_in_child(
+            "engine run (verify)", runtime.run_engine, (str(engine), "tensorrt-rtx", "", feed)
+        )
+    assert "\n" not in str(err.value) and "CUDA" in str(err.value)
