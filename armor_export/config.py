@@ -233,6 +233,9 @@ class VerifyConfig:
     atol: float = 0.0  # 0 = the default for the export dtype (verify/tolerances.py)
     rtol: float = 0.0
     report_dir: str = ""  # "" = <export_dir>/verify
+    # the built engine to check: "" = <export_dir>/engine when it holds model.engine
+    engine_dir: str = ""
+    plugin_library: str = ""  # "" = the library recorded in the engine's build report
 
     def validate(self) -> None:
         for backend in self.backends:

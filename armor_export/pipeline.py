@@ -45,6 +45,21 @@ class BuildResult:
     stages: list[StageResult] = field(default_factory=list)
     passed: bool = False
 
+    def verdict(self) -> str:
+        """The final line: PASSED/FAILED with what the verify stage compared (never bare)."""
+        failed = next((s for s in self.stages if s.status == "failed"), None)
+        if failed is not None:
+            detail = failed.detail.removeprefix("FAILED: ")
+            return f"FAILED: {failed.name}: {detail or 'failed'}"
+        verify = next((s for s in self.stages if s.name == "verify"), None)
+        if verify is None or verify.status in ("not selected", "provided"):
+            return "PASSED: " + ", ".join(
+                f"{s.name} {s.status}" for s in self.stages if s.status != "not selected"
+            ) + "; nothing verified (verify not selected)"  # fmt: skip
+        checked = verify.detail.removeprefix("PASSED: ")
+        up_to_date = " (verify up to date)" if verify.status.startswith("skipped") else ""
+        return f"{'PASSED' if self.passed else 'FAILED'}: {checked}{up_to_date}"
+
 
 def stage_configs(cfg: BuildConfig) -> dict:
     """Each registered stage's own config with its paths inside ``cfg.output_dir``."""
@@ -91,7 +106,8 @@ def _build(cfg: BuildConfig, reporter: Reporter | None, force: tuple) -> BuildRe
         key = {"config": _hash_config(stage_cfg), "input": upstream, **stage.key_parts(stage_cfg)}
         record = manifest["stages"].get(name, {})
         if name not in force and _up_to_date(record, key, stage.outputs(stage_cfg)):
-            result.stages.append(StageResult(name, "skipped (up to date)", detail="manifest"))
+            detail = record.get("detail") or "manifest"
+            result.stages.append(StageResult(name, "skipped (up to date)", detail=detail))
             upstream = record["outputs_hash"]
             continue
         start = time.perf_counter()

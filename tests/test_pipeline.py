@@ -34,6 +34,9 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
     }
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     assert manifest["stages"]["engine"]["detail"].startswith("TensorRT-RTX sm80")
+    assert manifest["stages"]["engine"]["detail"].endswith(
+        "sparse layers unknown (needs a GPU to inspect)"
+    )
     assert (tmp_path / "engine" / "model.engine").is_file()
     assert (tmp_path / "verify" / "verify_report.json").is_file()
 
@@ -61,6 +64,36 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
     upgraded = build(from_dict(BuildConfig, data))
     assert statuses(upgraded)["export"] == "done"
+
+
+def test_build_says_exactly_what_was_checked(tiny_checkpoint, tmp_path, capsys):
+    """The final line and verify_report.json name the comparisons and the shipped engine."""
+    from armor_export.engine.runtime import cuda_gpus
+
+    gpus, no_gpu = cuda_gpus()
+    if gpus:
+        pytest.skip(f"a CUDA GPU is here ({gpus}): the engine runs, see tests/gpu")
+    toml = tmp_path / "build.toml"
+    toml.write_text(
+        f'model = "{tiny_checkpoint}"\noutput_dir = "{tmp_path / "b"}"\n'
+        'stages = ["export", "engine", "verify"]\n[export]\ndtype = "float32"\n'
+    )
+    assert main(["build", "--config", str(toml), "--plugin-library", ""]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    not_run = f"engine built for sm80, not run: {no_gpu}"
+    assert last.startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
+    assert last.endswith(f"; {not_run}")
+    report = json.loads((tmp_path / "b" / "verify" / "verify_report.json").read_text())
+    assert report["engine_executed"] is False and report["engine_not_run_reason"] == not_run
+    assert report["engine"]["dir"] == str(tmp_path / "b" / "engine")
+    built = json.loads((tmp_path / "b" / "engine" / "build_report.json").read_text())
+    assert report["engine"]["engine_sha256"] == built["engine_sha256"]
+    assert report["verdict"] == last
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["stages"]["verify"]["detail"] == last
+
+    assert main(["build", "--config", str(toml)]) == 0  # up to date: the same words
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{last} (verify up to date)"
 
 
 def test_failed_verify_exits_1_keeps_report_and_reruns(tiny_checkpoint, tmp_path, capsys):

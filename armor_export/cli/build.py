@@ -30,7 +30,8 @@ def add_parser(sub):
     )
     p.add_argument("--lowering", choices=LOWERINGS)
     add_target_arguments(p, defaults.engine, unset_is_none=True)
-    p.add_argument("--plugin-library", help="libarmor_blockdiag_plugin.so (plugin lowering)")
+    p.add_argument("--plugin-library", help="libarmor_blockdiag_plugin.so (plugin lowering): "
+                   "the engine is built and verified with it")  # fmt: skip
     p.add_argument("--max-batch", type=int)
     p.add_argument("--max-prompt", type=int)
     p.add_argument("--max-context", type=int)
@@ -90,5 +91,7 @@ def run(args) -> int:
                       f"{stage.seconds:.0f}" if stage.seconds else "", stage.detail)  # fmt: skip
     console = Console(soft_wrap=True)
     console.print(table)
-    console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")
+    console.print(
+        result.verdict(), style="bold green" if result.passed else "bold red", markup=False
+    )
     return 0 if result.passed else 1

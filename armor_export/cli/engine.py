@@ -118,5 +118,9 @@ def run(args) -> int:
     result = build_engine(config_from_args(args), RichReporter())
     console = Console(soft_wrap=True)
     console.print(report_markdown(result.report))
-    console.print(f"engine: {result.engine_path}\nreport: {result.report_path}")
+    console.print(
+        f"engine: {result.engine_path}\nreport: {result.report_path}\n"
+        f"builder log: {result.report['builder_log']}",
+        markup=False,
+    )
     return 0

@@ -1,4 +1,4 @@
-"""``armor-export verify``: PyTorch vs ONNX Runtime (and TensorRT) parity, report + exit code."""
+"""``armor-export verify``: PyTorch vs ONNX Runtime and the built engine, report + exit code."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def add_parser(sub):
         "--rtol", type=float, default=defaults.rtol, help="relative tolerance (0: by dtype)"
     )
     p.add_argument(
+        "--engine",
+        dest="engine_dir",
+        default=defaults.engine_dir,
+        help="engine folder to load and compare (default EXPORT_DIR/engine when it exists)",
+    )
+    p.add_argument(
+        "--plugin-library",
+        default=defaults.plugin_library,
+        help="libarmor_blockdiag_plugin.so (default: the one in the engine's build report)",
+    )
+    p.add_argument(
         "--report-dir",
         default=defaults.report_dir,
         help="report folder (default EXPORT_DIR/verify)",
@@ -57,6 +68,8 @@ def run(args) -> int:
         atol=args.atol,
         rtol=args.rtol,
         report_dir=args.report_dir,
+        engine_dir=args.engine_dir,
+        plugin_library=args.plugin_library,
     )
     result = verify(cfg, RichReporter())
     report = result.report
@@ -82,5 +95,7 @@ def run(args) -> int:
     if report.error:
         console.print(f"[red]error:[/] {report.error}")
     console.print(f"report: {result.report_path}")
-    console.print("[bold green]PASSED[/]" if result.passed else "[bold red]FAILED[/]")
+    console.print(
+        report.verdict(), style="bold green" if result.passed else "bold red", markup=False
+    )
     return 0 if result.passed else 1

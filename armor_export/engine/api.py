@@ -43,40 +43,66 @@ class EngineResult:
 
 
 def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineResult:
-    """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report."""
+    """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report.
+
+    The build runs in a child process: a TensorRT abort or segfault becomes a one-line
+    NativeCrashError naming the builder log (``builder.log``, kept beside the report).
+    """
     from armor_export.engine.backends import backend_spec, load_backend
+    from armor_export.engine.runtime import BUILDER_LOG, run_in_child
 
     cfg.validate()
     reporter = reporter or NullReporter()
     export_dir = Path(cfg.export_dir)
     manifest = ExportManifest.read(export_dir)
-    out = Path(cfg.output_dir) if cfg.output_dir else export_dir / "engine"
+    resolve_limits(cfg, manifest)  # bad limits fail here, before a child is started
+    load_backend(cfg.backend)  # the install hint without starting a child
+    out = output_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / BUILDER_LOG
+    log_path.unlink(missing_ok=True)
+    with reporter.task(f"{backend_spec(cfg.backend).name} engine", total=1) as task:
+        result = run_in_child("engine build", build_engine_here, (cfg,), log_path)
+        task.advance(1, stage="written")
+    return result
+
+
+def output_dir(cfg: EngineConfig) -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / "engine"
+
+
+def build_engine_here(cfg: EngineConfig) -> EngineResult:
+    """The build itself, in this process (``build_engine`` runs it in a child)."""
+    from armor_export.engine.backends import backend_spec, load_backend
+    from armor_export.engine.runtime import BUILDER_LOG
+
+    export_dir = Path(cfg.export_dir)
+    manifest = ExportManifest.read(export_dir)
+    out = output_dir(cfg)
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
     spec = backend_spec(cfg.backend)
     start = time.perf_counter()
-    with reporter.task(f"{spec.name} engine", total=3) as task:
-        builder, network, _parser, logger, plugin = _parse(trt, cfg, manifest, export_dir)
-        task.advance(1, stage="parsed")
-        config, profile = _builder_config(trt, builder, network, cfg, manifest, limits, out)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise EngineBuildError(
-                f"{spec.name} could not build the engine: "
-                + ("; ".join(logger.errors()[-5:]) or "no error message from the builder")
-            )
-        task.advance(1, stage="built")
-        engine = bytes(serialized)
-        seconds = time.perf_counter() - start
-        from armor_export.io import write_bytes
-
-        write_bytes(out / ENGINE_FILE, engine)
-        _save_timing_cache(config, cfg, out)
-        report = _report(
-            trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out
+    builder, network, _parser, logger, plugin = _parse(
+        trt, cfg, manifest, export_dir, out / BUILDER_LOG
+    )
+    config, profile = _builder_config(trt, builder, network, cfg, manifest, limits, out)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"{spec.name} could not build the engine: "
+            + ("; ".join(logger.errors()[-5:]) or "no error message from the builder")
         )
-        report_path = write_report(out, report)
-        task.advance(1, stage="written")
+    engine = bytes(serialized)
+    seconds = time.perf_counter() - start
+    from armor_export.io import write_bytes
+
+    write_bytes(out / ENGINE_FILE, engine)
+    _save_timing_cache(config, cfg, out)
+    report = _report(
+        trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out
+    )
+    report_path = write_report(out, report)
     return EngineResult(out / ENGINE_FILE, report_path, report, seconds)
 
 
@@ -99,13 +125,13 @@ def resolve_limits(cfg: EngineConfig, manifest: ExportManifest) -> Limits:
     return Limits(**limits)
 
 
-def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path):
+def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path, log_path: Path):
     from armor_export.engine.backends import CollectingLogger, strongly_typed_flags
 
-    logger = CollectingLogger(trt)
+    logger = CollectingLogger(trt, log_path)
     trt_logger = logger.make()
     builder = trt.Builder(trt_logger)
-    plugin = _load_plugin(trt, builder, cfg, manifest)
+    plugin = _load_plugin(trt, cfg, manifest)
     network = builder.create_network(strongly_typed_flags(trt))
     parser = trt.OnnxParser(network, trt_logger)
     onnx_path = export_dir / manifest.onnx
@@ -118,7 +144,9 @@ def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path):
     return builder, network, parser, logger, plugin
 
 
-def _load_plugin(trt, builder, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
+def _load_plugin(trt, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
+    from armor_export.engine.runtime import load_plugin_library
+
     plugin = manifest.plugin
     if manifest.lowering != "plugin":
         return None
@@ -135,9 +163,7 @@ def _load_plugin(trt, builder, cfg: EngineConfig, manifest: ExportManifest) -> d
         problem = rtx_plugin_parse_problem(trt)
         if problem is not None:
             raise BackendUnavailableError(problem)
-    registry = builder.get_plugin_registry()
-    if registry.load_library(str(library)) is None:
-        raise EngineBuildError(f"{library}: the plugin registry could not load this library")
+    load_plugin_library(trt, library)
     return {**plugin.to_dict(), "library": str(library)}
 
 
@@ -221,31 +247,94 @@ def sparsity_from_log(messages: list[tuple[str, str]]) -> dict:
 
 
 def _inspect(trt, engine: bytes, logger) -> dict:
-    """Engine-inspector layer info (needs a GPU to deserialise); a reason when unavailable."""
+    """Engine-inspector layer info (deserialising needs a GPU); a reason when unavailable.
+
+    A layer counts as sparse when the tactic TensorRT picked for it is a sparse kernel
+    (the inspector's ``TacticName``), never from layer or weight names: every 2:4 core's
+    initializer is named ``..._sparse...``.
+    """
     try:
         runtime = trt.Runtime(logger.make())
         deserialized = runtime.deserialize_cuda_engine(engine)
     except Exception as exc:  # no GPU / driver: the backend raises its own error types
-        return {"available": False, "reason": f"cannot deserialise here ({exc})"[:300]}
+        return {
+            "available": False,
+            "sparse_layers": "unknown",
+            "reason": f"cannot deserialise here ({exc})"[:300],
+        }
     if deserialized is None:
-        return {"available": False, "reason": "deserialising needs a GPU of the target kind"}
+        return {
+            "available": False,
+            "sparse_layers": "unknown",
+            "reason": "deserialising needs a GPU of the target kind",
+        }
+    return inspector_sparsity(
+        deserialized.create_engine_inspector().get_engine_information(
+            trt.LayerInformationFormat.JSON
+        )
+    )
+
+
+def inspector_sparsity(information: str) -> dict:
+    """Layers whose chosen tactic is a sparse kernel, from the inspector's JSON."""
     import json
 
-    inspector = deserialized.create_engine_inspector()
-    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    layers = info.get("Layers", [])
+    layers = [
+        layer for layer in json.loads(information).get("Layers", []) if isinstance(layer, dict)
+    ]
     sparse = [
         layer.get("Name", "?")
         for layer in layers
-        if isinstance(layer, dict) and "sparse" in json.dumps(layer).lower()
+        if "sparse" in str(layer.get("TacticName", "")).lower()
     ]
     return {"available": True, "layers": len(layers), "sparse_layers": sparse}
 
 
+LAYER_FIELD = re.compile(r"(?:^|, )(Name|LayerType|TacticName|Metadata): ([^,]*)")
+# a placeholder tactic: the kernel is picked on the GPU when the engine first runs
+STUB_TACTICS = ("__myelin_CASK_STUB", "")
+
+
+def layers_from_log(messages: list[tuple[str, str]]) -> list[dict]:
+    """The verbose builder log's layer table (the inspector's fields, printed at build time):
+    ``Name``, ``LayerType``, ``TacticName`` and ``Metadata`` of every layer."""
+    layers = []
+    for _, msg in messages:
+        if not msg.lstrip().startswith("Layers:"):
+            continue
+        for line in msg.splitlines():
+            fields = dict(LAYER_FIELD.findall(line.strip()))
+            if "Name" in fields and "LayerType" in fields:
+                layers.append(fields)
+    return layers
+
+
+def tactic_sparsity(layers: list[dict]) -> dict:
+    """Sparse GEMM layers by the tactic TensorRT chose (never by layer or weight names)."""
+    gemms = [layer for layer in layers if layer.get("LayerType") == "gemm"]
+    chosen = [layer for layer in gemms if layer.get("TacticName", "") not in STUB_TACTICS]
+    sparse = [layer["Name"] for layer in chosen if "sparse" in layer.get("TacticName", "").lower()]
+    if gemms and not chosen:
+        sparse = "unknown (kernels are picked on the GPU when the engine first runs)"
+    return {"gemm_layers": len(gemms), "sparse_gemm_layers": sparse if layers else None}
+
+
+NO_INSPECTOR = {
+    "available": False,
+    "sparse_layers": "unknown (needs a GPU to inspect)",
+    "reason": "TensorRT-RTX has no inspector before the engine is deserialised, and "
+    "deserialising needs the target GPU",
+}
+
+
 def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out):
     from armor_export import __version__
+    from armor_export.engine.runtime import BUILDER_LOG, export_binding
 
-    sparsity = sparsity_from_log(logger.messages)
+    sparsity = {
+        **sparsity_from_log(logger.messages),
+        "build_log_layers": tactic_sparsity(layers_from_log(logger.messages)),
+    }
     notes = []
     if manifest.dtype not in SPARSE_DTYPES:
         notes.append(
@@ -258,14 +347,7 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
             "log names no sparse layers; the 2:4 core MatMuls counted in this report are "
             "the candidates"
         )
-    inspector = (
-        _inspect(trt, engine, logger)
-        if not spec.aot
-        else {
-            "available": False,
-            "reason": "AOT build: the inspector needs the target GPU to deserialise the engine",
-        }
-    )
+    inspector = _inspect(trt, engine, logger) if not spec.aot else dict(NO_INSPECTOR)
     return {
         "backend": spec.name,
         "backend_module": spec.module,
@@ -289,7 +371,8 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
         else "not used: timing-cache operations are no-ops in TensorRT-RTX",
         "engine_bytes": len(engine),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
-        "onnx_sha256": manifest.sha256.get(manifest.onnx),
+        **export_binding(Path(cfg.export_dir), manifest),
+        "builder_log": str(out / BUILDER_LOG),
         "build_seconds": round(seconds, 2),
         "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
         "notes": notes,
@@ -312,6 +395,14 @@ def plugin_summary(plugin: dict | None) -> str:
     return plugin["library"] + ("" if layers is None else f" ({len(layers)} plugin layers)")
 
 
+def _tactics_row(info: dict | None) -> str:
+    if not info or info["sparse_gemm_layers"] is None:
+        return "no layer table in the log"
+    sparse = info["sparse_gemm_layers"]
+    found = sparse if isinstance(sparse, str) else f"{len(sparse)}"
+    return f"{found} of {info['gemm_layers']} GEMM layers"
+
+
 def report_markdown(report: dict) -> str:
     sp = report["sparsity"]
 
@@ -328,6 +419,7 @@ def report_markdown(report: dict) -> str:
         ("2:4 core MatMuls in the graph", str(sp["core_matmuls_2_4"])),
         ("eligible for sparse math (builder log)", layers(sp["eligible_layers"])),
         ("picked sparse kernels (builder log)", layers(sp["picked_layers"])),
+        ("sparse GEMM tactics (builder log layer table)", _tactics_row(sp.get("build_log_layers"))),
         (
             "engine inspector",
             "; ".join(f"{k}: {v}" for k, v in sp["inspector"].items() if k != "available"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from armor_export.config import ENGINE_BACKEND_ALIASES, TENSORRT, TENSORRT_RTX
 from armor_export.errors import BackendUnavailableError
@@ -57,9 +58,12 @@ def load_backend(kind: str):
 
 @dataclass
 class CollectingLogger:
-    """A TensorRT logger that keeps every message (the build report reads sparsity lines)."""
+    """A TensorRT logger that keeps every message (the build report reads sparsity lines)
+    and, with ``log_path``, writes each to that file as it comes (kept if the build crashes).
+    """
 
     trt: object
+    log_path: Path | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)
 
     def make(self):
@@ -71,7 +75,11 @@ class CollectingLogger:
                 trt.ILogger.__init__(self)
 
             def log(self, severity, msg):
-                outer.messages.append((str(severity).rsplit(".", 1)[-1], msg))
+                level = str(severity).rsplit(".", 1)[-1]
+                outer.messages.append((level, msg))
+                if outer.log_path is not None:
+                    with outer.log_path.open("a") as f:
+                        f.write(f"[{level}] {msg}\n")
 
         return _Logger()
 

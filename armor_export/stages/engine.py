@@ -28,4 +28,10 @@ class EngineStage(Stage):
 
         rep = build_engine(cfg, reporter).report
         size = rep["engine_bytes"] / 2**20
-        return f"{rep['backend']} {rep['compute_capability']}, {size:.1f} MiB", True
+        sparse = rep["sparsity"]["inspector"].get("sparse_layers")
+        sparse = (
+            f"{len(sparse)} sparse layers"
+            if isinstance(sparse, list)
+            else f"sparse layers {sparse}"
+        )
+        return f"{rep['backend']} {rep['compute_capability']}, {size:.1f} MiB, {sparse}", True

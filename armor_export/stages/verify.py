@@ -15,12 +15,18 @@ class VerifyStage(Stage):
     folder = "verify"
 
     def configure(self, build):
-        return replace(
+        """Paths inside the build; the engine stage's folder when that stage is built, so
+        the engine that ``build`` ships is the one verify loads."""
+        cfg = replace(
             self.settings(build),
             export_dir=str(stage_dir(build, "export")),
             model=checkpoint_of(build),
             report_dir=str(self.folder_in(build)),
         )
+        if "engine" in build.stages:
+            cfg.engine_dir = str(stage_dir(build, "engine"))
+            cfg.plugin_library = cfg.plugin_library or build.engine.plugin_library
+        return cfg
 
     def outputs(self, cfg) -> list[Path]:
         return [Path(cfg.report_dir) / "verify_report.json"]
@@ -29,6 +35,4 @@ class VerifyStage(Stage):
         from armor_export.verify import verify
 
         res = verify(cfg, reporter)
-        worst = max((r.max_abs for r in res.report.rows), default=float("nan"))
-        runners = ", ".join(res.report.runners)
-        return f"{runners}: max abs err {worst:.2g}" + ("" if res.passed else " FAILED"), res.passed
+        return res.report.verdict(), res.passed

@@ -64,12 +64,23 @@ def _run(
     cfg, manifest: ExportManifest, export_dir: Path, report: VerifyReport, model, task
 ) -> None:
     from armor_export.verify import inputs
-    from armor_export.verify.runners import TorchRunner, make_runners
+    from armor_export.verify.runners import EngineRunner, TorchRunner, make_runners
 
     onnx_path = export_dir / manifest.onnx
-    runners, skipped = make_runners(cfg.backends, onnx_path, manifest)
+    engine = engine_target(cfg, export_dir, manifest)
+    if engine is not None:
+        report.engine = {
+            "dir": str(engine.engine_dir),
+            "backend": engine.report.get("backend"),
+            "compute_capability": engine.built_for,
+            "engine_sha256": engine.report.get("engine_sha256"),
+        }
+    runners, skipped = make_runners(cfg.backends, onnx_path, manifest, engine)
     report.skipped = {s.backend: s.reason for s in skipped}
     report.runners = [r.name for r in runners]
+    report.engine_executed = any(isinstance(r, EngineRunner) for r in runners)
+    if not report.engine_executed:
+        report.engine_not_run_reason = report.skipped.get("tensorrt", "not asked for")
     if model is None:
         from armor_export.export.api import load_for_export, torch_dtype
 
@@ -91,6 +102,22 @@ def _run(
     task.advance(1, stage="run")
     report.rows = _parity_rows(results, feeds, manifest.dtype, cfg)
     task.advance(1, stage="compared")
+
+
+def engine_target(cfg: VerifyConfig, export_dir: Path, manifest: ExportManifest):
+    """The engine to check (``cfg.engine_dir``, else ``<export>/engine`` when it holds one),
+    after checking it belongs to this export; None when there is none."""
+    from armor_export.engine.runtime import ENGINE_FILE, check_engine_belongs
+    from armor_export.verify.runners import EngineTarget
+
+    if cfg.engine_dir:
+        engine_dir = Path(cfg.engine_dir)
+    elif (export_dir / "engine" / ENGINE_FILE).is_file():
+        engine_dir = export_dir / "engine"
+    else:
+        return None
+    report = check_engine_belongs(engine_dir, export_dir, manifest)
+    return EngineTarget(engine_dir, report, cfg.plugin_library)
 
 
 @contextlib.contextmanager

@@ -2,8 +2,11 @@
 
 Free of torch, onnx and Polygraphy, so ``config`` and the CLI can read the names: each
 entry names its runner factory as ``module:attribute``, imported only when that backend is
-asked for. Adding a backend is one factory ``(onnx_path, manifest) -> BaseRunner`` and one
-line in ``RUNNERS``.
+asked for. Adding a backend is one factory ``(onnx_path, manifest, engine) -> BaseRunner``
+(``engine``: the built engine's ``EngineTarget`` or None) and one line in ``RUNNERS``.
+
+``tensorrt`` is the built ``model.engine`` itself, run with the runtime that built it
+(TensorRT-RTX or TensorRT): verify never builds an engine of its own.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Callable, Sequence
 AUTO = "auto"
 
 RUNNERS: dict[str, str] = {
-    "onnxruntime": "armor_export.verify.runners:ort_runner",
-    "numpy-reference": "armor_export.verify.runners:NumpyReferenceRunner",
-    "tensorrt": "armor_export.verify.runners:tensorrt_runner",
+    "onnxruntime": "armor_export.verify.runners:ort_factory",
+    "numpy-reference": "armor_export.verify.runners:numpy_reference_runner",
+    "tensorrt": "armor_export.verify.runners:engine_runner",
 }
 
 VERIFY_BACKENDS = (AUTO, *RUNNERS)
@@ -33,7 +36,7 @@ def requested(backends: Sequence[str], lowering: str) -> dict[str, bool]:
     reason, when it cannot run here).
 
     ``auto`` asks for ONNX Runtime, optional, or for a plugin-lowered graph (which ONNX
-    Runtime cannot run) the NumPy reference; then TensorRT, optional. A backend named on
+    Runtime cannot run) the NumPy reference; then the built engine, optional. A backend named on
     its own is required; asked for twice, it runs once.
     """
     wanted: dict[str, bool] = {}

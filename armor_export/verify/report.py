@@ -15,6 +15,13 @@ REPORT_JSON = "verify_report.json"
 REPORT_MD = "verify_report.md"
 
 
+DISPLAY_NAMES = {"onnxruntime": "ONNX Runtime", "numpy-reference": "NumPy reference"}
+
+
+def display_name(runner: str) -> str:
+    return DISPLAY_NAMES.get(runner, runner)
+
+
 @dataclass
 class OutputParity:
     step: str  # "prefill" | "decode-1" ...
@@ -39,6 +46,10 @@ class VerifyReport:
     inputs: dict = field(default_factory=dict)
     rows: list[OutputParity] = field(default_factory=list)
     error: str | None = None
+    # the built engine: what it is, whether it ran here, and if not why
+    engine: dict | None = None
+    engine_executed: bool = False
+    engine_not_run_reason: str | None = None
     versions: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -49,7 +60,42 @@ class VerifyReport:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["passed"] = self.passed
+        data["verdict"] = self.verdict()
         return data
+
+    def verdict(self) -> str:
+        """The final line: PASSED/FAILED and exactly what was compared, and what was not."""
+        if self.error:
+            return f"FAILED: {self.error}"
+        parts = []
+        for runner in self.runners:
+            rows = [r for r in self.rows if r.runner == runner]
+            if not rows:
+                continue
+            ok = all(r.passed for r in rows)
+            worst = max(rows, key=lambda r: (not r.passed, r.max_abs))
+            parts.append(
+                f"PyTorch {'=' if ok else '≠'} {display_name(runner)} (max abs err "
+                f"{max(r.max_abs for r in rows):.2g}"
+                + (f" ≤ {worst.atol:g}" if ok and worst.max_abs <= worst.atol else "")
+                + (
+                    ""
+                    if ok
+                    else f"; {worst.output} at {worst.step} beyond atol {worst.atol:g} "
+                    f"rtol {worst.rtol:g}"
+                )  # fmt: skip
+                + ")"
+            )
+        if self.engine is None:
+            parts.append(f"no engine checked ({self.engine_not_run_reason or 'none built'})")
+        elif not self.engine_executed:
+            reason = self.engine_not_run_reason or "not run"
+            if not reason.startswith("engine "):
+                reason = f"engine built for {self.engine['compute_capability']}, not run: {reason}"
+            parts.append(reason)
+        return f"{'PASSED' if self.passed else 'FAILED'}: " + "; ".join(
+            parts or ["nothing compared"]
+        )
 
     def summary_rows(self) -> list[dict]:
         """One row per (step, runner, logits | present.*), worst case first within a group."""
@@ -84,6 +130,12 @@ class VerifyReport:
             f"- runners: {', '.join(self.runners) or 'none'}",
         ]
         lines += [f"- skipped {k}: {v}" for k, v in self.skipped.items()]
+        if self.engine:
+            ran = "run" if self.engine_executed else f"not run ({self.engine_not_run_reason})"
+            lines.append(
+                f"- engine: {self.engine['dir']} ({self.engine['backend']}, "
+                f"{self.engine['compute_capability']}): {ran}"
+            )
         if self.inputs:
             lines.append(f"- inputs: {self.inputs}")
         lines += [
@@ -99,7 +151,7 @@ class VerifyReport:
             )
         if self.error:
             lines += ["", f"**Error:** {self.error}"]
-        lines += ["", f"**{'PASSED' if self.passed else 'FAILED'}**", ""]
+        lines += ["", f"**{self.verdict()}**", ""]
         return "\n".join(lines)
 
     def write(self, folder: str | Path) -> Path:

@@ -162,34 +162,102 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     return Float32Runner(OnnxrtRunner(session), name="onnxruntime")
 
 
-def tensorrt_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
-    """Polygraphy's TensorRT runner (datacenter TensorRT + a CUDA GPU), strongly typed."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise BackendUnavailableError(
-            "TensorRT is not importable (pip install 'armor-export[trt]' with NVIDIA's index)"
-        ) from None
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        EngineFromNetwork,
-        NetworkFromOnnxPath,
-        Profile,
-        TrtRunner,
+@dataclass
+class EngineTarget:
+    """The built engine that ``verify`` checks: its folder, build report and plugin library."""
+
+    engine_dir: Path
+    report: dict
+    plugin_library: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.report.get('backend', 'TensorRT')} engine"
+
+    @property
+    def built_for(self) -> str:
+        return self.report.get("compute_capability", "?")
+
+
+class EngineRunner(BaseRunner):
+    """The shipped ``model.engine``, run with the backend that built it, one feed per child
+    process (``engine.runtime.run_in_child``): a TensorRT abort fails verify with a message."""
+
+    def __init__(self, engine: EngineTarget, manifest: ExportManifest, plugin_library: str):
+        super().__init__(name=engine.name)
+        self.engine, self.manifest, self.plugin_library = engine, manifest, plugin_library
+        self.backend = engine.report.get("config", {}).get("backend", "tensorrt-rtx")
+
+    def activate_impl(self):
+        pass
+
+    def get_input_metadata_impl(self):
+        return _metadata(self.manifest)  # the comparator checks every feed against it
+
+    def infer_impl(self, feed_dict):
+        from armor_export.engine.runtime import ENGINE_FILE, run_engine, run_in_child
+
+        args = (str(self.engine.engine_dir / ENGINE_FILE), self.backend, self.plugin_library,
+                dict(feed_dict))  # fmt: skip
+        start = time.perf_counter()
+        outputs = run_in_child("engine run (verify)", run_engine, args)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict(outputs)
+
+    def deactivate_impl(self):
+        pass
+
+
+class EngineNotRun(BackendUnavailableError):
+    """The engine is there and belongs to the export, but cannot run on this machine."""
+
+
+def engine_runner(onnx_path: Path, manifest: ExportManifest, engine: EngineTarget | None):
+    """The built engine, loaded with the runtime that built it (TensorRT-RTX or TensorRT)
+    and the plugin library where the export has plugin nodes; EngineNotRun says why it
+    cannot run here (no CUDA GPU, another compute capability)."""
+    from armor_export.engine.backends import load_backend
+    from armor_export.engine.runtime import (
+        PluginLibraryError,
+        check_backend_version,
+        cuda_gpus,
+        not_run_reason,
     )
 
-    from armor_export.engine.api import profile_shapes
+    if engine is None:
+        raise BackendUnavailableError(
+            "no built engine: build one (armor-export engine) or pass --engine DIR"
+        )
+    library = ""
+    if manifest.lowering == "plugin":
+        library = engine.plugin_library or (engine.report.get("plugin") or {}).get("library", "")
+        if not library or not Path(library).is_file():
+            raise PluginLibraryError(
+                f"the engine needs the {manifest.plugin.name} plugin library "
+                f"({library or 'none recorded'} is not a file): pass --plugin-library"
+            )
+    trt = load_backend(engine.report.get("config", {}).get("backend", "tensorrt-rtx"))
+    check_backend_version(trt, engine.report)
+    gpus, reason = cuda_gpus()
+    why = not_run_reason(engine.report, gpus, reason)
+    if why:
+        raise EngineNotRun(f"engine built for {engine.built_for}, not run: {why}")
+    return EngineRunner(engine, manifest, library)
 
-    profile = Profile()
-    for name, (low, opt, high) in profile_shapes(manifest, manifest.limits).items():
-        profile.add(name, low, opt, high)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-    config = CreateConfig(sparse_weights=True, profiles=[profile])
-    return Float32Runner(TrtRunner(EngineFromNetwork(network, config=config)), name="tensorrt")
+
+def ort_factory(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:
+    return ort_runner(onnx_path, manifest)
+
+
+def numpy_reference_runner(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:
+    return NumpyReferenceRunner(onnx_path, manifest)
 
 
 def make_runners(
-    backends: list[str], onnx_path: Path, manifest: ExportManifest
+    backends: list[str],
+    onnx_path: Path,
+    manifest: ExportManifest,
+    engine: EngineTarget | None = None,
 ) -> tuple[list[BaseRunner], list[Skipped]]:
     """Runners for ``backends`` ("auto" picks what can run here); skipped ones with reasons."""
     from armor_export.verify.backends import requested, runner_factory
@@ -197,7 +265,7 @@ def make_runners(
     runners, skipped = [], []
     for backend, optional in requested(backends, manifest.lowering).items():
         try:
-            runners.append(runner_factory(backend)(onnx_path, manifest))
+            runners.append(runner_factory(backend)(onnx_path, manifest, engine))
         except BackendUnavailableError as exc:
             if not optional:
                 raise

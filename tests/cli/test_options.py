@@ -146,3 +146,23 @@ def test_build_config_errors_name_the_full_key_path(toml, message, tmp_path):
     with pytest.raises(ConfigError) as info:
         config_from_args(build_parser().parse_args(["build", "--config", str(path)]))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("verb", ["engine", "verify", "build"])
+def test_every_engine_verb_takes_the_plugin_library(verb):
+    assert "--plugin-library" in options(verb)
+
+
+def test_build_hands_the_plugin_library_and_engine_folder_to_verify(tmp_path):
+    from armor_export.cli.build import config_from_args
+    from armor_export.pipeline import stage_configs
+
+    parser = build_parser()
+    args = parser.parse_args(["build", "-o", str(tmp_path), "--plugin-library", "/opt/libarmor.so"])
+    cfg, _ = config_from_args(args)
+    stages = stage_configs(cfg)
+    assert stages["engine"].plugin_library == "/opt/libarmor.so"
+    assert stages["verify"].plugin_library == "/opt/libarmor.so"
+    assert stages["verify"].engine_dir == str(tmp_path / "engine")
+    verify_args = parser.parse_args(["verify", "x", "--engine", "e", "--plugin-library", "p.so"])
+    assert (verify_args.engine_dir, verify_args.plugin_library) == ("e", "p.so")

@@ -96,4 +96,5 @@ def test_cli_engine(tiny_export, tmp_path, capsys):
     assert main(["engine", str(tiny_export.output_dir), "-o", str(tmp_path), "--no-sparse"]) == 0
     out = capsys.readouterr().out
     assert "TensorRT-RTX" in out and "SPARSE_WEIGHTS | off" in out
+    assert f"builder log: {tmp_path / 'builder.log'}" in out
     assert main(["engine", str(tmp_path / "none")]) == 1

@@ -32,7 +32,13 @@ def test_plain_export_passes_prefill_and_decode(tiny_export, tmp_path):
     assert result.passed, result.report.markdown()
     report = result.report
     assert report.runners == ["onnxruntime"]
-    assert "tensorrt" in report.skipped and "not importable" in report.skipped["tensorrt"]
+    assert "tensorrt" in report.skipped and "no built engine" in report.skipped["tensorrt"]
+    assert report.engine is None and report.engine_executed is False
+    assert report.verdict().startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
+    assert report.verdict().endswith(
+        "; no engine checked (no built engine: build one (armor-export engine) "
+        "or pass --engine DIR)"
+    )
     steps = {row.step for row in report.rows}
     assert steps == {"prefill", "decode-1", "decode-2"}
     outputs = {row.output for row in report.rows}

@@ -1,0 +1,172 @@
+"""The shared engine path: the builder child, its crash handling, the real verbose log, the
+plugin library loaded once per process, and engines checked against their export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from armor_export.config import EngineConfig
+from armor_export.errors import ConfigError
+
+trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
+
+from armor_export.engine import build_engine, runtime  # noqa: E402
+from armor_export.engine.api import layers_from_log, sparsity_from_log, tactic_sparsity  # noqa: E402
+
+
+def read_log(path: Path) -> list[tuple[str, str]]:
+    """builder.log back into (severity, message) pairs (multi-line messages kept whole)."""
+    messages = []
+    for line in path.read_text().splitlines():
+        if line.startswith("[") and "] " in line:
+            level, _, text = line[1:].partition("] ")
+            messages.append((level, text))
+        elif messages:
+            messages[-1] = (messages[-1][0], messages[-1][1] + "\n" + line)
+    return messages
+
+
+def test_a_crash_in_the_builder_child_is_a_one_line_error(tiny_export, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.CRASH_HOOK, "engine build")  # the child calls os.abort()
+    cfg = EngineConfig(export_dir=str(tiny_export.output_dir), output_dir=str(tmp_path))
+    with pytest.raises(runtime.NativeCrashError) as err:
+        build_engine(cfg)
+    assert str(err.value) == (
+        f"engine build crashed (signal 6: SIGABRT); builder log: {tmp_path / 'builder.log'}"
+    )
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_the_real_verbose_build_log_is_kept_and_parsed(tiny_fp16_export, tmp_path):
+    cfg = EngineConfig(export_dir=str(tiny_fp16_export.output_dir), output_dir=str(tmp_path))
+    report = build_engine(cfg).report
+    assert report["builder_log"] == str(tmp_path / "builder.log")
+    messages = read_log(tmp_path / "builder.log")
+    assert any(level == "VERBOSE" for level, _ in messages)
+    # TensorRT-RTX 1.7 AOT prints no sparsity lines: the kernels are picked on the GPU
+    assert sparsity_from_log(messages) == {"eligible_layers": None, "picked_layers": None}
+    layers = layers_from_log(messages)
+    gemms = [layer for layer in layers if layer["LayerType"] == "gemm"]
+    assert gemms and all("TacticName" in layer for layer in gemms)
+    assert any("ONNX Layer: node_matmul" in layer.get("Metadata", "") for layer in gemms)
+    tactics = tactic_sparsity(layers)
+    assert tactics["gemm_layers"] == len(gemms)
+    assert tactics["sparse_gemm_layers"].startswith("unknown")  # placeholder tactics
+    assert report["sparsity"]["build_log_layers"] == tactics
+    assert report["sparsity"]["inspector"]["sparse_layers"] == "unknown (needs a GPU to inspect)"
+
+
+def test_sparse_layers_come_from_tactic_names_not_layer_names():
+    layers = [
+        {"Name": "core_sparse_weight_mm", "LayerType": "gemm", "TacticName": "sm80_xmma_gemm"},
+        {"Name": "mm_2", "LayerType": "gemm", "TacticName": "sm80_xmma_sparse_gemm_f16"},
+    ]
+    assert tactic_sparsity(layers) == {"gemm_layers": 2, "sparse_gemm_layers": ["mm_2"]}
+
+
+def test_the_engine_is_bound_to_its_export(tiny_export, tiny_fp16_export, tmp_path):
+    from armor_export.export_manifest import ExportManifest
+
+    export = Path(tiny_export.output_dir)
+    report = build_engine(EngineConfig(export_dir=str(export), output_dir=str(tmp_path))).report
+    manifest = ExportManifest.read(export)
+    assert report["onnx_sha256"] == manifest.sha256[manifest.onnx]
+    assert (
+        report["export_manifest_sha256"]
+        == runtime.export_binding(export, manifest)["export_manifest_sha256"]
+    )
+    assert runtime.check_engine_belongs(tmp_path, export, manifest)["engine_sha256"]
+
+    other = Path(tiny_fp16_export.output_dir)
+    with pytest.raises(runtime.EngineMismatchError, match="built from another graph"):
+        runtime.check_engine_belongs(tmp_path, other, ExportManifest.read(other))
+
+    stale = tmp_path / "stale"
+    shutil.copytree(tmp_path, stale, ignore=shutil.ignore_patterns("stale"))
+    with (stale / "model.engine").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(runtime.EngineMismatchError, match="sha256 differs"):
+        runtime.check_engine_belongs(stale, export, manifest)
+
+    report["versions"]["tensorrt_rtx"] = "1.0.0.1"
+    with pytest.raises(runtime.EngineMismatchError, match=r"TensorRT-RTX 1\.0\.0\.1, this is"):
+        runtime.check_backend_version(trt, report)
+
+
+def test_a_wrong_plugin_library_is_one_line(tiny_plugin_export, tmp_path):
+    not_a_library = tmp_path / "libnot_a_plugin.so"
+    not_a_library.write_bytes(b"not an ELF file")
+    cfg = EngineConfig(
+        export_dir=str(tiny_plugin_export.output_dir),
+        output_dir=str(tmp_path / "engine"),
+        plugin_library=str(not_a_library),
+    )
+    with pytest.raises(runtime.PluginLibraryError, match="plugin registry refused it"):
+        build_engine(cfg)
+    with pytest.raises(ConfigError, match="--plugin-library"):
+        build_engine(EngineConfig(**{**cfg.to_dict(), "plugin_library": str(tmp_path / "no.so")}))
+
+
+def test_the_plugin_library_is_loaded_once_per_process():
+    """A second ``load_library`` of the same file fails in TensorRT; ours does not call it.
+
+    Needs a built plugin: ARMOR_EXPORT_PLUGIN_LIBRARY=path/to/libarmor_blockdiag_plugin.so.
+    """
+    library = os.environ.get("ARMOR_EXPORT_PLUGIN_LIBRARY", "")
+    if not Path(library).is_file():
+        pytest.skip("no built plugin: set ARMOR_EXPORT_PLUGIN_LIBRARY (plugins/ README)")
+    runtime.load_plugin_library(trt, library)
+    runtime.load_plugin_library(trt, library)  # no second registry call, no error
+    assert str(Path(library).resolve()) in runtime.loaded_plugin_libraries()
+    creators = [c.name for c in trt.get_plugin_registry().all_creators]
+    assert "ArmorBlockDiagMatMul" in creators
+    # the registry itself refuses a second load: the reason for the guard
+    assert trt.get_plugin_registry().load_library(library) is None
+
+
+def test_no_gpu_is_found_here_and_named():
+    gpus, reason = runtime.cuda_gpus()
+    if gpus:
+        pytest.skip(f"a CUDA GPU is here ({gpus})")
+    assert reason.startswith("no CUDA GPU")
+    report = {"compute_capability": "sm80"}
+    assert runtime.not_run_reason(report, gpus, reason) == reason
+    assert runtime.not_run_reason(report, ["sm89"], "") == "built for sm80, this GPU is sm89"
+    assert runtime.not_run_reason(report, ["sm80"], "") == ""
+
+
+def test_build_report_json_names_the_log(tmp_path):
+    with pytest.raises(Exception, match="no model.engine"):
+        runtime.read_build_report(tmp_path)
+    (tmp_path / "model.engine").write_bytes(b"x")
+    (tmp_path / "build_report.json").write_text(json.dumps({}))
+    assert runtime.read_build_report(tmp_path) == {}
+
+
+def test_a_real_tensorrt_abort_with_the_plugin_is_a_one_line_error(tiny_plugin_export, tmp_path):
+    """TensorRT-RTX 1.7 on a CPU aborts in its ONNX parser right after creating our plugin
+    (docs/design.md §8.3): the build must end in one line naming the kept builder log.
+
+    Needs a built plugin: ARMOR_EXPORT_PLUGIN_LIBRARY=path/to/libarmor_blockdiag_plugin.so.
+    """
+    library = os.environ.get("ARMOR_EXPORT_PLUGIN_LIBRARY", "")
+    if not Path(library).is_file():
+        pytest.skip("no built plugin: set ARMOR_EXPORT_PLUGIN_LIBRARY (plugins/ README)")
+    cfg = EngineConfig(
+        export_dir=str(tiny_plugin_export.output_dir),
+        output_dir=str(tmp_path),
+        plugin_library=library,
+    )
+    try:
+        report = build_engine(cfg).report
+    except runtime.NativeCrashError as exc:
+        log = tmp_path / "builder.log"
+        assert str(exc) == f"engine build crashed (signal 6: SIGABRT); builder log: {log}"
+        assert "Successfully created plugin: ArmorBlockDiagMatMul" in log.read_text()
+    else:  # the abort is fixed: then the library is recorded in the report
+        assert report["plugin"]["library"] == library

@@ -1,0 +1,200 @@
+"""verify knows the built engine: it checks that the engine belongs to the export, loads it
+with the runtime that built it where a GPU can run it, and otherwise says why it did not."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("polygraphy")
+trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
+
+from armor_export.cli.main import main  # noqa: E402
+from armor_export.config import EngineConfig, VerifyConfig  # noqa: E402
+from armor_export.engine import build_engine, runtime  # noqa: E402
+from armor_export.verify import verify  # noqa: E402
+
+GPUS, NO_GPU = runtime.cuda_gpus()
+needs_no_gpu = pytest.mark.skipif(bool(GPUS), reason=f"a CUDA GPU is here ({GPUS})")
+
+
+@pytest.fixture(scope="module")
+def export_with_engine(tiny_export, tmp_path_factory):
+    """A copy of the tiny export with its real TensorRT-RTX engine in <export>/engine."""
+    export = tmp_path_factory.mktemp("verify-engine") / "onnx"
+    shutil.copytree(tiny_export.output_dir, export)
+    build_engine(EngineConfig(export_dir=str(export)))
+    return export
+
+
+@needs_no_gpu
+def test_the_engine_found_beside_the_export_is_named_and_not_run_without_a_gpu(
+    export_with_engine, tmp_path
+):
+    result = verify(VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path)))
+    assert result.passed
+    data = json.loads((tmp_path / "verify_report.json").read_text())
+    assert data["engine_executed"] is False
+    assert data["engine_not_run_reason"] == f"engine built for sm80, not run: {NO_GPU}"
+    assert data["engine"]["backend"] == "TensorRT-RTX"
+    assert data["engine"]["dir"] == str(export_with_engine / "engine")
+    assert data["verdict"].startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
+    assert data["verdict"].endswith(f"; engine built for sm80, not run: {NO_GPU}")
+    assert data["runners"] == ["onnxruntime"]
+
+
+@needs_no_gpu
+def test_asking_for_the_engine_without_a_gpu_fails_with_the_reason(export_with_engine, tmp_path):
+    from armor_export.verify.runners import EngineNotRun
+
+    cfg = VerifyConfig(
+        export_dir=str(export_with_engine), backends=["tensorrt"], report_dir=str(tmp_path)
+    )
+    with pytest.raises(EngineNotRun, match=re.escape(f"engine built for sm80, not run: {NO_GPU}")):
+        verify(cfg)
+
+
+def test_an_engine_of_another_export_is_refused(export_with_engine, tiny_fp16_export, tmp_path):
+    cfg = VerifyConfig(
+        export_dir=str(tiny_fp16_export.output_dir),
+        engine_dir=str(export_with_engine / "engine"),
+        report_dir=str(tmp_path),
+    )
+    with pytest.raises(runtime.EngineMismatchError, match="built from another graph"):
+        verify(cfg)
+    assert (
+        "built from another graph"
+        in json.loads((tmp_path / "verify_report.json").read_text())["error"]
+    )
+
+
+def test_an_engine_of_another_tensorrt_version_is_refused(export_with_engine, tmp_path):
+    engine = tmp_path / "engine"
+    shutil.copytree(export_with_engine / "engine", engine)
+    report = json.loads((engine / "build_report.json").read_text())
+    report["versions"]["tensorrt_rtx"] = "1.0.0.1"
+    (engine / "build_report.json").write_text(json.dumps(report))
+    cfg = VerifyConfig(
+        export_dir=str(export_with_engine), engine_dir=str(engine), report_dir=str(tmp_path)
+    )
+    with pytest.raises(runtime.EngineMismatchError, match=r"built with TensorRT-RTX 1\.0\.0\.1"):
+        verify(cfg)
+
+
+@needs_no_gpu
+def test_datacenter_tensorrt_without_a_gpu_is_skipped_by_auto(
+    export_with_engine, tmp_path, monkeypatch
+):
+    """``tensorrt`` importable, no GPU: auto skips the engine with "no CUDA GPU".
+
+    Datacenter TensorRT is not installable here, so the ``tensorrt`` module is the real
+    TensorRT-RTX module under that name (same Python API); the code path is the real one.
+    """
+    engine = tmp_path / "engine"
+    shutil.copytree(export_with_engine / "engine", engine)
+    report = json.loads((engine / "build_report.json").read_text())
+    report.update(backend="TensorRT", backend_module="tensorrt", compute_capability="the local GPU")
+    report["versions"] = {"tensorrt": trt.__version__}
+    report["config"]["backend"] = "tensorrt"
+    (engine / "build_report.json").write_text(json.dumps(report))
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    result = verify(
+        VerifyConfig(
+            export_dir=str(export_with_engine),
+            engine_dir=str(engine),
+            report_dir=str(tmp_path / "r"),
+        )
+    )
+    assert result.passed
+    assert result.report.skipped["tensorrt"].startswith("engine built for the local GPU, not run")
+    assert "no CUDA GPU" in result.report.skipped["tensorrt"]
+    assert result.report.runners == ["onnxruntime"]
+
+
+def test_a_plugin_engine_needs_its_library(tiny_plugin_export, tmp_path):
+    from armor_export.export_manifest import ExportManifest
+
+    export = tmp_path / "onnx"
+    shutil.copytree(tiny_plugin_export.output_dir, export)
+    manifest = ExportManifest.read(export)
+    engine = export / "engine"
+    engine.mkdir()
+    (engine / "model.engine").write_bytes(b"engine bytes")
+    report = {
+        "backend": "TensorRT-RTX",
+        "backend_module": "tensorrt_rtx",
+        "versions": {"tensorrt_rtx": trt.__version__},
+        "compute_capability": "sm80",
+        "config": {"backend": "tensorrt-rtx"},
+        "plugin": {"library": str(tmp_path / "gone.so")},
+        "engine_sha256": runtime._sha256(engine / "model.engine"),
+        **runtime.export_binding(export, manifest),
+    }
+    (engine / "build_report.json").write_text(json.dumps(report))
+    with pytest.raises(runtime.PluginLibraryError, match="gone.so is not a file"):
+        verify(VerifyConfig(export_dir=str(export), backends=["tensorrt"]))
+
+
+@needs_no_gpu
+def test_cli_verify_takes_the_engine_and_says_what_was_checked(
+    export_with_engine, tmp_path, capsys
+):
+    args = ["verify", str(export_with_engine), "--engine", str(export_with_engine / "engine"),
+            "--plugin-library", "", "--report-dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
+    assert last.endswith(f"engine built for sm80, not run: {NO_GPU}")
+    assert Path(tmp_path / "verify_report.md").read_text().count("not run") >= 1
+
+
+def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
+    export_with_engine, monkeypatch
+):
+    from armor_export.verify.runners import EngineRunner, EngineTarget
+
+    report = json.loads((export_with_engine / "engine" / "build_report.json").read_text())
+    from armor_export.export_manifest import ExportManifest
+
+    manifest = ExportManifest.read(export_with_engine)
+    runner = EngineRunner(EngineTarget(export_with_engine / "engine", report), manifest, "")
+    assert list(runner.get_input_metadata_impl()) == list(manifest.input_names)  # feeds checked
+    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")  # the child calls os.abort()
+    with pytest.raises(runtime.NativeCrashError, match=re.escape("(signal 6: SIGABRT)")):
+        runner.infer_impl({"input_ids": [[1]]})
+
+
+def test_an_engine_crash_during_verify_is_recorded_and_raised(
+    export_with_engine, tmp_path, monkeypatch
+):
+    """The whole verify path up to the engine child: a GPU of the engine's target is
+    simulated (here there is none), the child really aborts through the runner's test hook."""
+    monkeypatch.setattr(runtime, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")
+    cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path))
+    with pytest.raises(runtime.NativeCrashError, match=re.escape("engine run (verify) crashed")):
+        verify(cfg)
+    data = json.loads((tmp_path / "verify_report.json").read_text())
+    assert data["passed"] is False and data["engine_executed"] is True
+    assert data["verdict"] == "FAILED: engine run (verify) crashed (signal 6: SIGABRT)"
+
+
+@needs_no_gpu
+def test_loading_the_real_engine_without_a_gpu_fails_in_one_line(export_with_engine):
+    """run_engine's real load path (Polygraphy on TensorRT-RTX, in a child): with no GPU the
+    backend refuses to deserialise, and the error quotes why."""
+    import numpy as np
+
+    engine = export_with_engine / "engine" / "model.engine"
+    feed = {"input_ids": np.zeros((1, 1), np.int64)}
+    with pytest.raises(runtime.EngineMismatchError, match="could not deserialise it") as err:
+        runtime.run_in_child(
+            "engine run (verify)", runtime.run_engine, (str(engine), "tensorrt-rtx", "", feed)
+        )
+    assert "\n" not in str(err.value) and "CUDA" in str(err.value)
