@@ -43,6 +43,11 @@ def holder(tmp_path):
     proc.wait()
 
 
+@pytest.mark.fault(
+    "prune",
+    "a second prune into a folder another live prune is writing",
+    "one line naming the holder (verb and pid); no run_config.json written",
+)
 def test_a_second_writer_is_refused_naming_the_holder(holder, tiny_model_dir, text_file):
     from armor_export.prune import api
 
@@ -71,6 +76,11 @@ def test_the_cli_says_it_in_one_line(holder, tiny_model_dir, text_file):
     assert f"pid {proc.pid}" in lines[0] and "being written by" in lines[0]
 
 
+@pytest.mark.fault(
+    "prune",
+    "the prune that held a folder was killed with SIGKILL",
+    "the next prune takes the folder at once",
+)
 def test_a_killed_holder_leaves_no_stuck_lock(holder, tiny_model_dir, text_file):
     from armor_export.prune import api
 
@@ -82,6 +92,11 @@ def test_a_killed_holder_leaves_no_stuck_lock(holder, tiny_model_dir, text_file)
     assert len(result.metrics) == 14
 
 
+@pytest.mark.fault(
+    "build",
+    "a second build into a folder another live process is writing",
+    "one line naming the holder",
+)
 def test_build_holds_its_folder(holder):
     from armor_export.config import BuildConfig
     from armor_export.pipeline import build

@@ -93,6 +93,11 @@ def nan_model_dir(tmp_path, tokenizer):
 # --- shapes and block sizes ------------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "prune",
+    "a block size that does not divide a layer",
+    "one line naming the layer and its valid block sizes",
+)
 def test_block_size_not_dividing_a_layer_names_it_and_the_valid_sizes(
     capsys, tiny_model_dir, text_file, tmp_path
 ):
@@ -138,6 +143,11 @@ def test_block_size_not_a_multiple_of_4(capsys, tiny_model_dir, text_file, tmp_p
 # --- models that cannot be used ----------------------------------------------------------
 
 
+@pytest.mark.fault(
+    "load",
+    "a model folder that does not exist",
+    "one error line",
+)
 def test_missing_model_dir(capsys, text_file, tmp_path):
     missing = tmp_path / "no-such-model"
     code, _, err = run_cli(
@@ -168,6 +178,11 @@ def test_pickle_only_model_dir_is_refused_unloaded(
     assert "pytorch_model.bin" in line and "safetensors" in line
 
 
+@pytest.mark.fault(
+    "load",
+    "a model of an unsupported architecture",
+    "one line naming the supported model types",
+)
 def test_unknown_architecture_names_the_supported_ones(capsys, tokenizer, text_file, tmp_path):
     import transformers
 
@@ -234,6 +249,11 @@ def test_eval_of_a_corrupt_checkpoint(
 # --- calibration text and statistics -----------------------------------------------------
 
 
+@pytest.mark.fault(
+    "prune",
+    "a calibration text file that does not exist",
+    "one error line",
+)
 def test_missing_calibration_text(capsys, tiny_model_dir, tmp_path):
     missing = tmp_path / "missing.txt"
     code, _, err = run_cli(
@@ -254,6 +274,11 @@ def test_calibration_text_too_short_for_the_seqlen(capsys, tiny_model_dir, tmp_p
     assert "calibration text has" in line and "windows of 32 tokens need at least 33" in line
 
 
+@pytest.mark.fault(
+    "prune",
+    "calibration statistics that come out NaN",
+    "one error line",
+)
 def test_nan_statistics_are_a_one_line_error(capsys, nan_model_dir, text_file, tmp_path):
     code, _, err = run_cli(
         capsys,

@@ -137,6 +137,11 @@ def test_generate_choices_and_defaults_are_the_runtime_configs():
         ("[prune]\nnsamples = 3\n", "unknown config key(s) prune.nsamples"),
     ],
 )
+@pytest.mark.fault(
+    "config",
+    "a bad value or unknown key in a build TOML",
+    "one line naming the full key path (prune.calibration.n_samples)",
+)
 def test_build_config_errors_name_the_full_key_path(toml, message, tmp_path):
     """A config error names the key as the TOML file spells it, never a bare 'prune.'."""
     from armor_export.cli.build import config_from_args

@@ -37,6 +37,11 @@ def test_file_is_not_a_model_folder(tmp_path):
         resolve_model_path(str(path))
 
 
+@pytest.mark.fault(
+    "load",
+    "a model folder with pickle weights only",
+    "one line: safetensors only, nothing unpickled",
+)
 def test_pickle_only_folder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
@@ -44,6 +49,11 @@ def test_pickle_only_folder_is_refused(tmp_path):
         load_model_and_tokenizer(str(tmp_path))
 
 
+@pytest.mark.fault(
+    "load",
+    "a model folder without weights",
+    "one line",
+)
 def test_folder_without_weights(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
     with pytest.raises(CorruptFileError, match="no model weights"):
@@ -100,6 +110,11 @@ def test_default_model_prepares_and_runs():
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
 
 
+@pytest.mark.fault(
+    "load",
+    "a truncated model.safetensors, for prune, eval and export",
+    "one error line, no traceback, nothing written",
+)
 @pytest.mark.parametrize("verb", ["eval", "prune", "export"])
 def test_a_truncated_weights_file_is_one_line_for_every_verb(verb, tiny_model_dir, tmp_path):
     import subprocess

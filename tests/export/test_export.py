@@ -261,6 +261,11 @@ def test_reexport_replaces_the_previous_export(tiny_checkpoint, tmp_path):
     ort.InferenceSession(str(result.onnx_path))
 
 
+@pytest.mark.fault(
+    "export",
+    "a missing checkpoint, or a prune folder that has not finished",
+    "one line; a partial one says to rerun the prune to resume",
+)
 def test_missing_and_partial_checkpoints_are_clear_errors(tiny_checkpoint, tmp_path):
     from armor_export.errors import UserError
 
@@ -278,6 +283,11 @@ def test_missing_and_partial_checkpoints_are_clear_errors(tiny_checkpoint, tmp_p
     assert not (tmp_path / "o3" / "export_manifest.json").exists()
 
 
+@pytest.mark.fault(
+    "export",
+    "export limits beyond the model's context",
+    "one line naming the limit",
+)
 def test_limits_beyond_the_model_are_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match="max_position_embeddings 256"):
         export_tiny(tiny_checkpoint, tmp_path / "o", limits=ExportLimits(max_context=512))

@@ -122,6 +122,11 @@ def test_layerwise_statistics_match_a_full_forward(model_type, calib_batches):
         assert torch.allclose(layerwise[name], st.hdiag(name), rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.fault(
+    "load",
+    "an architecture without a registered adapter",
+    "one line naming the supported model types",
+)
 def test_unsupported_architecture_names_supported_types():
     import transformers
 

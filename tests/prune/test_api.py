@@ -66,6 +66,11 @@ def test_checkpoint_roundtrip_gives_equal_outputs(tiny_model_dir, text_file, tmp
         assert torch.allclose(loaded(ids).logits, reference(ids).logits, atol=1e-5)
 
 
+@pytest.mark.fault(
+    "prune",
+    "a prune that crashes after 5 of 14 jobs",
+    "the rerun solves only the 9 unfinished jobs",
+)
 def test_resume_redoes_no_finished_job(tiny_model_dir, text_file, tmp_path, monkeypatch):
     cfg = make_config(tiny_model_dir, text_file, tmp_path / "out")
     calls = []
@@ -95,12 +100,22 @@ def test_resume_redoes_no_finished_job(tiny_model_dir, text_file, tmp_path, monk
     assert len(calls) == N_LINEARS - 5
 
 
+@pytest.mark.fault(
+    "prune",
+    "a rerun into the same folder with another method",
+    "one line: the folder holds a run with a different config",
+)
 def test_resume_with_a_different_config_is_refused(tiny_model_dir, text_file, tmp_path):
     api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "magnitude"))
     with pytest.raises(UserError, match="different config"):
         api.prune(make_config(tiny_model_dir, text_file, tmp_path / "out", "wanda"))
 
 
+@pytest.mark.fault(
+    "prune",
+    "a truncated job result file",
+    "that job is solved again",
+)
 def test_corrupt_job_result_is_redone(tiny_model_dir, text_file, tmp_path):
     cfg = make_config(tiny_model_dir, text_file, tmp_path / "out", "nowag-p")
     api.prune(cfg)
@@ -185,6 +200,11 @@ def test_resume_may_change_scheduling_settings(tiny_model_dir, text_file, tmp_pa
     assert len(api.prune(cfg).results) == N_LINEARS
 
 
+@pytest.mark.fault(
+    "prune",
+    "NaN in a weight to be pruned",
+    "one line naming the layer; no run_config.json written",
+)
 def test_nan_weights_are_refused_naming_the_layer(tiny_model_dir, text_file, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -197,6 +217,11 @@ def test_nan_weights_are_refused_naming_the_layer(tiny_model_dir, text_file, tmp
     assert not (tmp_path / "out" / "run_config.json").exists()
 
 
+@pytest.mark.fault(
+    "config",
+    "--device cuda on a machine without a GPU",
+    "one config error line",
+)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_device_without_gpu_is_a_config_error():
     from armor_export.errors import ConfigError

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from armor_export.config import PruneConfig
@@ -80,6 +81,11 @@ def test_two_gloo_ranks_give_the_single_process_result(
         assert 0 < phases["after_calibration"] <= phases["after_jobs"] <= r["peak_rss_mib"]
 
 
+@pytest.mark.fault(
+    "prune",
+    "a torchrun prune killed mid-run",
+    "the relaunch redoes no finished job",
+)
 def test_relaunch_after_a_kill_redoes_no_finished_job(
     tiny_model_dir, text_file, tmp_path, one_torch_thread
 ):

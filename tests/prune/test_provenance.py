@@ -45,6 +45,11 @@ def test_an_unchanged_rerun_reuses_everything(tiny_model_dir, text_file, tmp_pat
     assert counted == []
 
 
+@pytest.mark.fault(
+    "prune",
+    "the model folder overwritten with other weights, same path and command",
+    "statistics and every job redone; the result equals a fresh run",
+)
 def test_a_model_overwritten_in_place_redoes_every_job(
     tiny_model_dir, text_file, tmp_path, counted
 ):
@@ -58,6 +63,11 @@ def test_a_model_overwritten_in_place_redoes_every_job(
         assert torch.equal(second.results[name].core, fresh.results[name].core)
 
 
+@pytest.mark.fault(
+    "prune",
+    "the calibration text edited in place between runs",
+    "calibration redone; every job whose statistics changed redone",
+)
 def test_an_edited_calibration_text_recalibrates(tiny_model_dir, text_file, tmp_path, counted):
     first = _prune(tiny_model_dir, text_file, tmp_path / "out")
     stats = tmp_path / "out" / "work" / "stats.safetensors"
@@ -71,6 +81,11 @@ def test_an_edited_calibration_text_recalibrates(tiny_model_dir, text_file, tmp_
     assert sorted(counted) == sorted(first.metrics)  # every hdiag changed
 
 
+@pytest.mark.fault(
+    "prune",
+    "one weight of the model changed in place",
+    "only that matrix's job redone",
+)
 def test_one_changed_weight_redoes_that_job_alone(tiny_model_dir, text_file, tmp_path, counted):
     """The last layer's down projection feeds nothing that is calibrated after it: its
     statistics and every other job's inputs stay bit-identical, so only it is solved."""
@@ -97,6 +112,11 @@ def test_jobs_record_the_settings_they_were_solved_with(tiny_model_dir, text_fil
     assert len(meta["key"]) == 64
 
 
+@pytest.mark.fault(
+    "load",
+    "a pruned checkpoint copied without armor_manifest.json",
+    "one line: pruned weights but no armor_manifest.json (not a dense model with random linears)",
+)
 def test_a_checkpoint_without_its_manifest_is_refused_not_loaded_dense(tmp_path):
     """Loaded as a plain model, its linears would be initialised randomly (ppl ~ 321)."""
     import shutil
@@ -115,6 +135,11 @@ def test_a_checkpoint_without_its_manifest_is_refused_not_loaded_dense(tmp_path)
             load(str(copy))
 
 
+@pytest.mark.fault(
+    "load",
+    "a model whose safetensors lack a weight",
+    "one line naming the missing weight (not a random initialisation)",
+)
 def test_a_model_missing_a_weight_is_refused(tiny_model_dir):
     from safetensors.torch import load_file, save_file
 
@@ -129,6 +154,11 @@ def test_a_model_missing_a_weight_is_refused(tiny_model_dir):
         load_model_and_tokenizer(str(tiny_model_dir))
 
 
+@pytest.mark.fault(
+    "load",
+    "NaN/Inf in a tensor that is not pruned (the final norm)",
+    "one line naming the tensor, before anything is written",
+)
 def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file, tmp_path):
     """A NaN final norm made every logit NaN and generate print blank text, exit 0."""
     from safetensors.torch import load_file, save_file
@@ -152,6 +182,11 @@ def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file
         load_checkpoint(checkpoint)
 
 
+@pytest.mark.fault(
+    "prune",
+    "an empty calibration text",
+    "an error before anything is written; the corrected rerun runs",
+)
 def test_an_empty_calibration_text_fails_before_anything_is_written(
     tiny_model_dir, text_file, tmp_path
 ):
@@ -165,6 +200,11 @@ def test_an_empty_calibration_text_fails_before_anything_is_written(
     assert len(_prune(tiny_model_dir, text_file, tmp_path / "out").metrics) == N_LINEARS
 
 
+@pytest.mark.fault(
+    "prune",
+    "--skip-incompatible where no layer fits the block size",
+    "one line: every layer left dense, with a layer's valid block sizes",
+)
 def test_skip_incompatible_that_skips_everything_says_so(tiny_model_dir, text_file, tmp_path):
     from armor_export.errors import ShapeError
 
