@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from armor_export import locks
 from armor_export.config import ExportConfig
 from armor_export.errors import ConfigError, CorruptFileError, UserError
 from armor_export.export_manifest import (
@@ -45,6 +46,7 @@ GRAPH_REVISION = 4
 # path exports a NaN guard (IsNaN + Where over every [heads, q, k] score) that took ~12% of
 # an fp32 prefill on ORT CPU; the eager mask is finite, so no row can turn into NaN.
 ATTENTION = "eager"
+TMP_PREFIX = ".export-"  # an export's working folder inside its output folder
 
 
 @dataclass
@@ -106,8 +108,10 @@ def export_onnx(
         counts = lowering.lower_model_(model, sparse_names, plugin=cfg.lowering == "plugin")
         if not counts["armor"] and not counts["sparse"]:
             log.warning("%s has no ArmorLinear or 2:4 layers: exporting it as dense", cfg.model)
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+        with (
+            locks.hold(out, "export"),
+            tempfile.TemporaryDirectory(dir=_without_leftovers(out), prefix=TMP_PREFIX) as tmp,
+        ):
             tmp_dir = Path(tmp)
             external, counts["merged_transposes"] = _trace_and_save(
                 DecoderWithCache(model).eval(), spec, cfg, tmp_dir / ONNX_FILE
@@ -338,6 +342,16 @@ def export_versions() -> dict:
         "transformers": transformers.__version__,
         "onnx": onnx.__version__,
     }
+
+
+def _without_leftovers(out: Path) -> Path:
+    """``out`` without the working folders of exports that were killed before they could
+    clean up (the caller holds ``out``'s lock, so no live export is using them)."""
+    for leftover in out.glob(TMP_PREFIX + "*"):
+        if leftover.is_dir():
+            log.info("removing %s, left by an export that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    return out
 
 
 def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: ExportManifest) -> None:

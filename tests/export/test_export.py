@@ -327,3 +327,36 @@ def test_default_export_output_is_what_a_user_acts_on(tiny_checkpoint, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Skipping constant folding" not in run.stderr
     assert "exported" in run.stdout
+
+
+@pytest.mark.fault(
+    "export",
+    "an export killed with SIGKILL while it traces",
+    "its hidden working folder is removed by the next export into that folder",
+)
+def test_a_killed_export_leaves_nothing_behind_the_next_one(tiny_checkpoint, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "armor_export", "export", str(tiny_checkpoint), "-o", str(out),
+         "-q"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".export-*")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert list(out.glob(".export-*")), "killed before it made its working folder"
+    export_tiny(tiny_checkpoint, out)
+    assert not list(out.glob(".export-*"))
+    assert (out / "export_manifest.json").is_file()
