@@ -28,6 +28,8 @@ REPORT_JSON = "build_report.json"
 BUILDER_LOG = "builder.log"
 # test hook: a child whose stage name is in this variable aborts before its work (real SIGABRT)
 CRASH_HOOK = "ARMOR_EXPORT_ABORT_IN_CHILD"
+# set to 1 to start the engine child with the library path exactly as it is
+NO_LIBRARY_LINKS = "ARMOR_EXPORT_NO_LIBRARY_LINKS"
 
 
 class PluginLibraryError(UserError):
@@ -216,6 +218,11 @@ def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None):
         request, reply = Path(tmp) / "request.pkl", Path(tmp) / "reply.pkl"
         request.write_bytes(pickle.dumps((stage, target.__module__, target.__qualname__, args)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        links = library_links(Path(tmp) / "libs")
+        if links is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (str(links), os.environ.get("LD_LIBRARY_PATH", "")) if p
+            )
         child = subprocess.run(
             [sys.executable, "-m", "armor_export.engine.child", str(request), str(reply)],
             env=env,
@@ -230,6 +237,31 @@ def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None):
         raise message[1]
     _, name, text = message
     raise RuntimeError(f"{stage} failed in its child process: {name}: {text}")
+
+
+def library_links(folder: Path) -> Path | None:
+    """A folder holding the unversioned ``libtensorrt_rtx.so`` link that TensorRT-RTX's ONNX
+    parser dlopen()s when it imports a plugin node, where the pip wheel ships only
+    ``libtensorrt_rtx.so.1`` (without the link the parser aborts the process:
+    plugins/armorBlockDiagPlugin/repro/README.md). The engine child starts with it on
+    ``LD_LIBRARY_PATH``, read once at process start. None: not needed, or not wanted
+    (``ARMOR_EXPORT_NO_LIBRARY_LINKS=1``)."""
+    import importlib.util
+
+    from armor_export.engine.backends import RTX_PARSER_DLOPENS
+
+    if os.environ.get(NO_LIBRARY_LINKS) == "1" or not sys.platform.startswith("linux"):
+        return None
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    wheel = Path(next(iter(spec.submodule_search_locations)))
+    versioned = wheel / (RTX_PARSER_DLOPENS + ".1")
+    if (wheel / RTX_PARSER_DLOPENS).exists() or not versioned.is_file():
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RTX_PARSER_DLOPENS).symlink_to(versioned)
+    return folder
 
 
 def crash_message(stage: str, exitcode: int | None, log_path: Path | None) -> str:

@@ -83,10 +83,12 @@ def armor_checkpoint(tmp_path_factory, tokenizer):
 
 @pytest.fixture
 def nan_model_dir(tmp_path, tokenizer):
-    """A tiny Llama whose embedding is all NaN."""
+    """A tiny Llama whose weights are finite but whose activations are not: its first norm
+    weight (3e38) overflows float32, so the calibration statistics come out NaN/Inf. (A NaN
+    weight is refused when the model loads, before any calibration.)"""
     model = tiny_model("llama")
     with torch.no_grad():
-        model.model.embed_tokens.weight[:] = float("nan")
+        model.model.layers[0].input_layernorm.weight[:] = 3e38
     return save_model_dir(model, tokenizer, tmp_path / "nan-llama")
 
 

@@ -1,7 +1,8 @@
 """A plugin-lowered tiny model becomes a TensorRT-RTX engine on CPU (AOT for sm80) with
-libarmor_blockdiag_plugin.so, and the build report names the plugin layers; without the
-``libtensorrt_rtx.so`` link its parser needs, the engine verb refuses in one line instead of
-letting the parser abort the process (plugins/armorBlockDiagPlugin/repro/README.md).
+libarmor_blockdiag_plugin.so, and the build report names the plugin layers. The engine child
+starts with the ``libtensorrt_rtx.so`` link its parser needs (the pip wheel lacks it:
+plugins/armorBlockDiagPlugin/repro/README.md), so this works as installed; with that turned
+off the engine verb refuses in one line instead of letting the parser abort the process.
 
 The builds run in subprocesses: the dynamic loader reads LD_LIBRARY_PATH once at start, and a
 regression to the abort must not take pytest with it.
@@ -15,7 +16,8 @@ import sys
 
 import pytest
 
-from tests.plugins.plugin_build import env_with_library_path, rtx_link_dir
+from armor_export.engine.runtime import NO_LIBRARY_LINKS
+from tests.plugins.plugin_build import env_with_library_path
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
 
@@ -31,7 +33,7 @@ def engine_cli(export_dir, out, library, env) -> subprocess.CompletedProcess:
 def test_plugin_engine_builds_on_cpu_and_the_report_names_the_plugin_layers(
     tiny_fp16_plugin_export, plugin_build, tmp_path
 ):
-    env = env_with_library_path(rtx_link_dir(tmp_path / "rtx-link"))
+    env = env_with_library_path(None)  # as installed: no link made by the user
     proc = engine_cli(
         tiny_fp16_plugin_export.output_dir, tmp_path / "engine", plugin_build.library, env
     )
@@ -57,10 +59,10 @@ def test_without_the_link_the_engine_verb_refuses_in_one_line(
 
     if rtx_plugin_parse_problem(trt) is None:
         pytest.skip("libtensorrt_rtx.so is resolvable in this environment: nothing to refuse")
+    env = {**env_with_library_path(None), NO_LIBRARY_LINKS: "1"}
     proc = engine_cli(
-        tiny_fp16_plugin_export.output_dir, tmp_path / "engine", plugin_build.library,
-        env_with_library_path(None),
-    )  # fmt: skip
+        tiny_fp16_plugin_export.output_dir, tmp_path / "engine", plugin_build.library, env
+    )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "libtensorrt_rtx.so" in errors[0], proc.stderr
