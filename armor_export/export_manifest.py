@@ -243,8 +243,12 @@ class ExportManifest:
 
     @classmethod
     def read(cls, folder: str | Path) -> ExportManifest:
-        """The manifest of a finished export, or a one-line CorruptFileError saying why not."""
-        from armor_export.io import read_json
+        """The manifest of a finished export, or a one-line CorruptFileError saying why not.
+
+        Every file it lists must exist and still have the sha256 recorded at export, so a
+        damaged or edited graph is never used (the check reads about a GB a second).
+        """
+        from armor_export.io import read_json, sha256_file
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -259,6 +263,12 @@ class ExportManifest:
         for name in manifest.files:
             if not (folder / name).is_file():
                 raise CorruptFileError(f"{folder}: missing file {name} listed in {MANIFEST}")
+        for name, digest in manifest.sha256.items():
+            if (folder / name).is_file() and sha256_file(folder / name) != digest:
+                raise CorruptFileError(
+                    f"{folder / name} is not the file this export wrote (its sha256 differs "
+                    f"from {MANIFEST}): it was changed or damaged; export again"
+                )
         return manifest
 
     @classmethod

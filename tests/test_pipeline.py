@@ -145,3 +145,23 @@ def test_unknown_stage_is_refused():
     with pytest.raises(ConfigError, match="stages"):
         from_dict(BuildConfig, {"stages": ["prune", "deploy"]}).validate()
     assert main(["build", "--force", "deploy"]) == 1
+
+
+@pytest.mark.fault(
+    "build",
+    "the build's model.onnx truncated after a finished build, then the same build again",
+    "the export stage is redone (its record covers every file the export lists), then PASSED",
+)
+def test_a_damaged_onnx_redoes_the_export(tiny_checkpoint, tmp_path):
+    data = {
+        "model": str(tiny_checkpoint),
+        "output_dir": str(tmp_path),
+        "stages": ["export", "verify"],
+        "export": {"dtype": "float32"},
+    }
+    assert build(from_dict(BuildConfig, data)).passed
+    onnx_path = tmp_path / "onnx" / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    again = build(from_dict(BuildConfig, data))
+    assert statuses(again)["export"] == "done"
+    assert again.passed

@@ -99,9 +99,14 @@ def without_wrapper_transposes(folder: Path, dest: Path) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dest / "model.onnx"))
     from armor_export.export_manifest import MANIFEST, TOKENIZER_FILE
+    from armor_export.io import sha256_file
 
     for name in (MANIFEST, TOKENIZER_FILE):
         shutil.copyfile(folder / name, dest / name)
+    # the copy's manifest describes the copy: its graph is this edited one
+    data = json.loads((dest / MANIFEST).read_text())
+    data["sha256"]["model.onnx"] = sha256_file(dest / "model.onnx")
+    (dest / MANIFEST).write_text(json.dumps(data, indent=2))
     return changed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +22,15 @@ class ExportStage(Stage):
         )
 
     def outputs(self, cfg) -> list[Path]:
-        return [Path(cfg.output_dir) / MANIFEST]
+        """The manifest and every file it lists: the stage's record then covers the bytes of
+        the graph, its weights and tokenizer, so a damaged one redoes the export."""
+        folder = Path(cfg.output_dir)
+        listed: list[str] = []
+        try:
+            listed = sorted(json.loads((folder / MANIFEST).read_text()).get("sha256", {}))
+        except (OSError, ValueError, AttributeError):
+            pass  # no or unreadable manifest: the stage has not finished
+        return [folder / MANIFEST] + [folder / name for name in listed]
 
     def key_parts(self, cfg) -> dict:
         from armor_export.export.api import GRAPH_REVISION

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from armor_export.config import VerifyConfig
-from armor_export.errors import UserError
+from armor_export.errors import CorruptFileError, UserError
 from armor_export.export_manifest import ExportManifest
 from armor_export.progress import NullReporter, Reporter
 from armor_export.verify.report import OutputParity, VerifyReport
@@ -35,7 +35,18 @@ def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> V
     cfg.validate()
     reporter = reporter or NullReporter()
     export_dir = Path(cfg.export_dir)
-    manifest = ExportManifest.read(export_dir)
+    report_dir = Path(cfg.report_dir) if cfg.report_dir else export_dir / "verify"
+    try:
+        manifest = ExportManifest.read(export_dir)
+    except CorruptFileError as exc:  # a damaged export is a failed verification: say so on disk
+        if export_dir.is_dir():
+            refused = VerifyReport(
+                export_dir=str(export_dir), model=cfg.model, dtype="?", lowering="?",
+                versions=export_versions(),
+            )  # fmt: skip
+            refused.error = str(exc)
+            refused.write(report_dir)
+        raise
     report = VerifyReport(
         export_dir=str(export_dir),
         model=cfg.model or manifest.source.model,
@@ -43,7 +54,6 @@ def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> V
         lowering=manifest.lowering,
         versions=export_versions(),
     )
-    report_dir = Path(cfg.report_dir) if cfg.report_dir else export_dir / "verify"
     start = time.perf_counter()
     try:
         with reporter.task("verify", total=3) as task:

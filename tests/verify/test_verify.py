@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from armor_export.io import sha256_file
 from tests.conftest import export_tiny
 
 onnx = pytest.importorskip("onnx")
@@ -69,6 +70,11 @@ def test_tampered_graph_fails_and_keeps_its_report(tiny_export, tmp_path):
     weight = onnx.numpy_helper.to_array(init) * 1.05
     init.CopyFrom(onnx.numpy_helper.from_array(weight.astype(np.float32), init.name))
     onnx.save(model, str(broken / "model.onnx"))
+    # an export whose manifest agrees with its wrong graph (as an exporter bug would make):
+    # only the comparison with PyTorch can catch it
+    manifest = json.loads((broken / "export_manifest.json").read_text())
+    manifest["sha256"]["model.onnx"] = sha256_file(broken / "model.onnx")
+    (broken / "export_manifest.json").write_text(json.dumps(manifest))
     code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
     assert code == 1
     data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
@@ -147,3 +153,24 @@ def test_padding_is_left_and_masked(tiny_export):
     assert feed["position_ids"][0, -1] == mask[0].sum() - 1
     logits_valid = valid_positions(feed, "logits", (2, mask.shape[1], 300))
     assert logits_valid.shape == (2, mask.shape[1], 1) and not logits_valid[0, 0, 0]
+
+
+@pytest.mark.fault(
+    "verify",
+    "an exported model.onnx edited or damaged after export (weights scaled by 1.001)",
+    "one error line naming the file whose sha256 differs; the failed report stays on disk",
+)
+def test_an_edited_graph_is_refused_before_it_is_compared(tiny_export, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_export.output_dir, broken)
+    model = onnx.load(str(broken / "model.onnx"))
+    init = model.graph.initializer[0]
+    weight = onnx.numpy_helper.to_array(init)
+    init.CopyFrom(onnx.numpy_helper.from_array((weight * 1.001).astype(weight.dtype), init.name))
+    onnx.save(model, str(broken / "model.onnx"))
+    code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "model.onnx is not the file this export wrote" in err
+    data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
+    assert data["passed"] is False and "sha256 differs" in data["error"]
