@@ -105,3 +105,22 @@ def test_genai_refuses_what_it_cannot_run(tiny_plugin_export, tiny_export):
         GenaiGenerator(tiny_plugin_export.output_dir)
     with pytest.raises(ConfigError, match="always stops at eos"):
         GenaiGenerator(tiny_export.output_dir).generate("A", GenerationConfig(2, stop_at_eos=False))
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma"])
+def test_every_family_runs_in_genai_like_our_runtime(family, tokenizer, tmp_path):
+    """ORT GenAI's generic decoder type fits every family's graph (Llama is tested above)."""
+    genai_or_skip()
+    from armor_export.config import ExportConfig
+    from armor_export.export import export_onnx
+    from armor_export.runtime.genai import GenaiGenerator
+    from tests.conftest import random_armorize, tiny_model
+
+    model = tiny_model(family)
+    random_armorize(model)
+    cfg = ExportConfig(model=family, output_dir=str(tmp_path))
+    folder = export_onnx(cfg, model=model, tokenizer=tokenizer).output_dir
+    config = GenerationConfig(max_new_tokens=6)
+    theirs = GenaiGenerator(folder).generate(PROMPTS, config)
+    ours = Generator(folder, threads=1).generate(PROMPTS, config)
+    assert (theirs.prompt_token_ids, theirs.token_ids) == (ours.prompt_token_ids, ours.token_ids)
