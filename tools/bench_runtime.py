@@ -63,6 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="prefills per pair and round (best kept)")
     p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
     p.add_argument("--reexport", action="store_true", help="export again even if present")
+    p.add_argument("--note", action="append", default=[], help="a line for the report")
     return p.parse_args(argv)
 
 
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
         "dtype": "float32",
         "run": [f"{runtime} on {name}" for runtime, name in runners],
         "not_run": NOT_RUN,
+        "notes": args.note,
     }
     write_outputs(Path(args.out), meta, summarise(sources, prefill, decode))
     return 0
@@ -180,6 +182,7 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "- ratios to dense: the median over rounds of each round's ratio to the dense export "
         "on the same runtime; GenAI / ours: the same pairing across runtimes on one export",
         "- executed: " + "; ".join(meta["run"]),
+        *(f"- note: {note}" for note in meta.get("notes", [])),
         "",
         "| runtime | export | prefill ms | prefill / dense | 95% CI | decode tok/s "
         "| decode / dense | GenAI / ours (prefill ms, decode tok/s) |",

@@ -124,3 +124,14 @@ def test_every_family_runs_in_genai_like_our_runtime(family, tokenizer, tmp_path
     theirs = GenaiGenerator(folder).generate(PROMPTS, config)
     ours = Generator(folder, threads=1).generate(PROMPTS, config)
     assert (theirs.prompt_token_ids, theirs.token_ids) == (ours.prompt_token_ids, ours.token_ids)
+
+
+def test_genai_sampling_options_pass_through_and_a_seed_repeats(tiny_export):
+    genai_or_skip()
+    from armor_export.config import SamplingConfig
+    from armor_export.runtime.genai import GenaiGenerator
+
+    generator = GenaiGenerator(tiny_export.output_dir)
+    config = GenerationConfig(6, SamplingConfig(temperature=0.8, top_k=5, top_p=0.9, seed=1))
+    first, second = (generator.generate("The quick", config) for _ in range(2))
+    assert first.token_ids == second.token_ids and len(first.token_ids[0]) <= 6
