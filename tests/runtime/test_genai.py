@@ -67,6 +67,20 @@ def test_plugin_export_has_no_genai_config(tiny_plugin_export):
     assert not (folder / "genai_config.json").exists()
 
 
+def test_plugin_reexport_removes_a_plain_exports_genai_config(
+    tiny_export, tiny_checkpoint, tmp_path
+):
+    import shutil
+
+    from tests.conftest import export_tiny
+
+    folder = tmp_path / "re"
+    shutil.copytree(tiny_export.output_dir, folder)
+    export_tiny(tiny_checkpoint, folder, lowering="plugin")
+    assert not (folder / "genai_config.json").exists()
+    assert ExportManifest.read(folder).genai_config is None
+
+
 def test_older_manifest_without_the_new_fields_reads_and_writes_back(tiny_export):
     data = tiny_export.manifest.copy()
     for key in ("tokenizer_config", "genai_config"):
