@@ -206,8 +206,10 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "",
         "Not executed: " + "; ".join(meta["not_run"].values()),
         "",
-        "Both runtimes run the same model.onnx on the same ONNX Runtime CPU provider, so the "
-        "per-step difference is each loop's own work (feeds, cache hand-over, sampling). "
+        "Both runtimes run the same model.onnx on ONNX Runtime's CPU provider. They differ "
+        "in session options (ORT GenAI sets its own) and in how logits and the KV cache move "
+        "between steps (ours copies them into numpy arrays and feeds them back; ORT GenAI "
+        "keeps them as ORT values); this benchmark does not separate the two. "
         "Per-round figures are in runtime.json.",
         "",
     ]
