@@ -24,6 +24,8 @@ MANIFEST = "export_manifest.json"
 ONNX_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = ONNX_FILE + ".data"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # what ONNX Runtime GenAI's tokenizer reads
+GENAI_CONFIG_FILE = "genai_config.json"  # loads the folder in ONNX Runtime GenAI
 FORMAT = "armor-export-onnx"
 FORMAT_VERSION = 1
 
@@ -83,6 +85,7 @@ class DecoderSpec:
     head_dim: int
     vocab_size: int
     hidden_size: int
+    num_attention_heads: int | None = None  # None: an export older than the record
 
     @classmethod
     def from_config(cls, config) -> DecoderSpec:
@@ -95,7 +98,12 @@ class DecoderSpec:
             head_dim=head_dim,
             vocab_size=config.vocab_size,
             hidden_size=config.hidden_size,
+            num_attention_heads=heads,
         )
+
+    def to_dict(self) -> dict[str, int]:
+        """The JSON form; an older export's unrecorded head count is written back absent."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def cache(self) -> list[LayerCache]:
         return [LayerCache.of_layer(layer) for layer in range(self.num_layers)]
@@ -203,6 +211,8 @@ class ExportManifest:
     onnx: str = ONNX_FILE
     external_data: str | None = None
     tokenizer: str = TOKENIZER_FILE
+    tokenizer_config: str | None = None  # None: an export older than the record
+    genai_config: str | None = None  # None: older, or a graph ONNX Runtime cannot run
     graph_revision: int | None = None  # None: an export older than the record (revision < 3)
     attention: str | None = None  # None: an export older than the record (revision < 4)
     format_version: int = FORMAT_VERSION
@@ -237,7 +247,8 @@ class ExportManifest:
     @property
     def files(self) -> list[str]:
         """The files the export consists of besides the manifest, in the order checked."""
-        return [self.onnx, self.tokenizer] + ([self.external_data] if self.external_data else [])
+        optional = (self.external_data, self.tokenizer_config, self.genai_config)
+        return [self.onnx, self.tokenizer] + [name for name in optional if name]
 
     # ------------------------------------------------------------ reading and writing
 
@@ -322,6 +333,8 @@ class ExportManifest:
             onnx=data["onnx"],
             external_data=data["external_data"],
             tokenizer=data["tokenizer"],
+            tokenizer_config=data.get("tokenizer_config"),
+            genai_config=data.get("genai_config"),
             graph_revision=data.get("graph_revision"),
             attention=data.get("attention"),
             format_version=data["format_version"],
@@ -343,7 +356,10 @@ class ExportManifest:
             "dtype": self.dtype,
             "lowering": self.lowering,
         }
-        # older exports recorded neither: they are written back without them
+        # older exports recorded none of these: they are written back without them
+        for name in ("tokenizer_config", "genai_config"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
         if self.graph_revision is not None:
             data["graph_revision"] = self.graph_revision
         if self.attention is not None:
@@ -351,7 +367,7 @@ class ExportManifest:
         data.update(
             {
                 "plugin": self.plugin.to_dict() if self.plugin is not None else None,
-                "decoder": asdict(self.decoder),
+                "decoder": self.decoder.to_dict(),
                 "input_names": list(self.input_names),
                 "output_names": list(self.output_names),
                 "limits": self.limits.to_dict(),
@@ -368,6 +384,7 @@ class ExportManifest:
 _KEYS = frozenset(
     (
         "format format_version versions config source family onnx external_data tokenizer "
+        "tokenizer_config genai_config "
         "dtype lowering graph_revision attention plugin decoder input_names output_names "
         "limits tokens counts sha256"
     ).split()

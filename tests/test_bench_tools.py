@@ -126,3 +126,40 @@ def test_quality_per_shape_groups_the_armor_matrices(monkeypatch, tiny_checkpoin
     assert n == len(square)
     assert seconds == statistics.median_low(m.seconds for m in square)
     assert ratio == statistics.median_low(m.ratio for m in square)
+
+
+def test_genai_runner_times_prefill_and_steps(benchlib, tiny_export):
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime_genai is not installed")
+    runner = benchlib.GenaiRunner(tiny_export.output_dir, threads=1)
+    ids = [5, 6, 7, 8]
+    assert runner.prefill(ids) > 0
+    assert runner.decode(ids, 3) > 0
+
+
+def test_runtime_benchmark_runs_both_runtimes_and_says_what_it_did_not_run(
+    benchlib, tiny_checkpoint, tiny_model_dir, tmp_path, monkeypatch
+):
+    """bench_runtime.py end to end on the tiny dense and ARMOR models, small settings."""
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime_genai is not installed")
+    import json
+
+    from tests.conftest import TEXT
+
+    bench_runtime = importlib.import_module("bench_runtime")
+    # the tiny tokenizer's ids of the tests' text instead of the bundled Wikipedia sample
+    monkeypatch.setattr(bench_runtime, "prompt_ids", lambda tok, n: tok.encode(TEXT).ids[:n])
+    out = tmp_path / "out"
+    argv = ["--dense", str(tiny_model_dir), "--armor", f"armor-b16={tiny_checkpoint}"]
+    argv += ["--work", str(tmp_path / "work"), "--out", str(out), "--prefill", "32"]
+    argv += ["--decode-prompt", "16", "--decode-tokens", "4", "--rounds", "2", "--repeats", "1"]
+    assert bench_runtime.main([*argv, "--threads", "1"]) == 0
+    data = json.loads((out / "runtime.json").read_text())
+    assert set(data["results"]) == {"armor-export", "onnxruntime-genai"}
+    for rows in data["results"].values():
+        assert set(rows) == {"dense", "armor-b16"}
+        assert rows["dense"]["prefill_ratio"] == 1.0
+        assert all(len(r["prefill_ms_rounds"]) == 2 for r in rows.values())
+    assert "decode_vs_ours" in data["results"]["onnxruntime-genai"]["armor-b16"]
+    markdown = (out / "runtime.md").read_text()
+    assert "TensorRT engine: not run" in markdown
+    assert "onnxruntime-genai on armor-b16" in markdown

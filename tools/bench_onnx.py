@@ -28,6 +28,7 @@ from benchlib import (
     bootstrap_median_ci,
     dense_flops,
     dense_shapes,
+    ensure_export,
     meta_lines,
     ort_run_meta,
     prompt_ids,
@@ -76,26 +77,6 @@ def variants(args) -> dict[str, str]:
             )
         out[name] = path
     return out
-
-
-def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
-    """The variant's export in ``work``: reused when it is of the current graph form."""
-    from armor_export.config import ExportConfig
-    from armor_export.export import export_onnx
-    from armor_export.export.api import GRAPH_REVISION
-    from armor_export.export_manifest import MANIFEST, ExportManifest
-    from armor_export.progress import RichReporter
-
-    folder = work / name
-    if (folder / MANIFEST).is_file() and not reexport:
-        manifest = ExportManifest.read(folder)
-        same_graph = manifest.graph_revision == GRAPH_REVISION
-        if manifest.source.model == source and manifest.dtype == "float32" and same_graph:
-            log.info("%s: reusing the export in %s", name, folder)
-            return folder
-    result = export_onnx(ExportConfig(model=source, output_dir=str(folder)), RichReporter())
-    log.info("%s: exported in %.0f s", name, result.seconds)
-    return folder
 
 
 # what the measured graphs hold: lowered ArmorLinears, block-layout MLPs, merged chains

@@ -98,10 +98,12 @@ def without_wrapper_transposes(folder: Path, dest: Path) -> int:
             changed += 1
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dest / "model.onnx"))
-    from armor_export.export_manifest import MANIFEST, TOKENIZER_FILE
+    from armor_export.export_manifest import MANIFEST, ExportManifest
     from armor_export.io import sha256_file
 
-    for name in (MANIFEST, TOKENIZER_FILE):
+    manifest = ExportManifest.read(folder)
+    graph = {manifest.onnx, manifest.external_data}
+    for name in [MANIFEST] + [f for f in manifest.files if f not in graph]:  # tokenizer files …
         shutil.copyfile(folder / name, dest / name)
     # the copy's manifest describes the copy: its graph is this edited one
     data = json.loads((dest / MANIFEST).read_text())

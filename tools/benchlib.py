@@ -170,6 +170,74 @@ class ExportRunner:
         return steps / (time.perf_counter() - start)
 
 
+class GenaiRunner:
+    """One export on ONNX Runtime GenAI (its ``genai_config.json``), timed like
+    ``ExportRunner``: its own decode loop and sampler, greedy."""
+
+    def __init__(self, folder: Path, threads: int = 0):
+        import json
+
+        from armor_export.runtime.genai import import_genai
+
+        og = import_genai()
+        config = og.Config(str(folder))
+        if threads:
+            options = {"intra_op_num_threads": threads}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        self._og = og
+
+    def _generator(self, ids: list[int], new_tokens: int):
+        params = self._og.GeneratorParams(self.model)
+        length = len(ids) + new_tokens
+        # min_length keeps an eos from ending the timed steps early
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        return self._og.Generator(self.model, params)
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds of one prefill of ``ids`` (batch 1), its first token picked."""
+        generator = self._generator(ids, 1)
+        start = time.perf_counter()
+        generator.append_tokens([ids])
+        generator.generate_next_token()  # picks from the prefill's logits: no forward
+        return time.perf_counter() - start
+
+    def decode(self, ids: list[int], steps: int) -> float:
+        """Tokens/s of ``steps`` single-token forwards (each with its greedy pick)."""
+        generator = self._generator(ids, steps + 1)
+        generator.append_tokens([ids])
+        generator.generate_next_token()
+        start = time.perf_counter()
+        for _ in range(steps):
+            generator.generate_next_token()  # one forward on the last token, then a pick
+        return steps / (time.perf_counter() - start)
+
+
+def ensure_export(name: str, source: str, work: Path, reexport: bool) -> Path:
+    """The fp32 export of ``source`` in ``work/name``: reused when it is of the current
+    graph form and has a genai_config.json, exported (again) otherwise."""
+    import logging
+
+    from armor_export.config import ExportConfig
+    from armor_export.export import export_onnx
+    from armor_export.export.api import GRAPH_REVISION
+    from armor_export.export_manifest import MANIFEST, ExportManifest
+    from armor_export.progress import RichReporter
+
+    log = logging.getLogger("benchlib")
+    folder = work / name
+    if (folder / MANIFEST).is_file() and not reexport:
+        manifest = ExportManifest.read(folder)
+        same_graph = manifest.graph_revision == GRAPH_REVISION
+        current = same_graph and manifest.genai_config is not None
+        if manifest.source.model == source and manifest.dtype == "float32" and current:
+            log.info("%s: reusing the export in %s", name, folder)
+            return folder
+    result = export_onnx(ExportConfig(model=source, output_dir=str(folder)), RichReporter())
+    log.info("%s: exported in %.0f s", name, result.seconds)
+    return folder
+
+
 def prompt_ids(tokenizer, n: int) -> list[int]:
     """The first ``n`` tokens of the bundled Wikipedia sample (the benchmarks' prompt)."""
     from armor_export.data.text import load_text

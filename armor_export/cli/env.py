@@ -41,6 +41,7 @@ def run(args) -> int:
         "onnx",
         "onnxscript",
         "onnxruntime",
+        "onnxruntime_genai",
         "polygraphy",
         "tensorrt",
         "tensorrt_rtx",

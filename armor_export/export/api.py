@@ -1,8 +1,9 @@
 """The ``export`` verb: a pruned checkpoint (or dense model) to ONNX with KV cache.
 
 Artefacts in ``output_dir``: ``model.onnx`` (+ ``model.onnx.data`` for big models),
-``tokenizer.json`` and ``export_manifest.json``, which is written last: a folder with a
-manifest holds a complete, checked export.
+``tokenizer.json`` and ``tokenizer_config.json``, ``genai_config.json`` for a graph ONNX
+Runtime can run (the folder then loads in ONNX Runtime GenAI) and ``export_manifest.json``,
+which is written last: a folder with a manifest holds a complete, checked export.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from armor_export.config import ExportConfig
 from armor_export.errors import ConfigError, CorruptFileError, UserError
 from armor_export.export_manifest import (
     EXTERNAL_DATA_FILE,
+    GENAI_CONFIG_FILE,
     MANIFEST,
     ONNX_FILE,
+    TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     ExportManifest,
     Limits,
@@ -32,7 +35,7 @@ from armor_export.export_manifest import (
     Source,
     Tokens,
 )
-from armor_export.io import sha256_file
+from armor_export.io import sha256_file, write_json
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -122,7 +125,6 @@ def export_onnx(
             )
             task.advance(1, stage="checked")
             _save_tokenizer(tokenizer, tmp_dir)
-            files = [ONNX_FILE, TOKENIZER_FILE] + ([EXTERNAL_DATA_FILE] if external else [])
             manifest = _manifest(
                 cfg,
                 model,
@@ -133,9 +135,12 @@ def export_onnx(
                 report,
                 checkpoint_manifest,
                 external,
-                {f: sha256_file(tmp_dir / f) for f in files},
             )
-            _publish(tmp_dir, out, files, manifest)
+            _write_genai_config(manifest, tmp_dir)
+            manifest = replace(
+                manifest, sha256={f: sha256_file(tmp_dir / f) for f in manifest.files}
+            )
+            _publish(tmp_dir, out, manifest)
         task.advance(1, stage="written")
     return ExportResult(
         out, out / ONNX_FILE, manifest.to_dict(), time.perf_counter() - start, counts
@@ -261,6 +266,7 @@ def _name_output_dims(model) -> None:
 
 
 def _save_tokenizer(tokenizer, folder: Path) -> None:
+    """``tokenizer.json`` (our runtime's) and ``tokenizer_config.json`` (ORT GenAI's, too)."""
     if tokenizer is None:
         raise UserError("export needs the model's tokenizer (none found beside the model)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,6 +278,15 @@ def _save_tokenizer(tokenizer, folder: Path) -> None:
                 "by the torch-free runtime)"
             )
         shutil.copyfile(src, folder / TOKENIZER_FILE)
+        shutil.copyfile(Path(tmp) / TOKENIZER_CONFIG_FILE, folder / TOKENIZER_CONFIG_FILE)
+
+
+def _write_genai_config(manifest: ExportManifest, folder: Path) -> None:
+    """``genai_config.json`` for the graphs ONNX Runtime (so ORT GenAI) can run at all."""
+    from armor_export.genai_config import genai_config
+
+    if manifest.genai_config is not None:
+        write_json(folder / manifest.genai_config, genai_config(manifest))
 
 
 def _token_ids(model, tokenizer) -> Tokens:
@@ -291,8 +306,9 @@ def _token_ids(model, tokenizer) -> Tokens:
 
 
 def _manifest(
-    cfg, model, tokenizer, spec, limits, counts, report, ckpt, external, hashes
+    cfg, model, tokenizer, spec, limits, counts, report, ckpt, external
 ) -> ExportManifest:
+    """The manifest of the files in the export's temporary folder (``sha256`` still empty)."""
     from armor_export.export import reference
     from armor_export.models.registry import adapter_for
 
@@ -314,6 +330,9 @@ def _manifest(
         source=source,
         family=adapter_for(model).family,
         external_data=EXTERNAL_DATA_FILE if external else None,
+        tokenizer_config=TOKENIZER_CONFIG_FILE,
+        # ORT GenAI runs the graph on ONNX Runtime: no genai_config.json for plugin graphs
+        genai_config=None if plugin is not None else GENAI_CONFIG_FILE,
         dtype=cfg.dtype,
         lowering=cfg.lowering,
         graph_revision=GRAPH_REVISION,
@@ -325,7 +344,7 @@ def _manifest(
         limits=limits,
         tokens=_token_ids(model, tokenizer),
         counts={**counts, **report.to_dict()},
-        sha256=hashes,
+        sha256={},
     )
 
 
@@ -354,14 +373,17 @@ def _without_leftovers(out: Path) -> Path:
     return out
 
 
-def _publish(tmp_dir: Path, out: Path, files: list[str], manifest: ExportManifest) -> None:
-    """Move the checked files into ``out``; the old manifest goes first, the new one last."""
-    from armor_export.io import write_json
+def _publish(tmp_dir: Path, out: Path, manifest: ExportManifest) -> None:
+    """Move the checked files into ``out``; the old manifest goes first, the new one last.
 
+    An optional file of an earlier export that this one lacks is removed, so that e.g. a
+    plugin export does not keep a plain export's genai_config.json.
+    """
+    files = manifest.files
     (out / MANIFEST).unlink(missing_ok=True)
-    stale = out / EXTERNAL_DATA_FILE
-    if stale.exists() and EXTERNAL_DATA_FILE not in files:
-        stale.unlink()
+    for optional in (EXTERNAL_DATA_FILE, GENAI_CONFIG_FILE):
+        if optional not in files:
+            (out / optional).unlink(missing_ok=True)
     for name in files:
         os.replace(tmp_dir / name, out / name)
     write_json(out / MANIFEST, manifest.to_dict())

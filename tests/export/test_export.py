@@ -224,7 +224,13 @@ def test_external_data_is_written_and_loads(tiny_checkpoint, tmp_path):
     cores = [i for i in graph_only.graph.initializer if i.name.endswith("sparse_core")]
     assert cores and all(i.data_location == onnx.TensorProto.EXTERNAL for i in cores)
     assert result.manifest["external_data"] == "model.onnx.data"
-    assert set(result.manifest["sha256"]) == {"model.onnx", "model.onnx.data", "tokenizer.json"}
+    assert set(result.manifest["sha256"]) == {
+        "model.onnx",
+        "model.onnx.data",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "genai_config.json",
+    }
     ort.InferenceSession(str(result.onnx_path))  # loads the weights from beside the graph
 
 

@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Runtime benchmark: our decode loop vs ONNX Runtime GenAI, dense vs ARMOR, fp32, ORT CPU.
+
+For each export (dense SmolLM2-135M and ARMOR b=64 by default) and each runtime (ours,
+``armor_export.runtime``; ONNX Runtime GenAI on the same folder through its
+``genai_config.json``), measures the prefill latency at 512 tokens and the KV-cache decode
+tokens/s in one run: rounds interleave every (export, runtime) pair so machine noise hits
+them alike. Ratios are to the dense export on the same runtime, paired per round. Both
+runtimes run the same graph on the same ONNX Runtime CPU provider; TensorRT engines are not
+run (they need a GPU), and the report says so.
+
+Writes docs/benchmarks/runtime.md and runtime.json.
+
+    python tools/bench_runtime.py   # needs runs/bench_quality/armor-b64 (bench_quality.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import statistics
+import sys
+from functools import partial
+from pathlib import Path
+
+from benchlib import (
+    ExportRunner,
+    GenaiRunner,
+    best_of_shuffled,
+    bootstrap_median_ci,
+    ensure_export,
+    meta_lines,
+    ort_run_meta,
+    prompt_ids,
+    write_report,
+)
+
+log = logging.getLogger("bench_runtime")
+
+RUNTIMES = {"armor-export": ExportRunner, "onnxruntime-genai": GenaiRunner}
+NOT_RUN = {
+    "tensorrt": "TensorRT engine: not run, no GPU on this machine (needs the engine stage "
+    "and a GPU; see README, 'GPU results and what still needs a GPU')",
+    "tensorrt-rtx": "TensorRT-RTX engine: not run, no GPU on this machine",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dense", default="smollm2-135m", help="dense model")
+    p.add_argument(
+        "--armor",
+        action="append",
+        help="NAME=CHECKPOINT (default armor-b64=runs/bench_quality/armor-b64)",
+    )
+    p.add_argument("--work", default="runs/bench_runtime", help="export folders")
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--prefill", type=int, default=512, help="prefill tokens")
+    p.add_argument("--decode-prompt", type=int, default=128, help="prompt tokens before decode")
+    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
+    p.add_argument("--repeats", type=int, default=3, help="prefills per pair and round (best kept)")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument("--reexport", action="store_true", help="export again even if present")
+    p.add_argument("--note", action="append", default=[], help="a line for the report")
+    return p.parse_args(argv)
+
+
+def variants(args) -> dict[str, str]:
+    from armor_export.prune.checkpoint import MANIFEST
+
+    out = {"dense": args.dense}
+    for pair in args.armor or ["armor-b64=runs/bench_quality/armor-b64"]:
+        name, _, path = pair.partition("=")
+        if not (Path(path) / MANIFEST).is_file():
+            sys.exit(f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or prune it)")
+        out[name] = path
+    return out
+
+
+def measure(runners: dict, args, prefill_ids: list[int], decode_ids: list[int]):
+    """Per (export, runtime) pair: prefill seconds and decode tokens/s of every round."""
+    from armor_export.progress import RichReporter
+
+    for runner in runners.values():  # warm-up: ORT allocates its arenas on the first runs
+        runner.prefill(prefill_ids)
+        runner.decode(decode_ids, 4)
+    prefill = {key: [] for key in runners}
+    decode = {key: [] for key in runners}
+    order, rng = list(runners), random.Random(0)
+    with RichReporter().task("rounds", total=args.rounds) as task:
+        for _ in range(args.rounds):
+            timers = {key: partial(r.prefill, prefill_ids) for key, r in runners.items()}
+            best = best_of_shuffled(timers, args.repeats, order, rng)
+            rng.shuffle(order)
+            for key in order:
+                prefill[key].append(best[key])
+                decode[key].append(runners[key].decode(decode_ids, args.decode_tokens))
+            task.advance(1)
+    return prefill, decode
+
+
+def summarise(sources, prefill, decode) -> dict:
+    """Figures per runtime and export; ratios to dense on the same runtime, paired per round."""
+    results: dict = {}
+    for runtime in RUNTIMES:
+        dense = (runtime, "dense")
+        for name in sources:
+            key = (runtime, name)
+            paired = [t / d for t, d in zip(prefill[key], prefill[dense], strict=True)]
+            decode_paired = [t / d for t, d in zip(decode[key], decode[dense], strict=True)]
+            low, high = bootstrap_median_ci(paired)
+            results.setdefault(runtime, {})[name] = {
+                "source": sources[name],
+                "prefill_ms": round(1000 * statistics.median(prefill[key]), 2),
+                "decode_tokens_per_s": round(statistics.median(decode[key]), 2),
+                "prefill_ratio": round(statistics.median(paired), 4),
+                "prefill_ratio_ci95": [round(low, 4), round(high, 4)],
+                "decode_ratio": round(statistics.median(decode_paired), 4),
+                "prefill_ms_rounds": [round(1000 * t, 2) for t in prefill[key]],
+                "decode_tokens_per_s_rounds": [round(t, 2) for t in decode[key]],
+            }
+    # the two runtimes on the same export, paired per round (GenAI over ours)
+    ours, theirs = RUNTIMES
+    for name in sources:
+        a, b = (ours, name), (theirs, name)
+        results[theirs][name]["prefill_vs_ours"] = round(
+            statistics.median([t / o for t, o in zip(prefill[b], prefill[a], strict=True)]), 4
+        )
+        results[theirs][name]["decode_vs_ours"] = round(
+            statistics.median([t / o for t, o in zip(decode[b], decode[a], strict=True)]), 4
+        )
+    return results
+
+
+def main(argv=None) -> int:
+    import onnxruntime_genai
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    sources = variants(args)
+    work = Path(args.work)
+    folders = {name: ensure_export(name, src, work, args.reexport) for name, src in sources.items()}
+    runners = {
+        (runtime, name): cls(folder, args.threads)
+        for runtime, cls in RUNTIMES.items()
+        for name, folder in folders.items()
+    }
+    tokenizer = runners[("armor-export", "dense")].generator.tokenizer
+    prefill_ids = prompt_ids(tokenizer, args.prefill)
+    decode_ids = prefill_ids[: args.decode_prompt]
+    prefill, decode = measure(runners, args, prefill_ids, decode_ids)
+    meta = {
+        **ort_run_meta("bench_runtime.py", argv),
+        "onnxruntime_genai": onnxruntime_genai.__version__,
+        "provider": "CPUExecutionProvider",
+        "threads": args.threads or "ORT default (all cores)",
+        "prefill_tokens": args.prefill,
+        "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",
+        "rounds": args.rounds,
+        "repeats": args.repeats,
+        "dtype": "float32",
+        "run": [f"{runtime} on {name}" for runtime, name in runners],
+        "not_run": NOT_RUN,
+        "notes": args.note,
+    }
+    write_outputs(Path(args.out), meta, summarise(sources, prefill, decode))
+    return 0
+
+
+def write_outputs(out: Path, meta: dict, results: dict) -> None:
+    lines = [
+        "# Runtimes: armor-export's decode loop vs ONNX Runtime GenAI (fp32, ORT CPU)",
+        "",
+        *meta_lines(meta),
+        f"- machine: {meta['machine']}; onnxruntime {meta['onnxruntime']}, onnxruntime-genai "
+        f"{meta['onnxruntime_genai']}, provider {meta['provider']}, threads: {meta['threads']}",
+        f"- prefill: one forward of {meta['prefill_tokens']} tokens (batch 1), with the first "
+        f"token's pick; decode: {meta['decode']}; {meta['rounds']} rounds in this one run, "
+        f"each pair's prefill the best of {meta['repeats']} shuffled passes per round",
+        "- ratios to dense: the median over rounds of each round's ratio to the dense export "
+        "on the same runtime; GenAI / ours: the same pairing across runtimes on one export",
+        "- executed: " + "; ".join(meta["run"]),
+        *(f"- note: {note}" for note in meta.get("notes", [])),
+        "",
+        "| runtime | export | prefill ms | prefill / dense | 95% CI | decode tok/s "
+        "| decode / dense | GenAI / ours (prefill ms, decode tok/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for runtime, rows in results.items():
+        for name, r in rows.items():
+            vs = (
+                f"{r['prefill_vs_ours']:.3f}, {r['decode_vs_ours']:.3f}"
+                if "prefill_vs_ours" in r
+                else "-"
+            )
+            ci = "{:.3f}–{:.3f}".format(*r["prefill_ratio_ci95"])
+            lines.append(
+                f"| {runtime} | {name} | {r['prefill_ms']:.1f} | {r['prefill_ratio']:.3f} | {ci} "
+                f"| {r['decode_tokens_per_s']:.1f} | {r['decode_ratio']:.3f} | {vs} |"
+            )
+    for backend in meta["not_run"]:
+        lines.append(f"| {backend} | all | not run | - | - | not run | - | - |")
+    lines += [
+        "",
+        "Not executed: " + "; ".join(meta["not_run"].values()),
+        "",
+        "Both runtimes run the same model.onnx on ONNX Runtime's CPU provider. They differ "
+        "in session options (ORT GenAI sets its own) and in how logits and the KV cache move "
+        "between steps (ours copies them into numpy arrays and feeds them back; ORT GenAI "
+        "keeps them as ORT values); this benchmark does not separate the two. "
+        "Per-round figures are in runtime.json.",
+        "",
+    ]
+    write_report(out, "runtime", {"meta": meta, "results": results}, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
