@@ -23,6 +23,7 @@ from armor_export.errors import (
     CorruptFileError,
     ShapeError,
 )
+from armor_export.io import sha256_file
 from armor_export.runtime import GenerationConfig, Generator, Sampler, SamplingConfig
 from armor_export.runtime import session as session_module
 from armor_export.runtime.inputs import left_pad
@@ -240,6 +241,7 @@ def test_float16_export_feeds_float16_past(export_dir, tmp_path, monkeypatch):
     model = float16.convert_float_to_float16(onnx.load(folder / "model.onnx"), keep_io_types=False)
     onnx.save(model, folder / "model.onnx")
     manifest = json.loads((folder / "export_manifest.json").read_text())
+    manifest["sha256"]["model.onnx"] = sha256_file(folder / "model.onnx")  # converted on purpose
     (folder / "export_manifest.json").write_text(json.dumps({**manifest, "dtype": "float16"}))
 
     generator = Generator(folder, threads=1)
