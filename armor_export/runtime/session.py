@@ -107,8 +107,9 @@ def _open_tensorrt(
     folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
     raise BackendUnavailableError(
-        "TensorRT engines are run by the engine stage, which is not yet available: "
-        "use --backend onnxruntime with a --lowering plain export"
+        "generate cannot run TensorRT engines yet (armor-export verify runs a built engine "
+        "on a GPU): use --backend onnxruntime with a --lowering plain export, or load the "
+        "export in ONNX Runtime GenAI with its NvTensorRtRtx provider"
     )
 
 
