@@ -9,9 +9,7 @@ test_plugin_library.py; here its constants are checked against reference.py text
 from __future__ import annotations
 
 import ctypes
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 from armor_export.export import reference
+from tests.plugins.plugin_build import find_nvcc
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = ROOT / "plugins" / "armorBlockDiagPlugin"
@@ -29,14 +28,6 @@ TEST_ARCH = "sm_80"  # one explicit architecture keeps the compile short (~5 s)
 TOLERANCES = {"float32": (1e-4, 1e-4), "float16": (5e-3, 5e-3), "bfloat16": (3e-2, 3e-2)}
 CUDA_ERROR_INVALID_VALUE = 1
 CUDA_ERROR_NOT_SUPPORTED = 801
-
-
-def find_nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    fallback = Path("/usr/local/bin/nvcc")
-    return str(fallback) if fallback.is_file() and os.access(fallback, os.X_OK) else None
 
 
 def gpu_available() -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,6 +45,46 @@ def torchrun(config, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, **kwargs)  # fmt: skip
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (Linux /proc): torchrun starts each rank in a session
+    of its own, so killing the launcher's process group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_run(proc) -> None:
+    """SIGKILL the launcher and every rank, and wait until none of them is left."""
+    ranks = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in ranks):
+        assert time.monotonic() < deadline, "a killed rank did not exit"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def assert_same_checkpoints(a, b):
@@ -98,8 +140,7 @@ def test_relaunch_after_a_kill_redoes_no_finished_job(
         if jobs.is_dir() and len(list(jobs.glob("*.safetensors"))) >= 2:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, mid-run
-    proc.wait()
+    kill_run(proc)  # every rank and the launcher, mid-run
     finished = {p.name: p.stat().st_mtime_ns for p in jobs.glob("*.safetensors")}
     assert 2 <= len(finished) < 14, "the kill should land mid-run"
     assert not (out / "armor_manifest.json").exists()
