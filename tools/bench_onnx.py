@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import statistics
 import sys
-from functools import partial
 from pathlib import Path
 
 from benchlib import (
     ExportRunner,
-    best_of_shuffled,
+    add_export_timing_arguments,
     bootstrap_median_ci,
     dense_flops,
     dense_shapes,
     ensure_export,
+    interleaved_rounds,
     meta_lines,
     ort_run_meta,
     prompt_ids,
+    variants,
     wrapper_flops_per_token,
     write_report,
 )
@@ -41,42 +41,12 @@ log = logging.getLogger("bench_onnx")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dense", default="smollm2-135m", help="dense model")
-    p.add_argument(
-        "--armor",
-        action="append",
-        help="NAME=CHECKPOINT (default armor-b32/armor-b64 from runs/bench_quality)",
+    add_export_timing_arguments(
+        p,
+        "runs/bench_onnx",
+        ["armor-b32=runs/bench_quality/armor-b32", "armor-b64=runs/bench_quality/armor-b64"],
     )
-    p.add_argument("--work", default="runs/bench_onnx", help="export folders")
-    p.add_argument("--out", default="docs/benchmarks")
-    p.add_argument("--prefill", type=int, default=512, help="prefill tokens")
-    p.add_argument("--decode-prompt", type=int, default=128, help="prompt tokens before decode")
-    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
-    p.add_argument(
-        "--repeats", type=int, default=3, help="prefills per variant and round (best kept)"
-    )
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
-    p.add_argument("--reexport", action="store_true", help="export again even if present")
     return p.parse_args(argv)
-
-
-def variants(args) -> dict[str, str]:
-    from armor_export.prune.checkpoint import MANIFEST
-
-    pairs = args.armor or [
-        "armor-b32=runs/bench_quality/armor-b32",
-        "armor-b64=runs/bench_quality/armor-b64",
-    ]
-    out = {"dense": args.dense}
-    for pair in pairs:
-        name, _, path = pair.partition("=")
-        if not (Path(path) / MANIFEST).is_file():
-            sys.exit(
-                f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or armor-export prune)"
-            )
-        out[name] = path
-    return out
 
 
 # what the measured graphs hold: lowered ArmorLinears, block-layout MLPs, merged chains
@@ -84,7 +54,6 @@ GRAPH_COUNTS = ("armor", "blocked_mlps", "merged_transposes")
 
 
 def main(argv=None) -> int:
-    from armor_export.progress import RichReporter
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
@@ -95,22 +64,7 @@ def main(argv=None) -> int:
     runners = {name: ExportRunner(folder, args.threads) for name, folder in folders.items()}
     prefill_ids = prompt_ids(runners["dense"].generator.tokenizer, args.prefill)
     decode_ids = prefill_ids[: args.decode_prompt]
-    for runner in runners.values():  # warm-up: ORT allocates its arenas on the first runs
-        runner.prefill(prefill_ids)
-        runner.decode(decode_ids, 4)
-    prefill = {name: [] for name in runners}
-    decode = {name: [] for name in runners}
-    order = list(runners)
-    rng = random.Random(0)
-    with RichReporter().task("rounds", total=args.rounds) as task:
-        for _ in range(args.rounds):
-            prefills = {name: partial(r.prefill, prefill_ids) for name, r in runners.items()}
-            best = best_of_shuffled(prefills, args.repeats, order, rng)
-            rng.shuffle(order)
-            for name in order:
-                prefill[name].append(best[name])
-                decode[name].append(runners[name].decode(decode_ids, args.decode_tokens))
-            task.advance(1)
+    prefill, decode = interleaved_rounds(runners, args, prefill_ids, decode_ids)
     results = {}
     dense_prefill = statistics.median(prefill["dense"])
     dense_decode = statistics.median(decode["dense"])

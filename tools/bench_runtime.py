@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import statistics
 import sys
-from functools import partial
 from pathlib import Path
 
 from benchlib import (
     ExportRunner,
     GenaiRunner,
-    best_of_shuffled,
+    add_export_timing_arguments,
     bootstrap_median_ci,
     ensure_export,
+    interleaved_rounds,
     meta_lines,
     ort_run_meta,
     prompt_ids,
+    variants,
     write_report,
 )
 
@@ -48,57 +48,9 @@ NOT_RUN = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dense", default="smollm2-135m", help="dense model")
-    p.add_argument(
-        "--armor",
-        action="append",
-        help="NAME=CHECKPOINT (default armor-b64=runs/bench_quality/armor-b64)",
-    )
-    p.add_argument("--work", default="runs/bench_runtime", help="export folders")
-    p.add_argument("--out", default="docs/benchmarks")
-    p.add_argument("--prefill", type=int, default=512, help="prefill tokens")
-    p.add_argument("--decode-prompt", type=int, default=128, help="prompt tokens before decode")
-    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
-    p.add_argument("--repeats", type=int, default=3, help="prefills per pair and round (best kept)")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
-    p.add_argument("--reexport", action="store_true", help="export again even if present")
+    add_export_timing_arguments(p, "runs/bench_runtime", ["armor-b64=runs/bench_quality/armor-b64"])
     p.add_argument("--note", action="append", default=[], help="a line for the report")
     return p.parse_args(argv)
-
-
-def variants(args) -> dict[str, str]:
-    from armor_export.prune.checkpoint import MANIFEST
-
-    out = {"dense": args.dense}
-    for pair in args.armor or ["armor-b64=runs/bench_quality/armor-b64"]:
-        name, _, path = pair.partition("=")
-        if not (Path(path) / MANIFEST).is_file():
-            sys.exit(f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or prune it)")
-        out[name] = path
-    return out
-
-
-def measure(runners: dict, args, prefill_ids: list[int], decode_ids: list[int]):
-    """Per (export, runtime) pair: prefill seconds and decode tokens/s of every round."""
-    from armor_export.progress import RichReporter
-
-    for runner in runners.values():  # warm-up: ORT allocates its arenas on the first runs
-        runner.prefill(prefill_ids)
-        runner.decode(decode_ids, 4)
-    prefill = {key: [] for key in runners}
-    decode = {key: [] for key in runners}
-    order, rng = list(runners), random.Random(0)
-    with RichReporter().task("rounds", total=args.rounds) as task:
-        for _ in range(args.rounds):
-            timers = {key: partial(r.prefill, prefill_ids) for key, r in runners.items()}
-            best = best_of_shuffled(timers, args.repeats, order, rng)
-            rng.shuffle(order)
-            for key in order:
-                prefill[key].append(best[key])
-                decode[key].append(runners[key].decode(decode_ids, args.decode_tokens))
-            task.advance(1)
-    return prefill, decode
 
 
 def summarise(sources, prefill, decode) -> dict:
@@ -150,7 +102,7 @@ def main(argv=None) -> int:
     tokenizer = runners[("armor-export", "dense")].generator.tokenizer
     prefill_ids = prompt_ids(tokenizer, args.prefill)
     decode_ids = prefill_ids[: args.decode_prompt]
-    prefill, decode = measure(runners, args, prefill_ids, decode_ids)
+    prefill, decode = interleaved_rounds(runners, args, prefill_ids, decode_ids)
     meta = {
         **ort_run_meta("bench_runtime.py", argv),
         "onnxruntime_genai": onnxruntime_genai.__version__,

@@ -308,3 +308,68 @@ def rank_records(checkpoint: Path) -> list[dict]:
 
     paths = (Path(checkpoint) / "work" / "ranks").glob("rank*.json")
     return [read_json(p) for p in sorted(paths, key=lambda p: int(p.stem.removeprefix("rank")))]
+
+
+# --- the ORT prefill/decode benchmarks' shared command line and rounds ---------------------
+
+
+def add_export_timing_arguments(p, work: str, armor_default: list[str]) -> None:
+    """The flags bench_onnx and bench_runtime share: the dense model, the ARMOR checkpoints
+    (``NAME=CHECKPOINT``, default ``armor_default``), folders, lengths and rounds."""
+    p.add_argument("--dense", default="smollm2-135m", help="dense model")
+    p.add_argument(
+        "--armor",
+        action="append",
+        default=None,
+        help=f"NAME=CHECKPOINT (default {' '.join(armor_default)})",
+    )
+    p.set_defaults(armor_default=armor_default)
+    p.add_argument("--work", default=work, help="export folders")
+    p.add_argument("--out", default="docs/benchmarks")
+    p.add_argument("--prefill", type=int, default=512, help="prefill tokens")
+    p.add_argument("--decode-prompt", type=int, default=128, help="prompt tokens before decode")
+    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
+    p.add_argument("--repeats", type=int, default=3, help="prefills per runner and round (best)")
+    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument("--reexport", action="store_true", help="export again even if present")
+
+
+def variants(args) -> dict[str, str]:
+    """``{"dense": model, name: checkpoint, ...}`` from ``--dense`` and ``--armor``; exits
+    naming a checkpoint that is not a finished prune."""
+    from armor_export.prune.checkpoint import MANIFEST
+
+    out = {"dense": args.dense}
+    for pair in args.armor or args.armor_default:
+        name, _, path = pair.partition("=")
+        if not (Path(path) / MANIFEST).is_file():
+            sys.exit(f"{path}: no ARMOR checkpoint (run tools/bench_quality.py or prune it)")
+        out[name] = path
+    return out
+
+
+def interleaved_rounds(runners: dict, args, prefill_ids: list[int], decode_ids: list[int]):
+    """Per runner, the best prefill seconds and the decode tokens/s of every round: after a
+    warm-up (ORT allocates its arenas on the first runs), runners take turns in an order
+    shuffled each round, so a slow phase of the machine hits all of them alike."""
+    from functools import partial
+
+    from armor_export.progress import RichReporter
+
+    for runner in runners.values():
+        runner.prefill(prefill_ids)
+        runner.decode(decode_ids, 4)
+    prefill: dict = {key: [] for key in runners}
+    decode: dict = {key: [] for key in runners}
+    order, rng = list(runners), random.Random(0)
+    with RichReporter().task("rounds", total=args.rounds) as task:
+        for _ in range(args.rounds):
+            timers = {key: partial(r.prefill, prefill_ids) for key, r in runners.items()}
+            best = best_of_shuffled(timers, args.repeats, order, rng)
+            rng.shuffle(order)
+            for key in order:
+                prefill[key].append(best[key])
+                decode[key].append(runners[key].decode(decode_ids, args.decode_tokens))
+            task.advance(1)
+    return prefill, decode
