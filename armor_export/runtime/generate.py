@@ -130,7 +130,8 @@ class Generator:
         config.validate()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
-        check_limits(prompt_ids, config.max_new_tokens, self.limits)
+        model_context = not self.manifest.config.get("limits", {}).get("max_context")
+        check_limits(prompt_ids, config.max_new_tokens, self.limits, model_context)
         sampler = Sampler(config.sampling)
         rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
 

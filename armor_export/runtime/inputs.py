@@ -29,8 +29,10 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     if isinstance(prompts, str) or not prompts:
         raise ConfigError("give a list of one or more prompts")
     for index, prompt in enumerate(prompts):
-        if not prompt:
-            raise ConfigError(f"prompt {index} is empty: give some text to continue")
+        if not prompt.strip():
+            raise ConfigError(
+                f"prompt {index} is empty or only whitespace: give some text to continue"
+            )
     encodings = tokenizer.encode_batch(list(prompts), add_special_tokens=True)
     ids = [list(enc.ids) for enc in encodings]
     for index, row in enumerate(ids):
@@ -39,8 +41,11 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return ids
 
 
-def check_limits(prompt_ids: list[list[int]], max_new_tokens: int, limits: Limits) -> None:
-    """Refuse batches and lengths beyond what the export was built (and checked) for."""
+def check_limits(
+    prompt_ids: list[list[int]], max_new_tokens: int, limits: Limits, model_context: bool = False
+) -> None:
+    """Refuse batches and lengths beyond what the export was built (and checked) for;
+    ``model_context``: its max_context is the model's own (no re-export can raise it)."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     max_batch, max_prompt = int(limits.max_batch), int(limits.max_prompt)
@@ -57,11 +62,16 @@ def check_limits(prompt_ids: list[list[int]], max_new_tokens: int, limits: Limit
             f"{max_prompt}: shorten it, or export again with a larger --max-prompt"
         )
     if longest + max_new_tokens > max_context:
+        fit = f"lower --max-new-tokens to at most {max(max_context - longest, 0)}"
+        wider = (
+            f"; {max_context} is the model's own max_position_embeddings, so no export allows more"
+            if model_context
+            else f", or export again with --max-context {longest + max_new_tokens} (at most "
+            "the model's max_position_embeddings)"
+        )
         raise ShapeError(
             f"{longest} prompt tokens + {max_new_tokens} new tokens exceed this export's "
-            f"limits.max_context {max_context}: lower --max-new-tokens to at most "
-            f"{max(max_context - longest, 0)}, or export again with --max-context "
-            f"{longest + max_new_tokens} (at most the model's max_position_embeddings)"
+            f"limits.max_context {max_context}: {fit}{wider}"
         )
 
 

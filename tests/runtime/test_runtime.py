@@ -373,17 +373,31 @@ def test_too_long_prompt(generator):
         generator.generate([TEXT], greedy_config(2))
 
 
-def test_prompt_plus_new_tokens_beyond_the_context(generator):
+@pytest.mark.fault(
+    "runtime",
+    "prompt + --max-new-tokens beyond the export's context",
+    "one line: the largest --max-new-tokens that fits, and --max-context only when the model "
+    "allows more",
+)
+def test_prompt_plus_new_tokens_beyond_the_context(generator, edited_export):
     n_prompt = len(generator.tokenizer.encode("The quick brown fox").ids)
     with pytest.raises(ShapeError) as info:
         generator.generate(["The quick brown fox"], greedy_config(256))
     message = str(info.value)
     assert "limits.max_context 256" in message
     assert f"--max-new-tokens to at most {256 - n_prompt}" in message
-    assert f"--max-context {n_prompt + 256}" in message
+    # the tiny export's context is the model's own 256: no re-export can widen it
+    assert "--max-context" not in message
+    assert "256 is the model's own max_position_embeddings" in message
+    smaller = edited_export(
+        config={**generator.manifest.config, "limits": {"max_context": 128}},
+        limits={**generator.manifest.limits.to_dict(), "max_context": 128},
+    )
+    with pytest.raises(ShapeError, match=rf"--max-context {n_prompt + 200} \(at most"):
+        Generator(smaller).generate(["The quick brown fox"], greedy_config(200))
 
 
-@pytest.mark.parametrize("prompts", [[""], ["fine", ""], []])
+@pytest.mark.parametrize("prompts", [[""], ["fine", ""], [], ["  \n\t "]])
 def test_empty_prompts(generator, prompts):
     with pytest.raises(ConfigError, match="prompt"):
         generator.generate(prompts, greedy_config(2))
