@@ -16,7 +16,6 @@ from typing import Any, TypeVar, get_type_hints
 import tomllib
 
 from armor_export.errors import ConfigError
-from armor_export.prune import methods
 from armor_export.verify.backends import VERIFY_BACKENDS  # "auto" + the registered runners
 
 log = logging.getLogger(__name__)
@@ -135,6 +134,8 @@ class PruneConfig:
     version: int = CONFIG_VERSION
 
     def validate(self) -> None:
+        from armor_export.prune import methods  # lazily: the torch-free runtime reads config
+
         _check_choice("method", self.method, methods.names())
         _check_choice("batch_same_shape", self.batch_same_shape, BATCH_SAME_SHAPE)
         if self.version != CONFIG_VERSION:
