@@ -62,7 +62,8 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     log_path = out / BUILDER_LOG
     log_path.unlink(missing_ok=True)
     with reporter.task(f"{backend_spec(cfg.backend).name} engine", total=1) as task:
-        result = run_in_child("engine build", build_engine_here, (cfg,), log_path)
+        # the manifest travels with the request: the child does not hash the export again
+        result = run_in_child("engine build", build_engine_here, (cfg, manifest), log_path)
         task.advance(1, stage="written")
     return result
 
@@ -71,13 +72,13 @@ def output_dir(cfg: EngineConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / "engine"
 
 
-def build_engine_here(cfg: EngineConfig) -> EngineResult:
-    """The build itself, in this process (``build_engine`` runs it in a child)."""
+def build_engine_here(cfg: EngineConfig, manifest: ExportManifest) -> EngineResult:
+    """The build itself, in this process (``build_engine`` runs it in a child), from the
+    export manifest ``build_engine`` has read and checked."""
     from armor_export.engine.backends import backend_spec, load_backend
     from armor_export.engine.runtime import BUILDER_LOG
 
     export_dir = Path(cfg.export_dir)
-    manifest = ExportManifest.read(export_dir)
     out = output_dir(cfg)
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
