@@ -405,12 +405,20 @@ def _tactics_row(info: dict | None) -> str:
 
 
 def report_markdown(report: dict) -> str:
+    lines = ["# Engine build report", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report_rows(report)]
+    lines += [""] + [f"- {note}" for note in report["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def report_rows(report: dict) -> list[tuple[str, str]]:
+    """(what, value) rows of a build report: build_report.md and the build's report show them."""
     sp = report["sparsity"]
 
     def layers(value):
         return "not reported" if value is None else f"{len(value)}"
 
-    rows = [
+    return [
         ("backend", f"{report['backend']} {report['versions'][report['backend_module']]}"),
         ("target", report["compute_capability"]),
         ("precision", f"{report['precision']} (strongly typed)"),
@@ -428,7 +436,3 @@ def report_markdown(report: dict) -> str:
         ("engine size", f"{report['engine_bytes'] / 2**20:.1f} MiB"),
         ("build time", f"{report['build_seconds']:.1f} s"),
     ]
-    lines = ["# Engine build report", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += [""] + [f"- {note}" for note in report["notes"]] + [""]
-    return "\n".join(lines)
