@@ -8,7 +8,11 @@ Sources, all optional except the manifest:
 - ``<ckpt>/eval_results.json`` (written by ``evaluate``) and ``armor-export eval --json``
   files given by the user;
 - a ``verify_report.json``: given, or found at ``<ckpt>/../verify/`` (the layout of
-  ``armor-export build``).
+  ``armor-export build``);
+- a build's other stages (:class:`BuildSources`): given by ``pipeline.build``, or found
+  when the checkpoint's folder sits in a build folder (``build_manifest.json`` beside it):
+  the export manifest, the engine's ``build_report.json`` and the verify report, at the
+  paths the stage registry gives them.
 """
 
 from __future__ import annotations
@@ -92,6 +96,89 @@ class Parity:
     skipped: dict[str, str]
     error: str | None
     rows: list[dict]  # VerifyReport.summary_rows()
+    verdict: str = ""  # VerifyReport.verdict(): what was compared, and what was not
+    reference: str = "pytorch"
+    engine: dict | None = None  # the engine verify was given (dir, backend, target, sha)
+    engine_executed: bool = False
+    engine_not_run_reason: str | None = None
+
+
+@dataclass
+class StageRow:
+    """One stage of a build as the build ran (or last recorded) it."""
+
+    name: str
+    status: str  # "done", "skipped (up to date)", "provided", "failed", "not selected", ...
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class BuildSources:
+    """Where a build's stages wrote and how each went (``pipeline.report_sources``).
+
+    A folder is None when its stage did not run in this build (not selected, not reached):
+    the report then says so instead of showing files an earlier build left.
+    """
+
+    folder: Path
+    stages: list[StageRow]
+    export_dir: Path | None = None
+    engine_dir: Path | None = None
+    verify_report: Path | None = None
+    verdict: str | None = None  # the build's final line, when the build itself writes
+    command: str = "armor-export report"  # what wrote the report (its footer says so)
+
+    def status(self, name: str) -> str:
+        row = next((s for s in self.stages if s.name == name), None)
+        return row.status if row is not None else "not reached"
+
+    def detail(self, name: str) -> str:
+        row = next((s for s in self.stages if s.name == name), None)
+        return row.detail if row is not None else ""
+
+
+@dataclass
+class ExportInfo:
+    """An export folder, from its ``export_manifest.json`` (files are sized, not hashed)."""
+
+    folder: Path
+    dtype: str
+    lowering: str
+    family: str
+    attention: str | None
+    graph_revision: int | None
+    counts: dict
+    external_data: str | None
+    plugin: str | None  # the plugin op (name, domain) of a plugin-lowered graph
+    limits: dict
+    files: list[tuple[str, int | None]]  # name, bytes (None: missing)
+
+
+@dataclass
+class EngineInfo:
+    """An engine folder, from its ``build_report.json``."""
+
+    folder: Path
+    report: dict
+    rows: list[tuple[str, str]]  # engine.api.report_rows
+    engine_bytes: int | None  # size of model.engine on disk (None: missing)
+
+    @property
+    def built(self) -> bool:
+        return self.engine_bytes is not None and self.engine_bytes == self.report.get(
+            "engine_bytes"
+        )
+
+
+@dataclass
+class BuildInfo:
+    """What a build's stages left on disk; ``problems`` names a file that could not be read."""
+
+    sources: BuildSources
+    export: ExportInfo | None = None
+    engine: EngineInfo | None = None
+    problems: dict[str, str] = field(default_factory=dict)  # stage -> why it is not shown
 
 
 @dataclass
@@ -105,6 +192,7 @@ class ReportData:
     # wall time of the prune run per process (work/ranks/rank<r>.json): one record for a
     # single-process run, one per rank under torchrun
     rank_seconds: list[float] = field(default_factory=list)
+    build: BuildInfo | None = None  # the build's other stages, when the checkpoint is a build's
 
     @property
     def method(self) -> str:
@@ -146,19 +234,31 @@ def collect(
     checkpoint_dir: str | Path,
     verify_report: str | Path | None = None,
     eval_files: tuple[str | Path, ...] | list[str | Path] = (),
+    build: BuildSources | None = None,
 ) -> ReportData:
-    """Read a pruned checkpoint (and optional eval/verify files) into :class:`ReportData`."""
+    """Read a pruned checkpoint (and optional eval/verify files) into :class:`ReportData`.
+
+    ``build`` names the other stages' folders; without it they are looked up beside the
+    checkpoint when it sits in a build folder. A given ``verify_report`` wins over both.
+    """
     ckpt = Path(checkpoint_dir)
     manifest = read_manifest(ckpt)
     matrices = [_matrix_row(name, info, ckpt) for name, info in manifest["matrices"].items()]
     matrices.sort(key=_matrix_order)
     history_note = _attach_histories(ckpt, matrices)
     evals = read_eval_results(ckpt) + [row for f in eval_files for row in read_eval_file(f)]
-    if verify_report is None:
+    build = build if build is not None else find_build(ckpt)
+    if verify_report is None and build is not None:
+        found = build.verify_report
+        verify_report = found if found is not None and found.is_file() else None
+    elif verify_report is None:
         found = ckpt.resolve().parent / "verify" / "verify_report.json"
         verify_report = found if found.is_file() else None
     parity = read_parity(verify_report) if verify_report is not None else None
-    return ReportData(ckpt, manifest, matrices, evals, parity, history_note, _rank_seconds(ckpt))
+    info = read_build(build) if build is not None else None
+    return ReportData(
+        ckpt, manifest, matrices, evals, parity, history_note, _rank_seconds(ckpt), info
+    )
 
 
 def read_manifest(ckpt: Path) -> dict:
@@ -335,7 +435,7 @@ def read_parity(path: str | Path) -> Parity:
     try:
         rows = [OutputParity(**{k: row[k] for k in row_names}) for row in data["rows"]]
         report = VerifyReport(**{k: v for k, v in data.items() if k in names}, rows=rows)
-        summary = report.summary_rows()
+        summary, verdict = report.summary_rows(), report.verdict()
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"{path}: malformed verify report ({exc})") from None
     return Parity(
@@ -349,6 +449,11 @@ def read_parity(path: str | Path) -> Parity:
         skipped={str(k): str(v) for k, v in dict(report.skipped).items()},
         error=report.error,
         rows=summary,
+        verdict=verdict,
+        reference=str(report.reference),
+        engine=report.engine if isinstance(report.engine, dict) else None,
+        engine_executed=bool(report.engine_executed),
+        engine_not_run_reason=report.engine_not_run_reason,
     )
 
 
@@ -361,3 +466,75 @@ def _rank_seconds(ckpt: Path) -> list[float]:
         if value is not None:
             seconds.append(value)
     return seconds
+
+
+# --- the other stages of a build -------------------------------------------------------
+
+
+def find_build(ckpt: Path) -> BuildSources | None:
+    """The build whose checkpoint ``ckpt`` is (its folder holds ``build_manifest.json``)."""
+    from armor_export.pipeline import MANIFEST, recorded_sources
+
+    folder = ckpt.resolve().parent
+    return recorded_sources(folder, ckpt) if (folder / MANIFEST).is_file() else None
+
+
+def read_build(sources: BuildSources) -> BuildInfo:
+    """The export and engine a build left; an unreadable file is named, never fatal (the
+    report of a failed build shows what exists)."""
+    info = BuildInfo(sources)
+    for stage, folder, read in (
+        ("export", sources.export_dir, read_export),
+        ("engine", sources.engine_dir, read_engine),
+    ):
+        try:
+            setattr(info, stage, read(folder) if folder is not None else None)
+        except UserError as exc:
+            info.problems[stage] = str(exc)
+    return info
+
+
+def read_export(folder: Path) -> ExportInfo | None:
+    """An export folder's manifest (parsed and checked for form; its files only sized), or
+    None when the export has not finished."""
+    from armor_export.export_manifest import MANIFEST, ExportManifest
+
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = ExportManifest.from_dict(read_json(path), where=path)
+    files = [(name, _size(folder / name)) for name in [MANIFEST, *manifest.files]]
+    plugin = manifest.plugin
+    return ExportInfo(
+        folder=folder,
+        dtype=manifest.dtype,
+        lowering=manifest.lowering,
+        family=manifest.family,
+        attention=manifest.attention,
+        graph_revision=manifest.graph_revision,
+        counts=dict(manifest.counts),
+        external_data=manifest.external_data,
+        plugin=f"{plugin.name} ({plugin.domain})" if plugin is not None else None,
+        limits=manifest.limits.to_dict(),
+        files=files,
+    )
+
+
+def read_engine(folder: Path) -> EngineInfo | None:
+    """An engine folder's ``build_report.json`` and whether its ``model.engine`` is there, or
+    None when no engine was built."""
+    from armor_export.engine.api import ENGINE_FILE, REPORT_JSON, report_rows
+
+    path = folder / REPORT_JSON
+    if not path.is_file():
+        return None
+    report = read_json(path)
+    try:
+        rows = report_rows(report)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CorruptFileError(f"{path}: not an engine build report ({exc!r})") from None
+    return EngineInfo(folder, report, rows, _size(folder / ENGINE_FILE))
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
