@@ -8,6 +8,10 @@ prune stage also resumes its own finished jobs).
 
 The stages and their order come from the registry in ``armor_export/stages/`` (how to add
 one is written there); this module only knows the skip / run / record logic.
+
+After the stages, run or skipped, failed or not, the build (re)writes one report of every
+stage (``report_dir``): the pruning report plus the export, the engine and the parity
+results, read from the folders the stage registry gives them.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from armor_export.config import BuildConfig
 from armor_export.errors import UserError
 from armor_export.io import read_json, sha256_file, write_json
 from armor_export.progress import NullReporter, Reporter
-from armor_export.stages import check_names, registered
+from armor_export.stages import check_names, get, registered
+
+if TYPE_CHECKING:
+    from armor_export.report.collect import BuildSources
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,8 @@ class BuildResult:
     output_dir: Path
     stages: list[StageResult] = field(default_factory=list)
     passed: bool = False
+    report: Path | None = None  # the build's report.html
+    report_error: str | None = None  # why it could not be written
 
     def verdict(self) -> str:
         """The final line: PASSED/FAILED with what the verify stage compared (never bare)."""
@@ -86,9 +96,25 @@ def _build(cfg: BuildConfig, reporter: Reporter | None, force: tuple) -> BuildRe
     reporter = reporter or NullReporter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result = BuildResult(out)
+    try:
+        _run_stages(cfg, reporter, force, result)
+    except UserError:
+        _write_report(cfg, result)  # a failed stage: the report shows what exists
+        if result.report is not None:
+            log.info("build report: %s", result.report)
+        raise
+    # passed: nothing failed and every selected stage was reached (a failure stops the loop)
+    reached = {s.name for s in result.stages}
+    result.passed = all(s.status != "failed" for s in result.stages) and set(cfg.stages) <= reached
+    _write_report(cfg, result)
+    return result
+
+
+def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: BuildResult) -> None:
+    out = Path(cfg.output_dir)
     manifest = _read_manifest(out)
     configs = stage_configs(cfg)
-    result = BuildResult(out)
     upstream = ""  # hash of the previous stage's outputs
     for stage in registered():
         name, stage_cfg = stage.name, configs[stage.name]
@@ -133,10 +159,78 @@ def _build(cfg: BuildConfig, reporter: Reporter | None, force: tuple) -> BuildRe
         result.stages.append(StageResult(name, "done" if passed else "failed", seconds, detail))
         if not passed:
             break
-    # passed: nothing failed and every selected stage was reached (a failure stops the loop)
+
+
+# --- the build's report -------------------------------------------------------------------
+
+
+def report_dir(cfg: BuildConfig) -> Path:
+    """Where the build writes its report: ``<checkpoint>/report/`` (the pruning report's own
+    place, which the build rewrites) when the build pruned the checkpoint, else
+    ``<output_dir>/report/``: a build never writes into a checkpoint it was given."""
+    from armor_export.report.render import REPORT_DIR
+    from armor_export.stages.prune import checkpoint_of
+
+    checkpoint = Path(checkpoint_of(cfg))
+    own = get("prune").folder_in(cfg)
+    return (checkpoint if checkpoint == own else Path(cfg.output_dir)) / REPORT_DIR
+
+
+def report_sources(cfg: BuildConfig, stages: list) -> BuildSources:
+    """The report's view of a build: each stage's status, and the export, engine and verify
+    folders of the stages that ran (done, up to date or failed) in it, at the paths their
+    stage configs hold."""
+    from armor_export.report.collect import BuildSources, StageRow
+
+    rows = [StageRow(s.name, s.status, s.seconds or None, s.detail) for s in stages]
+    status = {row.name: row.status for row in rows}
+    configs = stage_configs(cfg)
+
+    def ran(name: str) -> bool:
+        return name in configs and status.get(name) not in (None, "not selected", "not reached")
+
+    return BuildSources(
+        folder=Path(cfg.output_dir),
+        stages=rows,
+        export_dir=Path(configs["export"].output_dir) if ran("export") else None,
+        engine_dir=Path(configs["engine"].output_dir) if ran("engine") else None,
+        verify_report=get("verify").outputs(configs["verify"])[0] if ran("verify") else None,
+    )
+
+
+def recorded_sources(folder: Path, checkpoint: Path) -> BuildSources:
+    """The report's view of the build in ``folder`` (whose checkpoint is ``checkpoint``), from
+    its manifest: the stages it recorded, as last run (``armor-export report`` on a build's
+    checkpoint)."""
+    manifest = _read_manifest(folder)
+    records = manifest["stages"]
+    cfg = BuildConfig(model=str(checkpoint), output_dir=str(folder))
+    stages = [
+        StageResult(s.name, str(records[s.name].get("status", "?")),
+                    float(records[s.name].get("seconds") or 0),
+                    str(records[s.name].get("detail") or records[s.name].get("error") or ""))
+        for s in registered()
+        if isinstance(records.get(s.name), dict)
+    ]  # fmt: skip
+    return report_sources(cfg, stages)
+
+
+def _write_report(cfg: BuildConfig, result: BuildResult) -> None:
+    """(Re)write the build's report into ``result.report``; a report that cannot be written
+    (no checkpoint yet, say) is a warning, never the build's failure."""
+    from armor_export.report import write_report
+    from armor_export.stages.prune import checkpoint_of
+
     reached = {s.name for s in result.stages}
-    result.passed = all(s.status != "failed" for s in result.stages) and set(cfg.stages) <= reached
-    return result
+    unreached = [StageResult(s.name, "not reached") for s in registered() if s.name not in reached]
+    sources = report_sources(cfg, result.stages + unreached)
+    sources.verdict = result.verdict()
+    sources.command = "armor-export build"
+    try:
+        result.report = write_report(checkpoint_of(cfg), report_dir(cfg), build=sources)
+    except Exception as exc:  # the stages' results stand; `armor-export report` can redo it
+        result.report_error = str(exc) or type(exc).__name__
+        log.warning("no build report: %s", result.report_error)
 
 
 def _hash_paths(paths: list[Path]) -> str:

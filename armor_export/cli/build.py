@@ -91,6 +91,10 @@ def run(args) -> int:
                       f"{stage.seconds:.0f}" if stage.seconds else "", stage.detail)  # fmt: skip
     console = Console(soft_wrap=True)
     console.print(table)
+    if result.report is not None:
+        console.print(f"report: {result.report}", markup=False, highlight=False)
+    else:
+        console.print(f"no report: {result.report_error}", style="yellow", markup=False)
     console.print(
         result.verdict(), style="bold green" if result.passed else "bold red", markup=False
     )
