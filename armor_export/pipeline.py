@@ -166,17 +166,18 @@ def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: Buil
 
 def report_dir(cfg: BuildConfig) -> Path:
     """Where the build writes its report: ``<checkpoint>/report/`` (the pruning report's own
-    place, which the build rewrites) when the build pruned the checkpoint, else
-    ``<output_dir>/report/``: a build never writes into a checkpoint it was given."""
+    place, which the build rewrites) when the checkpoint is the build folder's own
+    ``checkpoint/``, else ``<output_dir>/report/``: a build never writes into a checkpoint
+    given from elsewhere."""
     from armor_export.report.render import REPORT_DIR
     from armor_export.stages.prune import checkpoint_of
 
     checkpoint = Path(checkpoint_of(cfg))
-    own = get("prune").folder_in(cfg)
-    return (checkpoint if checkpoint == own else Path(cfg.output_dir)) / REPORT_DIR
+    own = checkpoint.resolve() == get("prune").folder_in(cfg).resolve()
+    return (checkpoint if own else Path(cfg.output_dir)) / REPORT_DIR
 
 
-def report_sources(cfg: BuildConfig, stages: list) -> BuildSources:
+def report_sources(cfg: BuildConfig, stages: list[StageResult]) -> BuildSources:
     """The report's view of a build: each stage's status, and the export, engine and verify
     folders of the stages that ran (done, up to date or failed) in it, at the paths their
     stage configs hold."""
