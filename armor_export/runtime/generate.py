@@ -1,7 +1,8 @@
 """Text generation with an exported decoder: prefill, then one token per step on the KV cache.
 
-Only numpy, ``tokenizers`` and the backend (ONNX Runtime) are imported: no torch, no
-transformers, nothing of the exporter. The graph contract is the export manifest's
+Only numpy, ``tokenizers`` and the backend (ONNX Runtime, or TensorRT / TensorRT-RTX with
+cuda-python for a built engine) are imported: no torch, no transformers, nothing of the
+exporter. The graph contract is the export manifest's
 (``armor_export.export_manifest``): ``input_ids``/``attention_mask``/``position_ids`` plus
 ``past_key_values.{i}.{key,value}`` in, ``logits`` plus ``present.{i}.{key,value}`` out,
 the presents becoming the next step's past.
@@ -113,7 +114,8 @@ class Generator:
         self.dtype = past_dtype(self.manifest, backend)
         self.tokenizer = load_tokenizer(self.folder / self.manifest.tokenizer)
         self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs
-        self.limits = self.manifest.limits
+        # an engine may be built for smaller limits than its export: its own then apply
+        self.limits = getattr(self.session, "limits", None) or self.manifest.limits
         tokens = self.manifest.tokens
         self.eos_ids = {int(i) for i in tokens.eos_token_ids}
         pad = tokens.pad_token_id
@@ -130,7 +132,10 @@ class Generator:
         config.validate()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
-        model_context = not self.manifest.config.get("limits", {}).get("max_context")
+        # the model's own context (no re-export widens it), unless an engine's is smaller
+        model_context = self.limits.max_context >= self.manifest.limits.max_context and not (
+            self.manifest.config.get("limits", {}).get("max_context")
+        )
         check_limits(prompt_ids, config.max_new_tokens, self.limits, model_context)
         sampler = Sampler(config.sampling)
         rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
