@@ -116,6 +116,7 @@ class Generator:
         self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs
         # an engine may be built for smaller limits than its export: its own then apply
         self.limits = getattr(self.session, "limits", None) or self.manifest.limits
+        self.export_limits = None if self.limits == self.manifest.limits else self.manifest.limits
         tokens = self.manifest.tokens
         self.eos_ids = {int(i) for i in tokens.eos_token_ids}
         pad = tokens.pad_token_id
@@ -132,11 +133,10 @@ class Generator:
         config.validate()
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
-        # the model's own context (no re-export widens it), unless an engine's is smaller
-        model_context = self.limits.max_context >= self.manifest.limits.max_context and not (
-            self.manifest.config.get("limits", {}).get("max_context")
+        model_context = not self.manifest.config.get("limits", {}).get("max_context")
+        check_limits(
+            prompt_ids, config.max_new_tokens, self.limits, model_context, self.export_limits
         )
-        check_limits(prompt_ids, config.max_new_tokens, self.limits, model_context)
         sampler = Sampler(config.sampling)
         rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
 
@@ -155,7 +155,7 @@ class Generator:
     def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> DecodeState:
         """Run the prompts' token ids (left-padded into one batch) on an empty KV cache."""
         rows = [list(row) for row in prompt_ids]
-        check_limits(rows, 1, self.limits)
+        check_limits(rows, 1, self.limits, export_limits=self.export_limits)
         batch = left_pad(rows, self.pad_id)
         past = self._empty_past(len(batch.input_ids))
         outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)

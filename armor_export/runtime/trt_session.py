@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from armor_export.errors import BackendUnavailableError, ShapeError
+from armor_export.errors import BackendUnavailableError, CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest, Limits
 
 CUDA_INSTALL_HINT = (
@@ -224,9 +224,24 @@ def open_engine_session(
             f"build one with 'armor-export engine {export_dir}', or use --backend onnxruntime"
         )
     report = check_engine_belongs(engine_dir, export_dir, manifest)
+    limits = engine_limits(report, manifest, engine_dir)
     engine = runnable_engine(engine_dir, report, manifest, plugin_library)
     import_cudart()  # the install hint before the engine is read
     session = TensorRTSession(engine.path, engine.backend, engine.plugin_library)
-    if report.get("limits"):
-        session.limits = Limits(**report["limits"])
+    session.limits = limits
     return session
+
+
+def engine_limits(report: dict, manifest: ExportManifest, engine_dir: Path) -> Limits:
+    """The limits the engine's profile was built for (its build report's), else the export's."""
+    from armor_export.engine.runtime import REPORT_JSON
+
+    recorded = report.get("limits")
+    if recorded is None:
+        return manifest.limits
+    try:
+        return Limits(*(int(recorded[key]) for key in ("max_batch", "max_prompt", "max_context")))
+    except (KeyError, TypeError, ValueError):
+        raise CorruptFileError(
+            f"{engine_dir / REPORT_JSON}: unreadable limits {recorded!r}: rebuild the engine"
+        ) from None

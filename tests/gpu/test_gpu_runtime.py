@@ -21,14 +21,14 @@ pytest.importorskip("cuda.bindings", reason="cuda-python missing: pip install '.
 PROMPTS = ["The quick brown fox", "A", "Perplexity is measured on consecutive windows of"]
 
 
-def with_engine(export, tmp_path):
+def with_engine(export, tmp_path, **limits):
     """A copy of ``export`` with a TensorRT-RTX engine for this GPU in <copy>/engine."""
     from armor_export.config import EngineConfig
     from armor_export.engine import build_engine
 
     folder = tmp_path / "onnx"
     shutil.copytree(export.output_dir, folder)
-    build_engine(EngineConfig(export_dir=str(folder), compute_capability="current"))
+    build_engine(EngineConfig(export_dir=str(folder), compute_capability="current", **limits))
     return folder
 
 
@@ -86,3 +86,17 @@ def test_cli_generate_on_the_engine_prints_onnxruntimes_text(tiny_export, tmp_pa
     want = capsys.readouterr().out
     assert main([*argv, "--backend", "tensorrt"]) == 0
     assert capsys.readouterr().out == want
+
+
+def test_an_engine_built_for_smaller_limits_refuses_beyond_them(tiny_export, tmp_path):
+    """The profile's own limits apply (the engine verb may lower the export's)."""
+    from armor_export.errors import ShapeError
+    from armor_export.runtime import GenerationConfig, Generator
+
+    export = with_engine(tiny_export, tmp_path, max_batch=2, max_prompt=8, max_context=16)
+    engine = Generator(export, "tensorrt")
+    assert (engine.limits.max_batch, engine.limits.max_prompt) == (2, 8)
+    config = GenerationConfig(max_new_tokens=4, stop_at_eos=False)
+    assert len(engine.generate(["The quick"], config).token_ids[0]) == 4
+    with pytest.raises(ShapeError, match="this engine's limits.max_batch 2: .*rebuild the engine"):
+        engine.generate(["a", "b", "c"], config)

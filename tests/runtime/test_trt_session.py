@@ -219,3 +219,11 @@ def test_opening_the_engine_imports_neither_torch_nor_the_exporter(export_with_e
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_unreadable_engine_limits_are_a_corrupt_build_report(export_with_engine, copy_of):
+    from armor_export.errors import CorruptFileError
+
+    export = copy_of(export_with_engine, limits={"max_batch": 2})
+    with pytest.raises(CorruptFileError, match="build_report.json: unreadable limits"):
+        Generator(export, backend="tensorrt")
