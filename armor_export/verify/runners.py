@@ -1,7 +1,9 @@
 """Polygraphy runners for the parity check.
 
-PyTorch and the NumPy reference are our own small ``BaseRunner`` subclasses; ONNX Runtime
-and TensorRT use Polygraphy's runners. Every runner returns float32 NumPy outputs so the
+PyTorch, the NumPy reference and the built engine are our own small ``BaseRunner``
+subclasses (the engine runs through the runtime's ``TensorRTSession``, as ``generate --backend
+tensorrt`` does); ONNX Runtime uses Polygraphy's runner. Every runner returns float32 NumPy
+outputs so the
 comparison arithmetic never happens in fp16/bf16. Each backend's factory is registered by
 name in ``verify/backends.py``.
 """
