@@ -3,9 +3,8 @@
 PyTorch, the NumPy reference and the built engine are our own small ``BaseRunner``
 subclasses (the engine runs through the runtime's ``TensorRTSession``, as ``generate --backend
 tensorrt`` does); ONNX Runtime uses Polygraphy's runner. Every runner returns float32 NumPy
-outputs so the
-comparison arithmetic never happens in fp16/bf16. Each backend's factory is registered by
-name in ``verify/backends.py``.
+outputs so the comparison arithmetic never happens in fp16/bf16. Each backend's factory is
+registered by name in ``verify/backends.py``.
 """
 
 from __future__ import annotations
