@@ -1,4 +1,5 @@
-"""``armor-export generate``: continue prompts with an export, torch-free (ONNX Runtime)."""
+"""``armor-export generate``: continue prompts with an export, torch-free (ONNX Runtime on the
+ONNX graph, or TensorRT / TensorRT-RTX on its built engine)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--backend",
         choices=RUNTIME_BACKENDS,
         default=RUNTIME_BACKENDS[0],
-        help="onnxruntime (default; needs a --lowering plain export) or tensorrt (not yet)",
+        help="onnxruntime (default): the export's ONNX graph, --lowering plain exports; "
+        "tensorrt: the export's built engine (EXPORT_DIR/engine, from armor-export engine) "
+        "with the TensorRT or TensorRT-RTX that built it, on a CUDA GPU of its target",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")

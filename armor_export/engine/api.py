@@ -69,7 +69,9 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
 
 
 def output_dir(cfg: EngineConfig) -> Path:
-    return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / "engine"
+    from armor_export.engine.runtime import DEFAULT_ENGINE_DIR
+
+    return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / DEFAULT_ENGINE_DIR
 
 
 def build_engine_here(cfg: EngineConfig, manifest: ExportManifest) -> EngineResult:

@@ -1,6 +1,8 @@
-"""One engine path for ``engine`` and ``verify``: the backend's plugin library (loaded once per
-process), whether a CUDA GPU can run an engine here, whether an engine belongs to the export
-beside it, and a child process that turns a native crash into a one-line error.
+"""One engine path for ``engine``, ``verify`` and the runtime: the backend's plugin library
+(loaded once per process), whether a CUDA GPU can run an engine here, whether an engine belongs
+to the export beside it (``runnable_engine``: the checks both ``verify`` and
+``generate --backend tensorrt`` make), and a child process that turns a native crash into a
+one-line error. Running an engine is ``runtime.trt_session.TensorRTSession`` for both.
 
 TensorRT aborts or segfaults on some bad inputs (a plugin library built for another version,
 a corrupt engine); in-process that kills the CLI with no message, so builds and engine runs
@@ -18,12 +20,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from armor_export.errors import CorruptFileError, UserError
+from armor_export.errors import BackendUnavailableError, CorruptFileError, UserError
 from armor_export.export_manifest import MANIFEST, ExportManifest
 
 ENGINE_FILE = "model.engine"
+DEFAULT_ENGINE_DIR = "engine"  # <export>/engine: where the engine verb writes by default
 REPORT_JSON = "build_report.json"
 BUILDER_LOG = "builder.log"
 # test hook: a child whose stage name is in this variable aborts before its work (real SIGABRT)
@@ -38,6 +42,10 @@ class PluginLibraryError(UserError):
 
 class EngineMismatchError(UserError):
     """The engine does not belong to the export beside it, or to the installed backend."""
+
+
+class EngineNotRun(BackendUnavailableError):
+    """The engine is there and belongs to the export, but cannot run on this machine."""
 
 
 class NativeCrashError(UserError):
@@ -154,32 +162,53 @@ def not_run_reason(report: dict, gpus: list[str], gpu_reason: str) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class RunnableEngine:
+    """An engine that passed ``runnable_engine``: what a session needs to load it."""
+
+    path: str
+    backend: str  # an engine backend name (config.ENGINE_BACKENDS)
+    plugin_library: str
+
+
+def runnable_engine(
+    engine_dir: Path, report: dict, manifest: ExportManifest, plugin_library: str = ""
+) -> RunnableEngine:
+    """The checks before an engine is loaded, shared by ``verify`` and the runtime: its plugin
+    library (``plugin_library``, else the one its build recorded) where the export has plugin
+    nodes, the backend that built it, importable and of the same version, and a CUDA GPU of
+    its target here; a one-line error naming what is missing otherwise."""
+    from armor_export.engine.backends import load_backend
+
+    library = ""
+    if manifest.lowering == "plugin":
+        library = plugin_library or (report.get("plugin") or {}).get("library", "")
+        if not library or not Path(library).is_file():
+            raise PluginLibraryError(
+                f"the engine needs the {manifest.plugin.name} plugin library "
+                f"({library or 'none recorded'} is not a file): pass --plugin-library"
+            )
+    backend = report.get("config", {}).get("backend", "tensorrt-rtx")
+    trt = load_backend(backend)
+    check_backend_version(trt, report)
+    gpus, reason = cuda_gpus()
+    why = not_run_reason(report, gpus, reason)
+    if why:
+        built_for = report.get("compute_capability", "?")
+        raise EngineNotRun(f"engine built for {built_for}, not run: {why}")
+    return RunnableEngine(str(Path(engine_dir) / ENGINE_FILE), backend, library)
+
+
 def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) -> dict:
-    """Outputs of the engine at ``engine_path`` for one feed (Polygraphy's TensorRT runner,
-    pointed at TensorRT-RTX when that built it). Needs a CUDA GPU; run it in a child
+    """Float32 outputs of the engine at ``engine_path`` for one feed, through the runtime's
+    ``TensorRTSession`` (the one engine-run path). Needs a CUDA GPU; run it in a child
     (``run_in_child``) so a native crash is an error."""
     import numpy as np
 
-    from armor_export.engine.backends import CollectingLogger, backend_spec, load_backend
+    from armor_export.runtime.trt_session import TensorRTSession
 
-    if backend_spec(backend).module == "tensorrt_rtx":  # read when Polygraphy is imported
-        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
-    trt = load_backend(backend)
-    if plugin_library:
-        load_plugin_library(trt, plugin_library)
-    from polygraphy.backend.trt import TrtRunner
-
-    logger = CollectingLogger(trt)
-    runtime = trt.Runtime(logger.make())
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-    if engine is None:
-        said = logger.errors()[-1][:300] if logger.errors() else "no message"
-        raise EngineMismatchError(
-            f"{engine_path}: {trt.__name__} {trt.__version__} could not deserialise it "
-            f"(built by another version, for another GPU, or without its plugin library): {said}"
-        )
-    with TrtRunner(engine) as runner:
-        outputs = runner.infer(feed)
+    with TensorRTSession(engine_path, backend, plugin_library) as session:
+        outputs = session.run(feed)
     return {name: np.asarray(value).astype(np.float32) for name, value in outputs.items()}
 
 

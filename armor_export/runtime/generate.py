@@ -1,7 +1,8 @@
 """Text generation with an exported decoder: prefill, then one token per step on the KV cache.
 
-Only numpy, ``tokenizers`` and the backend (ONNX Runtime) are imported: no torch, no
-transformers, nothing of the exporter. The graph contract is the export manifest's
+Only numpy, ``tokenizers`` and the backend (ONNX Runtime, or TensorRT / TensorRT-RTX with
+cuda-python for a built engine) are imported: no torch, no transformers, nothing of the
+exporter. The graph contract is the export manifest's
 (``armor_export.export_manifest``): ``input_ids``/``attention_mask``/``position_ids`` plus
 ``past_key_values.{i}.{key,value}`` in, ``logits`` plus ``present.{i}.{key,value}`` out,
 the presents becoming the next step's past.
@@ -113,7 +114,9 @@ class Generator:
         self.dtype = past_dtype(self.manifest, backend)
         self.tokenizer = load_tokenizer(self.folder / self.manifest.tokenizer)
         self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs
-        self.limits = self.manifest.limits
+        # an engine may be built for smaller limits than its export: its own then apply
+        self.limits = getattr(self.session, "limits", None) or self.manifest.limits
+        self.export_limits = None if self.limits == self.manifest.limits else self.manifest.limits
         tokens = self.manifest.tokens
         self.eos_ids = {int(i) for i in tokens.eos_token_ids}
         pad = tokens.pad_token_id
@@ -131,7 +134,9 @@ class Generator:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompt_ids = encode_prompts(self.tokenizer, prompts)
         model_context = not self.manifest.config.get("limits", {}).get("max_context")
-        check_limits(prompt_ids, config.max_new_tokens, self.limits, model_context)
+        check_limits(
+            prompt_ids, config.max_new_tokens, self.limits, model_context, self.export_limits
+        )
         sampler = Sampler(config.sampling)
         rows = [_Row(IncrementalDecoder(self.tokenizer)) for _ in prompts]
 
@@ -150,7 +155,7 @@ class Generator:
     def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> DecodeState:
         """Run the prompts' token ids (left-padded into one batch) on an empty KV cache."""
         rows = [list(row) for row in prompt_ids]
-        check_limits(rows, 1, self.limits)
+        check_limits(rows, 1, self.limits, export_limits=self.export_limits)
         batch = left_pad(rows, self.pad_id)
         past = self._empty_past(len(batch.input_ids))
         outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)

@@ -42,35 +42,57 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 
 def check_limits(
-    prompt_ids: list[list[int]], max_new_tokens: int, limits: Limits, model_context: bool = False
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    limits: Limits,
+    model_context: bool = False,
+    export_limits: Limits | None = None,
 ) -> None:
     """Refuse batches and lengths beyond what the export was built (and checked) for;
-    ``model_context``: its max_context is the model's own (no re-export can raise it)."""
+    ``model_context``: its max_context is the model's own (no re-export can raise it).
+    ``export_limits``: given when ``limits`` are a built engine's, smaller than its export's;
+    the messages then say to rebuild the engine (up to the export's limits)."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     max_batch, max_prompt = int(limits.max_batch), int(limits.max_prompt)
     max_context = int(limits.max_context)
+    owner = "engine" if export_limits else "export"
+
+    def larger(key: str, size: int | None = None) -> str:
+        flag = "--" + key.replace("_", "-")
+        what = f"{flag} {size}" if size else f"a larger {flag}"
+        if export_limits is None:
+            return f"export again with {what}"
+        bound = getattr(export_limits, key)
+        return f"rebuild the engine with {what} (armor-export engine; at most the export's {bound})"
+
     if len(prompt_ids) > max_batch:
         raise ShapeError(
-            f"{len(prompt_ids)} prompts exceed this export's limits.max_batch {max_batch}: "
-            "give fewer prompts, or export again with a larger --max-batch"
+            f"{len(prompt_ids)} prompts exceed this {owner}'s limits.max_batch {max_batch}: "
+            f"give fewer prompts, or {larger('max_batch')}"
         )
     longest = max(len(row) for row in prompt_ids)
     if longest > max_prompt:
         raise ShapeError(
-            f"a prompt of {longest} tokens exceeds this export's limits.max_prompt "
-            f"{max_prompt}: shorten it, or export again with a larger --max-prompt"
+            f"a prompt of {longest} tokens exceeds this {owner}'s limits.max_prompt "
+            f"{max_prompt}: shorten it, or {larger('max_prompt')}"
         )
     if longest + max_new_tokens > max_context:
         fit = f"lower --max-new-tokens to at most {max(max_context - longest, 0)}"
-        wider = (
-            f"; {max_context} is the model's own max_position_embeddings, so no export allows more"
-            if model_context
-            else f", or export again with --max-context {longest + max_new_tokens} (at most "
-            "the model's max_position_embeddings)"
-        )
+        if export_limits is not None:
+            wider = f", or {larger('max_context', longest + max_new_tokens)}"
+        elif model_context:
+            wider = (
+                f"; {max_context} is the model's own max_position_embeddings, so no export "
+                "allows more"
+            )
+        else:
+            wider = (
+                f", or export again with --max-context {longest + max_new_tokens} (at most "
+                "the model's max_position_embeddings)"
+            )
         raise ShapeError(
-            f"{longest} prompt tokens + {max_new_tokens} new tokens exceed this export's "
+            f"{longest} prompt tokens + {max_new_tokens} new tokens exceed this {owner}'s "
             f"limits.max_context {max_context}: {fit}{wider}"
         )
 

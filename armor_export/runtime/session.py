@@ -1,11 +1,13 @@
 """Backend sessions that run an exported decoder graph on numpy feeds.
 
 A ``Session`` is anything with ``input_names``, ``output_names`` and
-``run(feeds) -> {name: array}``; ONNX Runtime is the one backend today, and a TensorRT
-session only has to implement the same three members to plug in. Every check that can
-refuse an export (``compat.ORT_RULES``: plugin nodes, bfloat16 on the CPU provider) runs
-before the backend is imported, so the message is the same whether or not the backend is
-installed.
+``run(feeds) -> {name: array}``. ``onnxruntime`` runs the export's ONNX graph
+(``OrtSession``); ``tensorrt`` runs the export's built engine, ``<export>/engine/model.engine``,
+with the TensorRT or TensorRT-RTX module that built it (``trt_session.TensorRTSession``, on a
+CUDA GPU). Every check that can refuse an export (``compat.ORT_RULES``: plugin nodes,
+bfloat16 on the CPU provider; for an engine: none built, another export's, no GPU of its
+target) runs before the backend touches a device, so the message is one line whether or not
+the backend is installed.
 """
 
 from __future__ import annotations
@@ -106,11 +108,10 @@ def _open_onnxruntime(
 def _open_tensorrt(
     folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
 ) -> Session:
-    raise BackendUnavailableError(
-        "generate cannot run TensorRT engines yet (armor-export verify runs a built engine "
-        "on a GPU): use --backend onnxruntime with a --lowering plain export, or load the "
-        "export in ONNX Runtime GenAI with its NvTensorRtRtx provider"
-    )
+    from armor_export.runtime.trt_session import open_engine_session
+
+    past_dtype(manifest, "tensorrt")  # numpy feeds: no bfloat16, refused before any GPU work
+    return open_engine_session(folder, manifest)
 
 
 _OPENERS: dict[str, Callable[..., Session]] = {

@@ -117,13 +117,13 @@ def _run(
 def engine_target(cfg: VerifyConfig, export_dir: Path, manifest: ExportManifest):
     """The engine to check (``cfg.engine_dir``, else ``<export>/engine`` when it holds one),
     after checking it belongs to this export; None when there is none."""
-    from armor_export.engine.runtime import ENGINE_FILE, check_engine_belongs
+    from armor_export.engine.runtime import DEFAULT_ENGINE_DIR, ENGINE_FILE, check_engine_belongs
     from armor_export.verify.runners import EngineTarget
 
     if cfg.engine_dir:
         engine_dir = Path(cfg.engine_dir)
-    elif (export_dir / "engine" / ENGINE_FILE).is_file():
-        engine_dir = export_dir / "engine"
+    elif (export_dir / DEFAULT_ENGINE_DIR / ENGINE_FILE).is_file():
+        engine_dir = export_dir / DEFAULT_ENGINE_DIR
     else:
         return None
     report = check_engine_belongs(engine_dir, export_dir, manifest)

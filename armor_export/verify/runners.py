@@ -1,9 +1,10 @@
 """Polygraphy runners for the parity check.
 
-PyTorch and the NumPy reference are our own small ``BaseRunner`` subclasses; ONNX Runtime
-and TensorRT use Polygraphy's runners. Every runner returns float32 NumPy outputs so the
-comparison arithmetic never happens in fp16/bf16. Each backend's factory is registered by
-name in ``verify/backends.py``.
+PyTorch, the NumPy reference and the built engine are our own small ``BaseRunner``
+subclasses (the engine runs through the runtime's ``TensorRTSession``, as ``generate --backend
+tensorrt`` does); ONNX Runtime uses Polygraphy's runner. Every runner returns float32 NumPy
+outputs so the comparison arithmetic never happens in fp16/bf16. Each backend's factory is
+registered by name in ``verify/backends.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
+from armor_export.engine.runtime import EngineNotRun  # noqa: F401 (verify's name for it)
 from armor_export.errors import BackendUnavailableError
 from armor_export.export_manifest import ExportManifest
 
@@ -208,41 +210,19 @@ class EngineRunner(BaseRunner):
         pass
 
 
-class EngineNotRun(BackendUnavailableError):
-    """The engine is there and belongs to the export, but cannot run on this machine."""
-
-
 def engine_runner(onnx_path: Path, manifest: ExportManifest, engine: EngineTarget | None):
     """The built engine, loaded with the runtime that built it (TensorRT-RTX or TensorRT)
     and the plugin library where the export has plugin nodes; EngineNotRun says why it
-    cannot run here (no CUDA GPU, another compute capability)."""
-    from armor_export.engine.backends import load_backend
-    from armor_export.engine.runtime import (
-        PluginLibraryError,
-        check_backend_version,
-        cuda_gpus,
-        not_run_reason,
-    )
+    cannot run here (no CUDA GPU, another compute capability). The checks are the runtime's
+    (``engine.runtime.runnable_engine``): ``generate --backend tensorrt`` refuses the same."""
+    from armor_export.engine.runtime import runnable_engine
 
     if engine is None:
         raise BackendUnavailableError(
             "no built engine: build one (armor-export engine) or pass --engine DIR"
         )
-    library = ""
-    if manifest.lowering == "plugin":
-        library = engine.plugin_library or (engine.report.get("plugin") or {}).get("library", "")
-        if not library or not Path(library).is_file():
-            raise PluginLibraryError(
-                f"the engine needs the {manifest.plugin.name} plugin library "
-                f"({library or 'none recorded'} is not a file): pass --plugin-library"
-            )
-    trt = load_backend(engine.report.get("config", {}).get("backend", "tensorrt-rtx"))
-    check_backend_version(trt, engine.report)
-    gpus, reason = cuda_gpus()
-    why = not_run_reason(engine.report, gpus, reason)
-    if why:
-        raise EngineNotRun(f"engine built for {engine.built_for}, not run: {why}")
-    return EngineRunner(engine, manifest, library)
+    runnable = runnable_engine(engine.engine_dir, engine.report, manifest, engine.plugin_library)
+    return EngineRunner(engine, manifest, runnable.plugin_library)
 
 
 def ort_factory(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:

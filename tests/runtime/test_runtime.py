@@ -122,6 +122,14 @@ def test_generation_imports_neither_torch_nor_transformers_nor_the_exporter(expo
             ["generate", {str(export_dir)!r}, "--prompt", "A", "--max-new-tokens", "2"]
         )
         assert generate.run(args) == 0
+        # the TensorRT session too: its module, and opening it as far as this machine allows
+        # (no engine in this export: refused before TensorRT or CUDA is touched)
+        from armor_export.errors import BackendUnavailableError
+        from armor_export.runtime import trt_session  # noqa: F401
+        try:
+            Generator({str(export_dir)!r}, backend="tensorrt")
+        except BackendUnavailableError:
+            pass
         # the exporter package imports nothing heavy at import time, but it is the exporter:
         # the runtime reads manifests through armor_export.export_manifest only
         heavy = ("torch", "transformers", "armor_export.export", "armor_export.prune")
@@ -398,6 +406,36 @@ def test_prompt_plus_new_tokens_beyond_the_context(generator, edited_export):
         Generator(smaller).generate(["The quick brown fox"], greedy_config(200))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a prompt beyond a built engine's limits, smaller than its export's",
+    "one line: the engine's limit, and to rebuild the engine with a larger flag (at most the "
+    "export's)",
+)
+def test_an_engines_smaller_limits_say_to_rebuild_the_engine():
+    """A TensorRT session carries its engine's limits (build_report.json); they apply."""
+    from armor_export.export_manifest import Limits
+    from armor_export.runtime.inputs import check_limits
+
+    engine, export = Limits(2, 8, 16), Limits(8, 256, 256)
+    check_limits([[1] * 8, [2]], 8, engine, export_limits=export)  # fits exactly
+    cases = [
+        ([[1]] * 3, 1, "3 prompts exceed this engine's limits.max_batch 2: give fewer prompts, "
+         "or rebuild the engine with a larger --max-batch (armor-export engine; at most the "
+         "export's 8)"),
+        ([[1] * 9], 1, "a prompt of 9 tokens exceeds this engine's limits.max_prompt 8: "
+         "shorten it, or rebuild the engine with a larger --max-prompt (armor-export engine; "
+         "at most the export's 256)"),
+        ([[1] * 8], 9, "8 prompt tokens + 9 new tokens exceed this engine's limits.max_context "
+         "16: lower --max-new-tokens to at most 8, or rebuild the engine with --max-context 17 "
+         "(armor-export engine; at most the export's 256)"),
+    ]  # fmt: skip
+    for prompts, new_tokens, message in cases:
+        with pytest.raises(ShapeError) as info:
+            check_limits(prompts, new_tokens, engine, model_context=True, export_limits=export)
+        assert str(info.value) == message
+
+
 @pytest.mark.parametrize("prompts", [[""], ["fine", ""], [], ["  \n\t "]])
 def test_empty_prompts(generator, prompts):
     with pytest.raises(ConfigError, match="prompt"):
@@ -434,12 +472,6 @@ def test_missing_onnxruntime_gives_the_install_hint(export_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install armor-export\[onnx\]"):
         Generator(export_dir)
-
-
-def test_tensorrt_backend_is_not_available_yet(export_dir):
-    """Until the runtime has a TensorRT session, it says so and names what does run."""
-    with pytest.raises(BackendUnavailableError, match="cannot run TensorRT engines yet.*verify"):
-        Generator(export_dir, backend="tensorrt")
 
 
 def test_unknown_backend(export_dir):

@@ -187,8 +187,9 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
 
 @needs_no_gpu
 def test_loading_the_real_engine_without_a_gpu_fails_in_one_line(export_with_engine):
-    """run_engine's real load path (Polygraphy on TensorRT-RTX, in a child): with no GPU the
-    backend refuses to deserialise, and the error quotes why."""
+    """run_engine's real load path (the runtime's TensorRTSession on TensorRT-RTX, in a
+    child; generate --backend tensorrt runs the same class): with no GPU the backend refuses
+    to deserialise, and the error quotes why."""
     import numpy as np
 
     engine = export_with_engine / "engine" / "model.engine"
