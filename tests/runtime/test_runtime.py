@@ -21,6 +21,7 @@ from armor_export.errors import (
     BackendUnavailableError,
     ConfigError,
     CorruptFileError,
+    NonFiniteOutputError,
     ShapeError,
 )
 from armor_export.io import sha256_file
@@ -29,7 +30,7 @@ from armor_export.runtime import session as session_module
 from armor_export.runtime.inputs import left_pad
 from armor_export.runtime.sampling import greedy, softmax, top_k_filter, top_p_filter
 from armor_export.runtime.streaming import REPLACEMENT, IncrementalDecoder
-from tests.conftest import TEXT
+from tests.conftest import TEXT, nan_norm_export, rope_overflow_export
 
 pytest.importorskip("onnxruntime")
 
@@ -459,6 +460,67 @@ def test_graph_that_differs_from_its_manifest(export_dir, edited_export):
     names = manifest["input_names"][:-1] + ["past_key_values.9.value"]
     with pytest.raises(CorruptFileError, match="export again"):
         Generator(edited_export(input_names=names))
+
+
+@pytest.fixture(scope="module")
+def nan_export(export_dir, tmp_path_factory):
+    """The export with a NaN norm weight (hashes rewritten): NaN logits from the prefill on."""
+    pytest.importorskip("onnx")
+    return nan_norm_export(export_dir, tmp_path_factory.mktemp("damaged") / "nan")
+
+
+@pytest.mark.fault(
+    "runtime",
+    "an export whose weights give NaN logits (a norm weight set to NaN, hashes rewritten)",
+    "one line naming the step: non-finite logits at prefill (NaN in 300 of 300 values), "
+    "the export or its weights are damaged; exit 1 and no text (it printed blank text, exit 0)",
+)
+def test_nan_logits_at_the_prefill_stop_generate_in_one_line(nan_export, capsys):
+    from armor_export.cli.main import main
+
+    with pytest.raises(NonFiniteOutputError) as info:
+        Generator(nan_export, threads=1).generate(["The quick"], greedy_config(4))
+    assert str(info.value) == (
+        "the model produced non-finite logits at prefill (NaN in 300 of 300 values): "
+        "the export or its weights are damaged"
+    )
+    code = main(["generate", str(nan_export), "--prompt", "The quick", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [f"armor-export generate: error: {info.value}"]
+
+
+@pytest.mark.fault(
+    "runtime",
+    "an export whose logits turn non-finite at a later decode step only (a rotary frequency "
+    "that overflows from position 4 on)",
+    "one line naming that decode step; exit 1",
+)
+def test_non_finite_logits_at_a_decode_step_name_the_step(export_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    folder, first_bad = rope_overflow_export(export_dir, tmp_path / "rope")
+    generator = Generator(folder, threads=1)
+    n_prompt = len(generator.tokenizer.encode("A").ids)
+    step = first_bad - n_prompt + 1  # decode step n runs position n_prompt - 1 + n
+    assert step >= 1  # the prefill itself is finite: only the decode step can be named
+    recorder = recorded(generator, monkeypatch)
+    with pytest.raises(NonFiniteOutputError) as info:
+        generator.generate(["A"], greedy_config(16))
+    assert str(info.value).startswith(
+        f"the model produced non-finite logits at decode step {step} (NaN in 300 of 300 values)"
+    )
+    # the prefill and the steps before it were finite; generation stopped at the bad step
+    assert len(recorder.logits) == 1 + step
+    assert all(np.isfinite(logits).all() for logits in recorder.logits[:-1])
+    assert np.isnan(recorder.logits[-1]).all()
+    proc = subprocess.run(
+        [sys.executable, "-m", "armor_export", "generate", str(folder), "--prompt", "A",
+         "--ignore-eos", "--threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"armor-export generate: error: {info.value}"]
 
 
 # ---------------------------------------------------------------- CLI
