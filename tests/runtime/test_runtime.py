@@ -357,6 +357,11 @@ def test_samples_stay_inside_the_filtered_set_and_follow_the_distribution():
         ({"top_p": 1.5}, "top_p"),
     ],
 )
+@pytest.mark.fault(
+    "runtime",
+    "a sampling value out of range (temperature < 0, top_k < 0, top_p outside (0, 1])",
+    "one config error line naming the field",
+)
 def test_bad_sampling_values_are_refused(fields, words):
     with pytest.raises(ConfigError, match=words):
         Sampler(SamplingConfig(**fields))
@@ -365,11 +370,21 @@ def test_bad_sampling_values_are_refused(fields, words):
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.fault(
+    "runtime",
+    "more prompts than the export's max_batch",
+    "one line: 9 prompts exceed max_batch 8, and --max-batch",
+)
 def test_too_many_prompts(generator):
     with pytest.raises(ShapeError, match=r"9 prompts exceed .*max_batch 8.*--max-batch"):
         generator.generate(["hello"] * 9, greedy_config(2))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a prompt longer than the export's max_prompt",
+    "one line naming limits.max_prompt and --max-prompt",
+)
 def test_too_long_prompt(generator):
     with pytest.raises(ShapeError, match=r"limits.max_prompt 256.*--max-prompt"):
         generator.generate([TEXT], greedy_config(2))
@@ -399,12 +414,22 @@ def test_prompt_plus_new_tokens_beyond_the_context(generator, edited_export):
         Generator(smaller).generate(["The quick brown fox"], greedy_config(200))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "an empty or whitespace-only prompt, or no prompt",
+    "one config error line",
+)
 @pytest.mark.parametrize("prompts", [[""], ["fine", ""], [], ["  \n\t "]])
 def test_empty_prompts(generator, prompts):
     with pytest.raises(ConfigError, match="prompt"):
         generator.generate(prompts, greedy_config(2))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "--max-new-tokens 0",
+    "one config error line naming max_new_tokens",
+)
 def test_zero_new_tokens(generator):
     with pytest.raises(ConfigError, match="max_new_tokens"):
         generator.generate(["hello"], GenerationConfig(max_new_tokens=0))
@@ -414,6 +439,12 @@ def _ort_must_not_load():
     raise AssertionError("onnxruntime was touched before the export was checked")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a bfloat16 export on ONNX Runtime's CPU provider",
+    "one line: no bfloat16 MatMul there, export float16 or float32 or use TensorRT; ONNX Runtime "
+    "is not loaded",
+)
 def test_bfloat16_export_on_the_cpu_provider(edited_export, monkeypatch):
     folder = edited_export(dtype="bfloat16")
     monkeypatch.setattr(session_module, "_import_ort", _ort_must_not_load)
@@ -424,6 +455,11 @@ def test_bfloat16_export_on_the_cpu_provider(edited_export, monkeypatch):
     assert "--dtype float16" in message and "float32" in message and "TensorRT" in message
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a plugin-lowered export on ONNX Runtime",
+    "one line asking for --lowering plain; ONNX Runtime is not loaded",
+)
 def test_plugin_export_on_onnxruntime(edited_export, monkeypatch):
     folder = edited_export(lowering="plugin")
     monkeypatch.setattr(session_module, "_import_ort", _ort_must_not_load)
@@ -431,28 +467,53 @@ def test_plugin_export_on_onnxruntime(edited_export, monkeypatch):
         Generator(folder)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "onnxruntime not installed",
+    "one line: pip install armor-export[onnx]",
+)
 def test_missing_onnxruntime_gives_the_install_hint(export_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install armor-export\[onnx\]"):
         Generator(export_dir)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "generate --backend tensorrt (not supported yet)",
+    "one line naming what runs an engine instead (verify, ORT GenAI)",
+)
 def test_tensorrt_backend_is_not_available_yet(export_dir):
     """Until the runtime has a TensorRT session, it says so and names what does run."""
     with pytest.raises(BackendUnavailableError, match="cannot run TensorRT engines yet.*verify"):
         Generator(export_dir, backend="tensorrt")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "an unknown --backend",
+    "one config error line listing the backends",
+)
 def test_unknown_backend(export_dir):
     with pytest.raises(ConfigError, match="backend must be one of"):
         Generator(export_dir, backend="tvm")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a folder that is not an export",
+    "one error line",
+)
 def test_not_an_export_folder(tmp_path):
     with pytest.raises(CorruptFileError):
         Generator(tmp_path)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a graph whose inputs differ from its manifest",
+    "one line: export again",
+)
 def test_graph_that_differs_from_its_manifest(export_dir, edited_export):
     from armor_export.io import read_json
 
@@ -473,7 +534,7 @@ def nan_export(export_dir, tmp_path_factory):
     "runtime",
     "an export whose weights give NaN logits (a norm weight set to NaN, hashes rewritten)",
     "one line naming the step: non-finite logits at prefill (NaN in 300 of 300 values), "
-    "the export or its weights are damaged; exit 1 and no text (it printed blank text, exit 0)",
+    "the export or its weights are damaged; exit 1 and no text",
 )
 def test_nan_logits_at_the_prefill_stop_generate_in_one_line(nan_export, capsys):
     from armor_export.cli.main import main
@@ -563,6 +624,11 @@ def test_cli_batch_with_sampling(export_dir, capsys):
     assert lines[0].startswith("[0] ") and lines[1].startswith("[1] ")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "generate --top-p 0, or on a folder that is not an export",
+    "one config error before the model loads / one error line",
+)
 def test_cli_defaults_and_bad_flags(tmp_path):
     from armor_export.cli import generate
 

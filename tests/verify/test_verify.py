@@ -74,6 +74,11 @@ def test_plugin_export_is_checked_against_the_numpy_reference(tiny_plugin_export
         )
 
 
+@pytest.mark.fault(
+    "verify",
+    "a graph with wrong weights whose manifest agrees (as an exporter bug would make)",
+    "FAILED naming logits beyond tolerance; exit 1; the report on disk",
+)
 def test_tampered_graph_fails_and_keeps_its_report(tiny_export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export.output_dir, broken)
@@ -117,6 +122,11 @@ def test_cli_verify_passes_with_exit_zero(tiny_export, tmp_path, capsys):
     assert "PASSED" in out
 
 
+@pytest.mark.fault(
+    "verify",
+    "a bfloat16 export on ONNX Runtime's CPU provider",
+    "one line saying to export with --dtype float16; the failed report on disk",
+)
 def test_bfloat16_on_ort_cpu_says_how_to_get_around_it(tiny_checkpoint, tmp_path):
     result = export_tiny(tiny_checkpoint, tmp_path / "bf16", dtype="bfloat16")
     with pytest.raises(BackendUnavailableError, match="bfloat16.*--dtype float16"):
@@ -134,6 +144,11 @@ def test_float16_export_verifies_on_ort(tiny_fp16_export, tmp_path):
     assert all(row.max_abs < 0.02 for row in report.rows)  # tiny model: far inside them
 
 
+@pytest.mark.fault(
+    "verify",
+    "an export folder that does not exist, or whose export did not finish",
+    "one line each",
+)
 def test_missing_export_is_a_clear_error(tmp_path):
     with pytest.raises(CorruptFileError, match="no such export folder"):
         verify(VerifyConfig(export_dir=str(tmp_path / "nothing")))
@@ -142,6 +157,11 @@ def test_missing_export_is_a_clear_error(tmp_path):
         verify(VerifyConfig(export_dir=str(tmp_path / "half")))
 
 
+@pytest.mark.fault(
+    "verify",
+    "prompts beyond the export's max_batch or max_prompt",
+    "one line naming the limit",
+)
 def test_prompts_beyond_the_export_limits_are_refused(tiny_export):
     from armor_export.errors import ShapeError
 
