@@ -44,3 +44,7 @@ class BackendUnavailableError(UserError):
 
 class OutputInUseError(UserError):
     """Another process is writing the same output folder."""
+
+
+class NonFiniteOutputError(UserError):
+    """A model produced NaN/Inf outputs: its export or weights are damaged."""

@@ -161,6 +161,56 @@ def export_tiny(checkpoint, out, **kwargs):
     return export_onnx(cfg)
 
 
+def damaged_export(export_dir, out, initializer: str, edit):
+    """A copy of an export whose ``model.onnx`` initializer ending in ``initializer`` is
+    ``edit(array)``, with the manifest's sha256 rewritten the way the export records it: the
+    hash check passes and the damage is only seen when the graph runs (what a bad weight
+    would do). ``out`` is returned."""
+    import shutil
+
+    import numpy as np
+    from onnx import load, numpy_helper, save
+
+    from armor_export.export_manifest import MANIFEST
+    from armor_export.io import read_json, sha256_file, write_json
+
+    shutil.copytree(export_dir, out)
+    model = load(str(out / "model.onnx"))
+    init = next(i for i in model.graph.initializer if i.name.endswith(initializer))
+    weight = np.array(numpy_helper.to_array(init))
+    init.CopyFrom(numpy_helper.from_array(edit(weight).astype(weight.dtype), init.name))
+    save(model, str(out / "model.onnx"))
+    manifest = read_json(out / MANIFEST)
+    manifest["sha256"]["model.onnx"] = sha256_file(out / "model.onnx")
+    write_json(out / MANIFEST, manifest)
+    return out
+
+
+def nan_norm_export(export_dir, out):
+    """``damaged_export`` with a norm weight all NaN (the tiny random model's norms are all
+    ones, one shared initializer): every logit is NaN from the prefill on."""
+    import numpy as np
+
+    return damaged_export(export_dir, out, "norm.weight", lambda w: np.full_like(w, np.nan))
+
+
+def rope_overflow_export(export_dir, out):
+    """``damaged_export`` with one rotary frequency set to 1e38: ``position * 1e38`` is Inf in
+    float32 from some position on, so the cos/sin and the logits of that position are NaN
+    while the positions before it stay finite. Returns (folder, that first position)."""
+    import numpy as np
+
+    damage = np.float32(1e38)
+
+    def edit(inv_freq):
+        inv_freq[0] = damage
+        return inv_freq
+
+    with np.errstate(over="ignore"):
+        first = next(p for p in range(1, 64) if np.isinf(damage * np.float32(p)))
+    return damaged_export(export_dir, out, "rotary_emb.inv_freq", edit), first
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     torch.set_num_threads(1)

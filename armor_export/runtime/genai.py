@@ -19,6 +19,7 @@ from armor_export.config import GenerationConfig
 from armor_export.errors import BackendUnavailableError, ConfigError
 from armor_export.export_manifest import ExportManifest
 from armor_export.runtime.compat import check_ort_compatible
+from armor_export.runtime.finite import check_finite
 from armor_export.runtime.generate import GenerationResult
 
 GENAI_INSTALL_HINT = "pip install armor-export[genai]"
@@ -110,10 +111,16 @@ class GenaiGenerator:
         generator = og.Generator(self.model, params)
         start = time.perf_counter()
         generator.append_tokens([prompt_ids])  # the prefill: logits of the first new token
+        # get_logits runs the step that computes them where it has not run yet, and
+        # generate_next_token then picks from those same logits
+        check_finite(generator.get_logits(), "logits", "prefill")
         generator.generate_next_token()
         prefill = time.perf_counter() - start
         start = time.perf_counter()
+        step = 0
         while not generator.is_done():
+            step += 1
+            check_finite(generator.get_logits(), "logits", f"decode step {step}")
             generator.generate_next_token()
         decode = time.perf_counter() - start
         sequence = [int(i) for i in generator.get_sequence(0)]

@@ -20,6 +20,7 @@ import numpy as np
 from armor_export.config import GenerationConfig
 from armor_export.errors import CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest
+from armor_export.runtime.finite import check_finite
 from armor_export.runtime.inputs import check_limits, encode_prompts, left_pad, position_ids
 from armor_export.runtime.sampling import Sampler
 from armor_export.runtime.session import (
@@ -142,14 +143,16 @@ class Generator:
 
         start = time.perf_counter()
         state = self.prefill(prompt_ids)
-        next_ids = sampler(state.next_logits)
+        next_ids = sampler(_finite_logits(state, "prefill"))
         prefill_seconds = time.perf_counter() - start
 
         start = time.perf_counter()
+        step = 0
         while not self._record(rows, next_ids, config, on_text):
             finished = np.array([row.finish_reason is not None for row in rows])
             state = self.step(state, np.where(finished, self.pad_id, next_ids))
-            next_ids = sampler(state.next_logits)
+            step += 1
+            next_ids = sampler(_finite_logits(state, f"decode step {step}"))
         return self._result(prompts, prompt_ids, rows, prefill_seconds, start)
 
     def prefill(self, prompt_ids: Sequence[Sequence[int]]) -> DecodeState:
@@ -220,6 +223,14 @@ class Generator:
             decode_seconds=decode_seconds,
             decode_tokens_per_second=decoded / decode_seconds if decoded else 0.0,
         )
+
+
+def _finite_logits(state: DecodeState, where: str) -> np.ndarray:
+    """The logits tokens are picked from, after checking they hold no NaN/Inf (a damaged
+    export would otherwise print blank or arbitrary text and exit 0)."""
+    logits = state.next_logits
+    check_finite(logits, "logits", where)
+    return logits
 
 
 def _emit(on_text: TextCallback | None, index: int, text: str) -> None:

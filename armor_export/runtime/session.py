@@ -47,23 +47,49 @@ def _import_ort():
     return onnxruntime
 
 
+# ONNX Runtime's exception classes for a file it cannot read as a model (by name: they live
+# in its private pybind module)
+ORT_UNREADABLE = ("InvalidProtobuf", "NoSuchFile")
+
+
+def inference_session(path: str | Path, providers: Sequence[str], threads: int = 0):
+    """An ``onnxruntime.InferenceSession`` on ``path`` (errors only in its log), or one line:
+    CorruptFileError for a file that is not a readable model (truncated, not ONNX),
+    BackendUnavailableError for anything else ONNX Runtime refuses."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
+    options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as exc:  # ORT raises its own untyped errors; name the file
+        if type(exc).__name__ in ORT_UNREADABLE:
+            raise unreadable_onnx(path, exc) from None
+        raise BackendUnavailableError(
+            f"{path}: ONNX Runtime cannot load it ({first_line(exc)})"
+        ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unreadable_onnx(path: str | Path, exc: BaseException) -> CorruptFileError:
+    """The one-line error for a model file that does not parse (truncated, not ONNX)."""
+    return CorruptFileError(
+        f"{path} is not a readable ONNX model, truncated or damaged ({first_line(exc)}): "
+        "export again"
+    )
+
+
 class OrtSession:
     """An ONNX Runtime ``InferenceSession`` behind the ``Session`` interface."""
 
     def __init__(
         self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int = 0
     ) -> None:
-        ort = _import_ort()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
-        options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
-        try:
-            self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=list(providers)
-            )
-        except Exception as exc:  # ORT raises its own untyped errors; name the file
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise BackendUnavailableError(f"{path}: ONNX Runtime cannot load it ({first})") from exc
+        self._session = inference_session(path, providers, threads)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers = self._session.get_providers()

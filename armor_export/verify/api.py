@@ -8,11 +8,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from armor_export.config import VerifyConfig
 from armor_export.errors import CorruptFileError, UserError
 from armor_export.export_manifest import ExportManifest
 from armor_export.progress import NullReporter, Reporter
-from armor_export.verify.report import OutputParity, VerifyReport
+from armor_export.runtime.finite import DAMAGED
+from armor_export.verify.report import OutputParity, VerifyReport, display_name
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,11 @@ def _run(
     task.advance(1, stage="inputs")
     results = _compare_runs([torch_runner, *runners], feeds)
     task.advance(1, stage="run")
-    report.rows = _parity_rows(results, feeds, manifest.dtype, cfg)
+    _mask_padding(results, feeds)
+    broken = _non_finite(results, feeds)
+    if broken:  # no parity to compute with NaN/Inf: a failed check that says where
+        report.error = "; ".join(broken.values()) + f": {DAMAGED}"
+    report.rows = _parity_rows(results, manifest.dtype, cfg, set(broken))
     task.advance(1, stage="compared")
 
 
@@ -153,25 +160,58 @@ def _step_name(index: int) -> str:
     return "prefill" if index == 0 else f"decode-{index}"
 
 
-def _parity_rows(results, feeds, dtype: str, cfg: VerifyConfig) -> list[OutputParity]:
-    """Mask padded positions in every runner's outputs, then compare each runner to PyTorch."""
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
-
+def _mask_padding(results, feeds) -> None:
+    """Zero every runner's outputs at padded positions (``where``: a NaN there stays out)."""
     from armor_export.verify.inputs import valid_positions
-    from armor_export.verify.tolerances import per_output
 
     for _, iterations in results:
         for index, iteration in enumerate(iterations):
             for name in list(iteration.keys()):
                 value = iteration[name]
-                iteration[name] = value * valid_positions(feeds[index], name, value.shape)
+                valid = valid_positions(feeds[index], name, value.shape)
+                iteration[name] = np.where(valid, value, np.zeros((), value.dtype))
+
+
+def _non_finite(results, feeds) -> dict[str, str]:
+    """Each runner whose outputs hold NaN/Inf at real (not padded) positions, with the
+    first step and output that do."""
+    from armor_export.runtime.finite import non_finite_message
+    from armor_export.verify.inputs import valid_positions
+
+    def real(feed, name, value):
+        return value[np.broadcast_to(valid_positions(feed, name, value.shape), value.shape)]
+
+    broken = {}
+    for runner, iterations in results:
+        found = (
+            non_finite_message(
+                real(feeds[index], name, value), name, _step_name(index), display_name(runner)
+            )
+            for index, iteration in enumerate(iterations)
+            for name, value in iteration.items()
+        )
+        message = next((m for m in found if m), None)
+        if message:
+            broken[runner] = message
+    return broken
+
+
+def _parity_rows(results, dtype: str, cfg: VerifyConfig, broken: set[str]) -> list[OutputParity]:
+    """Compare each runner's (padding-masked) outputs to PyTorch's; a runner in ``broken``
+    (non-finite outputs) is not compared, and nothing is when PyTorch itself is."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    from armor_export.verify.tolerances import per_output
+
+    comparisons = [(i, 0) for i, (runner, _) in enumerate(results) if i and runner not in broken]
+    if results[0][0] in broken or not comparisons:
+        return []
     names = list(results[0][1][0].keys())
     atol, rtol = per_output(dtype, names, cfg.atol, cfg.rtol)
     compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
-    n = len(results)
     with _quiet_polygraphy():
         accuracy = Comparator.compare_accuracy(
-            results, comparisons=[(i, 0) for i in range(1, n)], compare_func=compare
+            results, comparisons=comparisons, compare_func=compare
         )
     rows = []
     for (runner, _reference), iterations in accuracy[0].items():

@@ -15,7 +15,11 @@ REPORT_JSON = "verify_report.json"
 REPORT_MD = "verify_report.md"
 
 
-DISPLAY_NAMES = {"onnxruntime": "ONNX Runtime", "numpy-reference": "NumPy reference"}
+DISPLAY_NAMES = {
+    "pytorch": "PyTorch",
+    "onnxruntime": "ONNX Runtime",
+    "numpy-reference": "NumPy reference",
+}
 
 
 def display_name(runner: str) -> str:

@@ -82,16 +82,17 @@ class TorchRunner(BaseRunner):
 class NumpyReferenceRunner(BaseRunner):
     """``onnx.reference`` with the NumPy plugin op: the oracle for plugin-lowered graphs."""
 
-    def __init__(self, onnx_path: Path, manifest: ExportManifest, name: str = "numpy-reference"):
+    def __init__(self, model, manifest: ExportManifest, name: str = "numpy-reference"):
+        """``model``: the loaded ``onnx.ModelProto`` (``load_onnx``)."""
         super().__init__(name=name)
-        self.onnx_path, self.manifest = onnx_path, manifest
+        self.model, self.manifest = model, manifest
 
     def activate_impl(self):
         from onnx.reference import ReferenceEvaluator
 
         from armor_export.export.reference import onnx_reference_ops
 
-        self.evaluator = ReferenceEvaluator(str(self.onnx_path), new_ops=onnx_reference_ops())
+        self.evaluator = ReferenceEvaluator(self.model, new_ops=onnx_reference_ops())
 
     def get_input_metadata_impl(self):
         return _metadata(self.manifest)
@@ -146,8 +147,10 @@ ORT_ALTERNATIVES = {
 
 
 def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
-    """Polygraphy's ONNX Runtime runner, or a clear error for graphs ORT cannot run."""
+    """Polygraphy's ONNX Runtime runner on a session loaded here, or one line: graphs ORT
+    cannot run, and a model.onnx it cannot read (truncated), are refused before PyTorch runs."""
     from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
+    from armor_export.runtime.session import inference_session
 
     try:
         import onnxruntime as ort
@@ -158,9 +161,9 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     available = ort.get_available_providers()
     providers = [p for p in GPU_PROVIDERS if p in available] + [CPU_PROVIDER]
     check_ort_compatible(manifest, providers, ORT_ALTERNATIVES)
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    session = SessionFromOnnx(str(onnx_path), providers=providers)
+    session = inference_session(onnx_path, providers)
     return Float32Runner(OnnxrtRunner(session), name="onnxruntime")
 
 
@@ -229,8 +232,21 @@ def ort_factory(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseR
     return ort_runner(onnx_path, manifest)
 
 
+def load_onnx(onnx_path: Path):
+    """The ``onnx.ModelProto`` in ``onnx_path``, or a one-line CorruptFileError when it does
+    not parse (truncated, not ONNX)."""
+    import onnx
+
+    from armor_export.runtime.session import unreadable_onnx
+
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as exc:  # protobuf's DecodeError, or onnx's own for external data
+        raise unreadable_onnx(onnx_path, exc) from None
+
+
 def numpy_reference_runner(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:
-    return NumpyReferenceRunner(onnx_path, manifest)
+    return NumpyReferenceRunner(load_onnx(onnx_path), manifest)
 
 
 def make_runners(

@@ -48,6 +48,11 @@ def test_fp16_engine_for_another_target_with_smaller_profiles(tiny_fp16_export, 
     assert not any("fp16" in note for note in report["notes"])
 
 
+@pytest.mark.fault(
+    "engine",
+    "engine limits beyond the export's (--max-context 4096)",
+    "one line: re-export with --max-context 4096",
+)
 def test_limits_beyond_the_export_say_how_to_reexport(tiny_export, tmp_path):
     cfg = EngineConfig(
         export_dir=str(tiny_export.output_dir), output_dir=str(tmp_path), max_context=4096
@@ -56,6 +61,11 @@ def test_limits_beyond_the_export_say_how_to_reexport(tiny_export, tmp_path):
         build_engine(cfg)
 
 
+@pytest.mark.fault(
+    "engine",
+    "a plugin-lowered export built without --plugin-library",
+    "one line asking for --plugin-library; no model.engine written",
+)
 def test_plugin_export_needs_the_plugin_library(tiny_plugin_export, tmp_path):
     cfg = EngineConfig(export_dir=str(tiny_plugin_export.output_dir), output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="--plugin-library"):
@@ -63,6 +73,11 @@ def test_plugin_export_needs_the_plugin_library(tiny_plugin_export, tmp_path):
     assert not (tmp_path / "model.engine").exists()
 
 
+@pytest.mark.fault(
+    "engine",
+    "--backend trt where datacenter TensorRT is not installed",
+    "one line with the install hint (armor-export[trt])",
+)
 def test_missing_datacenter_tensorrt_gives_the_install_hint(tiny_export, tmp_path):
     try:
         import tensorrt  # noqa: F401

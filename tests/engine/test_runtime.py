@@ -30,6 +30,12 @@ def read_log(path: Path) -> list[tuple[str, str]]:
     return messages
 
 
+@pytest.mark.fault(
+    "engine",
+    "a native crash (SIGABRT) in the engine builder's child process",
+    "one line: engine build crashed (signal 6: SIGABRT), with the builder log's path; no "
+    "model.engine",
+)
 def test_a_crash_in_the_builder_child_is_a_one_line_error(tiny_export, tmp_path, monkeypatch):
     monkeypatch.setenv(runtime.CRASH_HOOK, "engine build")  # the child calls os.abort()
     cfg = EngineConfig(export_dir=str(tiny_export.output_dir), output_dir=str(tmp_path))
@@ -68,6 +74,13 @@ def test_sparse_layers_come_from_tactic_names_not_layer_names():
     assert tactic_sparsity(layers) == {"gemm_layers": 2, "sparse_gemm_layers": ["mm_2"]}
 
 
+@pytest.mark.fault(
+    "engine",
+    "an engine checked against another export, an engine file changed after its build report, a "
+    "report of another TensorRT-RTX version",
+    "one line each: built from another graph / its sha256 differs / built with TensorRT-RTX "
+    "1.0.0.1, this is the installed one",
+)
 def test_the_engine_is_bound_to_its_export(tiny_export, tiny_fp16_export, tmp_path):
     from armor_export.export_manifest import ExportManifest
 
@@ -97,6 +110,11 @@ def test_the_engine_is_bound_to_its_export(tiny_export, tiny_fp16_export, tmp_pa
         runtime.check_backend_version(trt, report)
 
 
+@pytest.mark.fault(
+    "engine",
+    "a --plugin-library that is not a plugin library, or not a file",
+    "one line: the plugin registry refused it / a config error naming --plugin-library",
+)
 def test_a_wrong_plugin_library_is_one_line(tiny_plugin_export, tmp_path):
     not_a_library = tmp_path / "libnot_a_plugin.so"
     not_a_library.write_bytes(b"not an ELF file")

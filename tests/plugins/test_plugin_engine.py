@@ -52,6 +52,12 @@ def test_plugin_engine_builds_on_cpu_and_the_report_names_the_plugin_layers(
     assert "(28 plugin layers)" in (tmp_path / "engine" / "build_report.md").read_text()
 
 
+@pytest.mark.fault(
+    "engine",
+    "a plugin engine built where TensorRT-RTX 1.7's parser lacks its libtensorrt_rtx.so link (it "
+    "would abort the process)",
+    "one error line naming libtensorrt_rtx.so and --lowering plain; exit 1, no model.engine",
+)
 def test_without_the_link_the_engine_verb_refuses_in_one_line(
     tiny_fp16_plugin_export, plugin_build, tmp_path
 ):

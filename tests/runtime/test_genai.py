@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 
-from armor_export.errors import BackendUnavailableError, ConfigError
+from armor_export.errors import BackendUnavailableError, ConfigError, NonFiniteOutputError
 from armor_export.export_manifest import ExportManifest
 from armor_export.genai_config import MODEL_TYPE, genai_config
 from armor_export.runtime import GenerationConfig, Generator
+from tests.conftest import nan_norm_export, rope_overflow_export
 
 PROMPTS = ["The quick brown fox", "Perplexity is measured on consecutive windows of"]
 
@@ -111,6 +112,11 @@ def test_genai_greedy_tokens_match_pytorch_and_our_runtime(tiny_checkpoint, tiny
         assert tokens == pytorch_greedy(tiny_checkpoint, prompt_ids, 8, eos)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "ORT GenAI on a plugin export, or asked not to stop at eos",
+    "one line each: plugin nodes / it always stops at eos",
+)
 def test_genai_refuses_what_it_cannot_run(tiny_plugin_export, tiny_export):
     genai_or_skip()
     from armor_export.runtime.genai import GenaiGenerator
@@ -119,6 +125,32 @@ def test_genai_refuses_what_it_cannot_run(tiny_plugin_export, tiny_export):
         GenaiGenerator(tiny_plugin_export.output_dir)
     with pytest.raises(ConfigError, match="always stops at eos"):
         GenaiGenerator(tiny_export.output_dir).generate("A", GenerationConfig(2, stop_at_eos=False))
+
+
+@pytest.mark.fault(
+    "runtime",
+    "ONNX Runtime GenAI's decode loop on an export whose logits are NaN at the prefill, or "
+    "only from a later decode step on",
+    "one line naming the step, the same as our runtime's (not arbitrary tokens)",
+)
+def test_genai_stops_on_non_finite_logits_like_our_runtime(tiny_export, tmp_path):
+    genai_or_skip()
+    pytest.importorskip("onnx")
+    from armor_export.runtime.genai import GenaiGenerator
+
+    nan = nan_norm_export(tiny_export.output_dir, tmp_path / "nan")
+    rope, first_bad = rope_overflow_export(tiny_export.output_dir, tmp_path / "rope")
+    config = GenerationConfig(16, stop_at_eos=True)
+    for folder, where in ((nan, "prefill"), (rope, None)):
+        with pytest.raises(NonFiniteOutputError) as ours:
+            Generator(folder, threads=1).generate("A", config)
+        with pytest.raises(NonFiniteOutputError) as theirs:
+            GenaiGenerator(folder).generate("A", config)
+        assert str(theirs.value) == str(ours.value)
+        if where is None:  # the prefill (positions before first_bad) was finite
+            n_prompt = len(Generator(folder).tokenizer.encode("A").ids)
+            where = f"decode step {first_bad - n_prompt + 1}"
+        assert f"non-finite logits at {where} (NaN in 300 of 300 values)" in str(theirs.value)
 
 
 @pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen3", "gemma"])

@@ -21,6 +21,7 @@ from armor_export.errors import (
     BackendUnavailableError,
     ConfigError,
     CorruptFileError,
+    NonFiniteOutputError,
     ShapeError,
 )
 from armor_export.io import sha256_file
@@ -29,7 +30,7 @@ from armor_export.runtime import session as session_module
 from armor_export.runtime.inputs import left_pad
 from armor_export.runtime.sampling import greedy, softmax, top_k_filter, top_p_filter
 from armor_export.runtime.streaming import REPLACEMENT, IncrementalDecoder
-from tests.conftest import TEXT
+from tests.conftest import TEXT, nan_norm_export, rope_overflow_export
 
 pytest.importorskip("onnxruntime")
 
@@ -364,6 +365,11 @@ def test_samples_stay_inside_the_filtered_set_and_follow_the_distribution():
         ({"top_p": 1.5}, "top_p"),
     ],
 )
+@pytest.mark.fault(
+    "runtime",
+    "a sampling value out of range (temperature < 0, top_k < 0, top_p outside (0, 1])",
+    "one config error line naming the field",
+)
 def test_bad_sampling_values_are_refused(fields, words):
     with pytest.raises(ConfigError, match=words):
         Sampler(SamplingConfig(**fields))
@@ -372,11 +378,21 @@ def test_bad_sampling_values_are_refused(fields, words):
 # ---------------------------------------------------------------- errors
 
 
+@pytest.mark.fault(
+    "runtime",
+    "more prompts than the export's max_batch",
+    "one line: 9 prompts exceed max_batch 8, and --max-batch",
+)
 def test_too_many_prompts(generator):
     with pytest.raises(ShapeError, match=r"9 prompts exceed .*max_batch 8.*--max-batch"):
         generator.generate(["hello"] * 9, greedy_config(2))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a prompt longer than the export's max_prompt",
+    "one line naming limits.max_prompt and --max-prompt",
+)
 def test_too_long_prompt(generator):
     with pytest.raises(ShapeError, match=r"limits.max_prompt 256.*--max-prompt"):
         generator.generate([TEXT], greedy_config(2))
@@ -436,12 +452,22 @@ def test_an_engines_smaller_limits_say_to_rebuild_the_engine():
         assert str(info.value) == message
 
 
+@pytest.mark.fault(
+    "runtime",
+    "an empty or whitespace-only prompt, or no prompt",
+    "one config error line",
+)
 @pytest.mark.parametrize("prompts", [[""], ["fine", ""], [], ["  \n\t "]])
 def test_empty_prompts(generator, prompts):
     with pytest.raises(ConfigError, match="prompt"):
         generator.generate(prompts, greedy_config(2))
 
 
+@pytest.mark.fault(
+    "runtime",
+    "--max-new-tokens 0",
+    "one config error line naming max_new_tokens",
+)
 def test_zero_new_tokens(generator):
     with pytest.raises(ConfigError, match="max_new_tokens"):
         generator.generate(["hello"], GenerationConfig(max_new_tokens=0))
@@ -451,6 +477,12 @@ def _ort_must_not_load():
     raise AssertionError("onnxruntime was touched before the export was checked")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a bfloat16 export on ONNX Runtime's CPU provider",
+    "one line: no bfloat16 MatMul there, export float16 or float32 or use TensorRT; ONNX Runtime "
+    "is not loaded",
+)
 def test_bfloat16_export_on_the_cpu_provider(edited_export, monkeypatch):
     folder = edited_export(dtype="bfloat16")
     monkeypatch.setattr(session_module, "_import_ort", _ort_must_not_load)
@@ -461,6 +493,11 @@ def test_bfloat16_export_on_the_cpu_provider(edited_export, monkeypatch):
     assert "--dtype float16" in message and "float32" in message and "TensorRT" in message
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a plugin-lowered export on ONNX Runtime",
+    "one line asking for --lowering plain; ONNX Runtime is not loaded",
+)
 def test_plugin_export_on_onnxruntime(edited_export, monkeypatch):
     folder = edited_export(lowering="plugin")
     monkeypatch.setattr(session_module, "_import_ort", _ort_must_not_load)
@@ -468,22 +505,42 @@ def test_plugin_export_on_onnxruntime(edited_export, monkeypatch):
         Generator(folder)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "onnxruntime not installed",
+    "one line: pip install armor-export[onnx]",
+)
 def test_missing_onnxruntime_gives_the_install_hint(export_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailableError, match=r"pip install armor-export\[onnx\]"):
         Generator(export_dir)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "an unknown --backend",
+    "one config error line listing the backends",
+)
 def test_unknown_backend(export_dir):
     with pytest.raises(ConfigError, match="backend must be one of"):
         Generator(export_dir, backend="tvm")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a folder that is not an export",
+    "one error line",
+)
 def test_not_an_export_folder(tmp_path):
     with pytest.raises(CorruptFileError):
         Generator(tmp_path)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "a graph whose inputs differ from its manifest",
+    "one line: export again",
+)
 def test_graph_that_differs_from_its_manifest(export_dir, edited_export):
     from armor_export.io import read_json
 
@@ -491,6 +548,67 @@ def test_graph_that_differs_from_its_manifest(export_dir, edited_export):
     names = manifest["input_names"][:-1] + ["past_key_values.9.value"]
     with pytest.raises(CorruptFileError, match="export again"):
         Generator(edited_export(input_names=names))
+
+
+@pytest.fixture(scope="module")
+def nan_export(export_dir, tmp_path_factory):
+    """The export with a NaN norm weight (hashes rewritten): NaN logits from the prefill on."""
+    pytest.importorskip("onnx")
+    return nan_norm_export(export_dir, tmp_path_factory.mktemp("damaged") / "nan")
+
+
+@pytest.mark.fault(
+    "runtime",
+    "an export whose weights give NaN logits (a norm weight set to NaN, hashes rewritten)",
+    "one line naming the step: non-finite logits at prefill (NaN in 300 of 300 values), "
+    "the export or its weights are damaged; exit 1 and no text",
+)
+def test_nan_logits_at_the_prefill_stop_generate_in_one_line(nan_export, capsys):
+    from armor_export.cli.main import main
+
+    with pytest.raises(NonFiniteOutputError) as info:
+        Generator(nan_export, threads=1).generate(["The quick"], greedy_config(4))
+    assert str(info.value) == (
+        "the model produced non-finite logits at prefill (NaN in 300 of 300 values): "
+        "the export or its weights are damaged"
+    )
+    code = main(["generate", str(nan_export), "--prompt", "The quick", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [f"armor-export generate: error: {info.value}"]
+
+
+@pytest.mark.fault(
+    "runtime",
+    "an export whose logits turn non-finite at a later decode step only (a rotary frequency "
+    "that overflows from position 4 on)",
+    "one line naming that decode step; exit 1",
+)
+def test_non_finite_logits_at_a_decode_step_name_the_step(export_dir, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    folder, first_bad = rope_overflow_export(export_dir, tmp_path / "rope")
+    generator = Generator(folder, threads=1)
+    n_prompt = len(generator.tokenizer.encode("A").ids)
+    step = first_bad - n_prompt + 1  # decode step n runs position n_prompt - 1 + n
+    assert step >= 1  # the prefill itself is finite: only the decode step can be named
+    recorder = recorded(generator, monkeypatch)
+    with pytest.raises(NonFiniteOutputError) as info:
+        generator.generate(["A"], greedy_config(16))
+    assert str(info.value).startswith(
+        f"the model produced non-finite logits at decode step {step} (NaN in 300 of 300 values)"
+    )
+    # the prefill and the steps before it were finite; generation stopped at the bad step
+    assert len(recorder.logits) == 1 + step
+    assert all(np.isfinite(logits).all() for logits in recorder.logits[:-1])
+    assert np.isnan(recorder.logits[-1]).all()
+    proc = subprocess.run(
+        [sys.executable, "-m", "armor_export", "generate", str(folder), "--prompt", "A",
+         "--ignore-eos", "--threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"armor-export generate: error: {info.value}"]
 
 
 # ---------------------------------------------------------------- CLI
@@ -533,6 +651,11 @@ def test_cli_batch_with_sampling(export_dir, capsys):
     assert lines[0].startswith("[0] ") and lines[1].startswith("[1] ")
 
 
+@pytest.mark.fault(
+    "runtime",
+    "generate --top-p 0, or on a folder that is not an export",
+    "one config error before the model loads / one error line",
+)
 def test_cli_defaults_and_bad_flags(tmp_path):
     from armor_export.cli import generate
 

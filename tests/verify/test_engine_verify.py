@@ -49,6 +49,11 @@ def test_the_engine_found_beside_the_export_is_named_and_not_run_without_a_gpu(
     assert data["runners"] == ["onnxruntime"]
 
 
+@pytest.mark.fault(
+    "verify",
+    "--backend tensorrt on a machine without a CUDA GPU",
+    "one line: engine built for sm80, not run, and why (no CUDA GPU)",
+)
 @needs_no_gpu
 def test_asking_for_the_engine_without_a_gpu_fails_with_the_reason(export_with_engine, tmp_path):
     from armor_export.verify.runners import EngineNotRun
@@ -60,6 +65,11 @@ def test_asking_for_the_engine_without_a_gpu_fails_with_the_reason(export_with_e
         verify(cfg)
 
 
+@pytest.mark.fault(
+    "verify",
+    "--engine of another export",
+    "one line: built from another graph; the failed report stays on disk",
+)
 def test_an_engine_of_another_export_is_refused(export_with_engine, tiny_fp16_export, tmp_path):
     cfg = VerifyConfig(
         export_dir=str(tiny_fp16_export.output_dir),
@@ -74,6 +84,11 @@ def test_an_engine_of_another_export_is_refused(export_with_engine, tiny_fp16_ex
     )
 
 
+@pytest.mark.fault(
+    "verify",
+    "an engine whose build report names another TensorRT-RTX version",
+    "one line: built with TensorRT-RTX 1.0.0.1, not the installed one",
+)
 def test_an_engine_of_another_tensorrt_version_is_refused(export_with_engine, tmp_path):
     engine = tmp_path / "engine"
     shutil.copytree(export_with_engine / "engine", engine)
@@ -117,6 +132,11 @@ def test_datacenter_tensorrt_without_a_gpu_is_skipped_by_auto(
     assert result.report.runners == ["onnxruntime"]
 
 
+@pytest.mark.fault(
+    "verify",
+    "a plugin engine whose recorded plugin library is gone",
+    "one line: that library is not a file, pass --plugin-library",
+)
 def test_a_plugin_engine_needs_its_library(tiny_plugin_export, tmp_path):
     from armor_export.export_manifest import ExportManifest
 
@@ -154,6 +174,11 @@ def test_cli_verify_takes_the_engine_and_says_what_was_checked(
     assert Path(tmp_path / "verify_report.md").read_text().count("not run") >= 1
 
 
+@pytest.mark.fault(
+    "verify",
+    "a native crash (SIGABRT) in the engine's child process",
+    "one line naming the signal; the verify process lives on",
+)
 def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
     export_with_engine, monkeypatch
 ):
@@ -170,6 +195,13 @@ def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
         runner.infer_impl({"input_ids": [[1]]})
 
 
+@pytest.mark.fault(
+    "verify",
+    "a native crash in the engine child during a whole verify (a GPU of the engine's target "
+    "simulated)",
+    "FAILED: engine run (verify) crashed (signal 6: SIGABRT), in the report on disk and as the "
+    "error line",
+)
 def test_an_engine_crash_during_verify_is_recorded_and_raised(
     export_with_engine, tmp_path, monkeypatch
 ):
@@ -185,6 +217,11 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
     assert data["verdict"] == "FAILED: engine run (verify) crashed (signal 6: SIGABRT)"
 
 
+@pytest.mark.fault(
+    "verify",
+    "the real engine loaded where there is no GPU",
+    "one line quoting the backend's reason (could not deserialise it, CUDA)",
+)
 @needs_no_gpu
 def test_loading_the_real_engine_without_a_gpu_fails_in_one_line(export_with_engine):
     """run_engine's real load path (the runtime's TensorRTSession on TensorRT-RTX, in a

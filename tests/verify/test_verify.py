@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from armor_export.io import sha256_file
-from tests.conftest import export_tiny
+from tests.conftest import export_tiny, nan_norm_export
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -22,6 +25,17 @@ from armor_export.errors import BackendUnavailableError, CorruptFileError  # noq
 from armor_export.export_manifest import ExportManifest, Limits  # noqa: E402
 from armor_export.verify import verify  # noqa: E402
 from armor_export.verify.inputs import prefill_feed, valid_positions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def strict_json(path: Path) -> dict:
+    """The report as strict JSON: NaN/Infinity (which json.dumps writes) are refused."""
+
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}: not strict JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 def test_plain_export_passes_prefill_and_decode(tiny_export, tmp_path):
@@ -60,6 +74,11 @@ def test_plugin_export_is_checked_against_the_numpy_reference(tiny_plugin_export
         )
 
 
+@pytest.mark.fault(
+    "verify",
+    "a graph with wrong weights whose manifest agrees (as an exporter bug would make)",
+    "FAILED naming logits beyond tolerance; exit 1; the report on disk",
+)
 def test_tampered_graph_fails_and_keeps_its_report(tiny_export, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_export.output_dir, broken)
@@ -103,6 +122,11 @@ def test_cli_verify_passes_with_exit_zero(tiny_export, tmp_path, capsys):
     assert "PASSED" in out
 
 
+@pytest.mark.fault(
+    "verify",
+    "a bfloat16 export on ONNX Runtime's CPU provider",
+    "one line saying to export with --dtype float16; the failed report on disk",
+)
 def test_bfloat16_on_ort_cpu_says_how_to_get_around_it(tiny_checkpoint, tmp_path):
     result = export_tiny(tiny_checkpoint, tmp_path / "bf16", dtype="bfloat16")
     with pytest.raises(BackendUnavailableError, match="bfloat16.*--dtype float16"):
@@ -120,6 +144,11 @@ def test_float16_export_verifies_on_ort(tiny_fp16_export, tmp_path):
     assert all(row.max_abs < 0.02 for row in report.rows)  # tiny model: far inside them
 
 
+@pytest.mark.fault(
+    "verify",
+    "an export folder that does not exist, or whose export did not finish",
+    "one line each",
+)
 def test_missing_export_is_a_clear_error(tmp_path):
     with pytest.raises(CorruptFileError, match="no such export folder"):
         verify(VerifyConfig(export_dir=str(tmp_path / "nothing")))
@@ -128,6 +157,11 @@ def test_missing_export_is_a_clear_error(tmp_path):
         verify(VerifyConfig(export_dir=str(tmp_path / "half")))
 
 
+@pytest.mark.fault(
+    "verify",
+    "prompts beyond the export's max_batch or max_prompt",
+    "one line naming the limit",
+)
 def test_prompts_beyond_the_export_limits_are_refused(tiny_export):
     from armor_export.errors import ShapeError
 
@@ -171,6 +205,101 @@ def test_an_edited_graph_is_refused_before_it_is_compared(tiny_export, tmp_path,
     code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
     assert code == 1
     err = capsys.readouterr().err
-    assert "model.onnx is not the file this export wrote" in err
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("armor-export verify: error: ")
+    assert "model.onnx is not the file this export wrote" in line
     data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
     assert data["passed"] is False and "sha256 differs" in data["error"]
+
+
+def truncated_copy(export_dir: Path, out: Path) -> Path:
+    """A copy whose model.onnx lost its second half, with the manifest's sha256 rewritten
+    so the hash check passes and loading the graph is what fails."""
+    shutil.copytree(export_dir, out)
+    onnx_path = out / "model.onnx"
+    onnx_path.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    manifest["sha256"]["model.onnx"] = sha256_file(onnx_path)
+    (out / "export_manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.fault(
+    "verify",
+    "a truncated model.onnx whose manifest hash was rewritten to match (ONNX Runtime, and the "
+    "NumPy reference of a plugin export)",
+    "one error line naming the file, no traceback, exit 1; the failed report stays on disk",
+)
+def test_a_truncated_graph_is_one_line_without_a_traceback(
+    tiny_export, tiny_plugin_export, tmp_path
+):
+    broken = truncated_copy(tiny_export.output_dir, tmp_path / "broken")
+    report = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-m", "armor_export", "verify", str(broken), "--report-dir", str(report)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith(
+        f"armor-export verify: error: {broken / 'model.onnx'} is not a readable ONNX model, "
+        "truncated or damaged ("
+    )
+    assert line.endswith("): export again")
+    data = strict_json(report / "verify_report.json")
+    assert data["passed"] is False and "is not a readable ONNX model" in data["error"]
+
+    plugin = truncated_copy(tiny_plugin_export.output_dir, tmp_path / "plugin")
+    with pytest.raises(CorruptFileError, match="model.onnx is not a readable ONNX model"):
+        verify(VerifyConfig(export_dir=str(plugin), report_dir=str(tmp_path / "plugin-report")))
+
+
+@pytest.mark.fault(
+    "verify",
+    "an export whose graph gives NaN outputs (a norm weight set to NaN, hashes rewritten)",
+    "FAILED: ONNX Runtime produced non-finite logits at prefill (NaN in N of N values): the "
+    "export or its weights are damaged; exit 1, the reason in the report JSON",
+)
+def test_non_finite_onnx_outputs_fail_with_the_reason(tiny_export, tmp_path, capsys):
+    broken = nan_norm_export(tiny_export.output_dir, tmp_path / "nan")
+    code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    assert code == 1
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("FAILED: ONNX Runtime produced non-finite logits at prefill (NaN in ")
+    assert last.endswith(" values): the export or its weights are damaged")
+    counts = last.split("(NaN in ")[1].split(" values)")[0].split(" of ")
+    assert counts[0] == counts[1]  # every real (not padded) logit
+    data = strict_json(tmp_path / "report" / "verify_report.json")
+    assert data["passed"] is False and data["verdict"] == last
+    assert data["error"] == last.removeprefix("FAILED: ")
+    assert data["rows"] == []  # nothing compared with NaN: no NaN "max abs err" either
+    assert "FAILED: ONNX Runtime produced non-finite" in (
+        (tmp_path / "report" / "verify_report.md").read_text()
+    )
+
+
+@pytest.mark.fault(
+    "verify",
+    "a PyTorch reference whose outputs are NaN (its final norm weight set to NaN in memory)",
+    "FAILED: PyTorch produced non-finite logits at prefill (...): nothing is compared, the "
+    "reason is in the report JSON",
+)
+def test_non_finite_pytorch_outputs_fail_with_the_reason(tiny_checkpoint, tiny_export, tmp_path):
+    import torch
+
+    from armor_export.export.api import load_for_export
+
+    model, _, _ = load_for_export(str(tiny_checkpoint))
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    cfg = VerifyConfig(export_dir=str(tiny_export.output_dir), report_dir=str(tmp_path))
+    result = verify(cfg, model=model.eval())
+    assert result.passed is False
+    error = result.report.error
+    assert error.startswith("PyTorch produced non-finite logits at prefill (NaN in ")
+    assert "ONNX Runtime" not in error  # the export itself is sound
+    data = strict_json(tmp_path / "verify_report.json")
+    assert data["verdict"] == f"FAILED: {error}" and data["rows"] == []
