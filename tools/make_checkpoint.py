@@ -79,7 +79,7 @@ def build_meta_model(config: dict):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fields = dict(config)
+    fields = copy.deepcopy(config)  # transformers rewrites nested dicts (rope_scaling) in place
     cfg = AutoConfig.for_model(fields.pop("model_type"), **fields)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -279,7 +279,8 @@ def generation_config(config: dict) -> dict:
 PLAN_ONLY_NOTE = (
     "PLAN ONLY: the config has every decoder layer but the weights hold only decoder layer 0 "
     "and the modules outside the layers, what `armor-export plan` reads. Loading the whole "
-    "model or pruning it fails on the missing layers."
+    "model or pruning it fails on the missing layers (and transformers' loader first "
+    "allocates the whole model: use only `plan` or the low-memory path on it)."
 )
 
 
