@@ -184,6 +184,20 @@ def test_same_name_and_seed_give_the_same_bytes(mc, qwen, tmp_path):
     assert not torch.equal(a, b) and not torch.equal(a, c)  # the seed and the name matter
 
 
+def test_auto_tokenizer_fits_the_vocabulary(mc, tmp_path):
+    from transformers import AutoTokenizer
+
+    from armor_export.data import assets
+
+    desc = mc.write_tokenizer("auto", 32000, tmp_path / "mistral")  # Mistral-7B's vocab
+    assert "trained" in desc and len(AutoTokenizer.from_pretrained(tmp_path / "mistral")) <= 32000
+    if not (assets.cache_dir() / "models" / assets.MODEL_NAME / "tokenizer.json").is_file():
+        pytest.skip("the SmolLM2 asset is not in the cache (armor-export prepares it once)")
+    desc = mc.write_tokenizer("auto", 151936, tmp_path / "qwen")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "qwen")
+    assert "SmolLM2" in desc and len(tok) == mc.SMOLLM2_VOCAB
+
+
 def test_plan_runs_on_it(qwen, tmp_path):
     from armor_export.prune.plan import make_plan
     from tests.conftest import tiny_prune_config
