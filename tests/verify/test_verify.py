@@ -174,3 +174,16 @@ def test_an_edited_graph_is_refused_before_it_is_compared(tiny_export, tmp_path,
     assert "model.onnx is not the file this export wrote" in err
     data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
     assert data["passed"] is False and "sha256 differs" in data["error"]
+
+
+def test_external_data_export_verifies(tiny_checkpoint, tmp_path):
+    """Weights in model.onnx.data (what exports over 2 GB get): the export's own checks read
+    them a core at a time, and ONNX Runtime matches PyTorch on them."""
+    export = export_tiny(tiny_checkpoint, tmp_path / "ext", external_data="always")
+    assert export.manifest["external_data"] == "model.onnx.data"
+    result = verify(
+        VerifyConfig(export_dir=str(export.output_dir), decode_steps=2, report_dir=str(tmp_path))
+    )
+    assert result.passed, result.report.markdown()
+    assert result.report.runners == ["onnxruntime"]
+    assert result.report.verdict().startswith("PASSED: PyTorch = ONNX Runtime")
