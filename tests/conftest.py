@@ -50,11 +50,74 @@ def tiny_config(family: str):
     return cls(**TINY_DIMS, **extra, tie_word_embeddings=True)
 
 
-def tiny_model(family: str = "llama", seed: int = 0):
+# tiny configs carrying what sets each registered model type apart (tests/test_families_e2e.py):
+# case -> (model type, config overrides). Windows of 8 tokens are shorter than the tests'
+# prompts, so sliding-window attention differs from full attention in prefill and decode.
+WINDOW = 8
+FAMILY_CASES = {
+    # llama3 rope scaling: original 64 positions, so head_dim 16's wavelengths fall on both
+    # sides of the low/high-frequency bounds (64, 16) and in the smoothed band between them
+    "llama-rope-llama3-untied": (
+        "llama",
+        dict(
+            rope_parameters={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "rope_theta": 10000.0,
+            },
+            tie_word_embeddings=False,
+        ),
+    ),
+    "mistral-sliding-window": ("mistral", dict(sliding_window=WINDOW)),
+    # Qwen2's q/k/v projections always carry biases; layer 1 slides over a window
+    "qwen2-biases-sliding": (
+        "qwen2",
+        dict(
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=1,
+            layer_types=["full_attention", "sliding_attention"],
+        ),
+    ),
+    # Qwen3 normalises q and k per head (q_norm, k_norm) before rotary embeddings
+    "qwen3-qk-norm-untied": ("qwen3", dict(tie_word_embeddings=False)),
+    # Gemma: (1 + w) RMSNorm, embeddings scaled by sqrt(hidden), GeLU-tanh gated MLP
+    "gemma": ("gemma", {}),
+    # Gemma2: soft-capped attention scores and logits, a query scale that is not head_dim,
+    # sliding window on alternate layers, pre- and post-norms around attention and MLP
+    "gemma2-softcap-sliding": (
+        "gemma2",
+        dict(
+            final_logit_softcapping=5.0,
+            attn_logit_softcapping=2.0,
+            query_pre_attn_scalar=24,
+            sliding_window=WINDOW,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
+}
+
+
+def family_config(case: str):
+    """The tiny config of one ``FAMILY_CASES`` case."""
+    import transformers
+
+    model_type, overrides = FAMILY_CASES[case]
+    head_dim = {} if model_type == "llama" else {"head_dim": 16}
+    # weights 5x HF's default scale: sharper attention, so windows and caps change the logits
+    # well beyond the tests' tolerances
+    overrides = {"tie_word_embeddings": True, "initializer_range": 0.1, **head_dim, **overrides}
+    return transformers.AutoConfig.for_model(model_type, **TINY_DIMS, **overrides)
+
+
+def tiny_model(family: str = "llama", seed: int = 0, config=None):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family)).eval()
+    return AutoModelForCausalLM.from_config(config or tiny_config(family)).eval()
 
 
 def train_tokenizer(texts: list[str], **kwargs):
@@ -136,13 +199,15 @@ def tiny_prune_config(model_dir, text_file, out, method="armor", armor=None, **t
     )
 
 
-def prune_tiny(root, method: str = "armor", family: str = "llama"):
-    """A tiny pruned checkpoint (block size 16, a few ARMOR iterations) in ``root``."""
+def prune_tiny(root, method: str = "armor", family: str = "llama", config=None):
+    """A tiny pruned checkpoint (block size 16, a few ARMOR iterations) in ``root``; a
+    ``config`` (e.g. ``family_config(case)``) replaces the family's plain tiny config, and
+    ``family`` then only names the folders."""
     from armor_export.prune import api
 
     model_dir = root / f"tiny-{family}"
     if not model_dir.exists():
-        tiny_model(family).save_pretrained(model_dir)
+        tiny_model(family, config=config).save_pretrained(model_dir)
         train_tokenizer([TEXT]).save_pretrained(model_dir)
     text = root / "text.txt"
     text.write_text(TEXT)

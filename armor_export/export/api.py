@@ -297,11 +297,17 @@ def _token_ids(model, tokenizer) -> Tokens:
     if eos is None:
         eos = tokenizer.eos_token_id
     eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else None
+    # padded positions are masked, but the graph still looks their id up in the embedding:
+    # a pad token the tokenizer added beyond the model's vocabulary (Qwen2's tokenizer class
+    # adds "<|endoftext|>" when a folder's tokenizer lacks it) would index past the table
+    vocab = int(model.config.vocab_size)
+    pad = tokenizer.pad_token_id
+    if pad is None or not 0 <= pad < vocab:
+        pad = next((e for e in eos_ids if 0 <= e < vocab), 0)
     return Tokens(
         eos_token_ids=tuple(eos_ids),
         bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=pad if pad is not None else (eos_ids[0] if eos_ids else 0),
+        pad_token_id=pad,
     )
 
 

@@ -3,6 +3,11 @@
 Polygraphy's ``inspect sparsity`` misreads 3-D batched weights (docs/design.md §8.5), so the 2:4
 orientation check is our own: each core initializer must be the constant ``B`` input of a
 MatMul, ``[K, N]``, with at most 2 non-zeros in every group of 4 along K (axis 0).
+
+The checks never hold all weights in memory: ``onnx.checker`` is given the path (the form
+that handles models over protobuf's 2 GB), the graph is loaded without its external data,
+and each core is read from the external data file on its own (offset and length), checked
+and dropped before the next, so peak memory is the graph plus the largest core.
 """
 
 from __future__ import annotations
@@ -38,17 +43,29 @@ class GraphReport:
         return {"cores": self.cores, "plugin_nodes": self.plugin_nodes, "matmuls": self.matmuls}
 
 
+def initializer_array(init, base_dir: str | Path) -> np.ndarray:
+    """One initializer as an array; external data is read for this tensor alone (by its
+    offset and length in the data file) into a copy, so the graph keeps no weight bytes."""
+    from onnx import TensorProto, external_data_helper, numpy_helper
+
+    if not external_data_helper.uses_external_data(init):
+        return numpy_helper.to_array(init)
+    tensor = TensorProto()
+    tensor.CopyFrom(init)  # the external form: name, type, dims and where the bytes are
+    external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
+    return numpy_helper.to_array(tensor)
+
+
 def check_graph(path: str | Path, n_armor: int, n_sparse: int, plugin: bool) -> GraphReport:
     """Validate the exported model at ``path``; raise GraphCheckError naming every problem."""
     import onnx
-    from onnx import numpy_helper
 
     path = Path(path)
     try:
         onnx.checker.check_model(str(path))  # the path form also handles > 2 GB models
     except onnx.checker.ValidationError as exc:
         raise GraphCheckError(f"{path}: onnx.checker: {str(exc).splitlines()[0]}") from None
-    model = onnx.load(str(path), load_external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     report = GraphReport()
     users: dict[str, list[tuple[str, int]]] = {}
@@ -68,7 +85,11 @@ def check_graph(path: str | Path, n_armor: int, n_sparse: int, plugin: bool) -> 
         where = users.get(init.name, [])
         if not where or any(use != ("MatMul", 1) for use in where):
             report.problems.append(f"{init.name}: not the constant B input of a MatMul ({where})")
-        weight = numpy_helper.to_array(init)
+        try:
+            weight = initializer_array(init, path.parent)
+        except (OSError, ValueError) as exc:
+            report.problems.append(f"{init.name}: its external data cannot be read ({exc})")
+            continue
         if weight.ndim != 2:
             report.problems.append(f"{init.name}: expected a 2-D [K, N] weight, got {weight.shape}")
             continue

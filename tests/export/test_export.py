@@ -216,8 +216,24 @@ def test_bfloat16_export_is_typed_and_checked(tiny_checkpoint, tmp_path):
     assert result.manifest["counts"]["cores"] == N_LINEARS
 
 
-def test_external_data_is_written_and_loads(tiny_checkpoint, tmp_path):
-    result = export_tiny(tiny_checkpoint, tmp_path / "ext", external_data="always")
+@pytest.fixture(scope="module")
+def external_export(tiny_checkpoint, tmp_path_factory):
+    return export_tiny(
+        tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "ext", external_data="always"
+    )
+
+
+def external_copy(export, tmp_path):
+    """A copy of an external-data export's graph and data file, to damage."""
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(export.output_dir / name, folder / name)
+    return folder / "model.onnx"
+
+
+def test_external_data_is_written_and_loads(external_export):
+    result = external_export
     data = result.output_dir / "model.onnx.data"
     assert data.is_file() and data.stat().st_size > 0
     graph_only = onnx.load(str(result.onnx_path), load_external_data=False)
@@ -232,6 +248,63 @@ def test_external_data_is_written_and_loads(tiny_checkpoint, tmp_path):
         "genai_config.json",
     }
     ort.InferenceSession(str(result.onnx_path))  # loads the weights from beside the graph
+
+
+def test_external_data_checks_read_one_core_at_a_time(external_export, monkeypatch):
+    """The graph check reads the external bytes of the 2:4 cores only, one tensor at a time,
+    never the whole model (which for a 7B+ model would not fit beside the export)."""
+    from onnx import external_data_helper
+
+    read = []
+    real = external_data_helper.load_external_data_for_tensor
+
+    def spy(tensor, base_dir):
+        read.append(tensor.name)
+        return real(tensor, base_dir)
+
+    monkeypatch.setattr(external_data_helper, "load_external_data_for_tensor", spy)
+    report = checks.check_graph(external_export.onnx_path, N_LINEARS, 0, plugin=False)
+    assert report.cores == N_LINEARS
+    graph = onnx.load(str(external_export.onnx_path), load_external_data=False).graph
+    external = [i.name for i in graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) > N_LINEARS  # the block-diagonal factors, norms, embeddings too
+    assert sorted(read) == sorted(n for n in external if n.endswith("sparse_core"))
+
+
+@pytest.mark.fault(
+    "export",
+    "an external-data export whose 2:4 core has a full group of 4 along K",
+    "GraphCheckError naming the initializer, read from the data file on its own",
+)
+def test_broken_core_in_external_data_is_named(external_export, tmp_path):
+    from onnx.external_data_helper import ExternalDataInfo
+
+    path = external_copy(external_export, tmp_path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    init = next(i for i in graph.initializer if i.name.endswith("sparse_core"))
+    info = ExternalDataInfo(init)
+    assert init.data_type == onnx.TensorProto.FLOAT and info.location == "model.onnx.data"
+    n = init.dims[1]
+    with open(path.parent / info.location, "r+b") as data:  # [K, N] row-major: rows 0..3
+        for k in range(4):
+            data.seek(info.offset + 4 * k * n)
+            data.write(np.float32(1.0).tobytes())
+    with pytest.raises(GraphCheckError, match=init.name.replace(".", r"\.") + r".*not 2:4 along K"):
+        checks.check_graph(path, N_LINEARS, 0, plugin=False)
+
+
+@pytest.mark.fault(
+    "export",
+    "an external-data file cut short",
+    "GraphCheckError naming an initializer whose bytes are missing",
+)
+def test_truncated_external_data_is_a_graph_check_error(external_export, tmp_path):
+    path = external_copy(external_export, tmp_path)
+    data = path.parent / "model.onnx.data"
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    with pytest.raises(GraphCheckError, match=r"sparse_core"):
+        checks.check_graph(path, N_LINEARS, 0, plugin=False)
 
 
 def test_two_four_checker_names_the_offending_initializer(tiny_export, tmp_path):
