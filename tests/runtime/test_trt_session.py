@@ -227,3 +227,43 @@ def test_unreadable_engine_limits_are_a_corrupt_build_report(export_with_engine,
     export = copy_of(export_with_engine, limits={"max_batch": 2})
     with pytest.raises(CorruptFileError, match="build_report.json: unreadable limits"):
         Generator(export, backend="tensorrt")
+
+
+def _members_used(source: str, receivers: set[str]) -> set[tuple[str, str]]:
+    """(receiver, attribute) for every ``receiver.attribute`` in ``source``, where the receiver
+    is a name (``cudart``, ``trt``, ``context``) or ``self.<name>`` (``self._engine``)."""
+    import ast
+
+    used = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        name = value.id if isinstance(value, ast.Name) else (
+            value.attr if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name)
+            and value.value.id == "self" else None
+        )  # fmt: skip
+        if name in receivers:
+            used.add((name, node.attr))
+    return used
+
+
+def test_the_session_calls_only_members_the_installed_modules_have():
+    """The run path needs a GPU, but every TensorRT and CUDA member it calls must exist in the
+    installed tensorrt_rtx and cuda-python: a misspelt or removed name fails here, not first on
+    a GPU machine. The receivers are read from the session's source, not listed by hand."""
+    cudart = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python missing")
+    source = Path(trt_session.__file__).read_text()
+    objects = {
+        "trt": trt,
+        "cudart": cudart,
+        "_cudart": cudart,
+        "_engine": trt.ICudaEngine,
+        "_context": trt.IExecutionContext,
+        "context": trt.IExecutionContext,
+        "_runtime": trt.Runtime,
+    }
+    used = _members_used(source, set(objects))
+    assert {"execute_async_v3", "set_tensor_address", "cudaMemcpyAsync"} <= {a for _, a in used}
+    missing = sorted(f"{r}.{a}" for r, a in used if not hasattr(objects[r], a))
+    assert not missing, f"not in the installed modules: {missing}"
