@@ -154,6 +154,7 @@ class Monitor:
             "peak_rss_main_mib": round(self.peaks.get(self.pid, 0) / 1024),
             "peak_rss_workers_mib": workers,
             "peak_rss_tree_sum_mib": round(self.total_peak_kib / 1024),
+            "peak_rss_largest_mib": round(max(self.peaks.values(), default=0) / 1024),
         }
 
 
@@ -504,8 +505,12 @@ def write(bench: Bench, args, argv) -> None:
         else:
             art = f"engine {_mib(x['engine_bytes'])}"
         status = "" if x["returncode"] == 0 else f" (exit {x['returncode']})"
-        lines.append(f"| {label}{status} | {_secs(x['seconds'])} | {x['peak_rss_main_mib']} MiB "
-                     f"| {x['peak_rss_tree_sum_mib']} MiB (tree) | {art} |")  # fmt: skip
+        # the engine verb builds in a child process: its peak is the one that counts
+        largest = x.get("peak_rss_largest_mib") or max(
+            x["peak_rss_main_mib"], x["peak_rss_tree_sum_mib"]
+        )
+        lines.append(f"| {label}{status} | {_secs(x['seconds'])} | {largest} MiB (largest "
+                     "process) | - | " + art + " |")  # fmt: skip
     lines.append("")
 
     # targets
@@ -533,7 +538,7 @@ def write(bench: Bench, args, argv) -> None:
         data["targets"]["resume_redid_no_finished_job"] = not redone
     if r["export"] and fp16_bytes:
         limit = EXPORT_RSS_FACTOR * fp16_bytes / MIB
-        peak = r["export"]["peak_rss_main_mib"]
+        peak = r["export"].get("peak_rss_largest_mib") or r["export"]["peak_rss_main_mib"]
         ok = peak <= limit
         data["targets"]["export_rss_within_2_5x_fp16"] = ok
         lines.append(f"- **Export memory**: peak {peak:,} MiB against 2.5 × fp16 model bytes = "
