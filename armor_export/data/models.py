@@ -102,7 +102,13 @@ def check_finite(model: torch.nn.Module, where: str | Path) -> None:
     every output NaN, and the text that follows blank), naming the first such tensor."""
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CorruptFileError(f"{where}: tensor {name} contains NaN or Inf values")
+            # a model loaded in a narrower type: a float32 value too large for it is Inf
+            as_type = "" if tensor.dtype == torch.float32 else f" (as {_dtype_name(tensor)})"
+            raise CorruptFileError(f"{where}: tensor {name} contains NaN or Inf values{as_type}")
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 # tensors only a pruned checkpoint stores (prune/checkpoint.py)

@@ -37,15 +37,24 @@ class EvalResult:
     windows: int = 0
 
 
-def load_any_model(name_or_path: str):
-    """(model, tokenizer, manifest|None): a pruned checkpoint or any dense HF model."""
+def load_any_model(name_or_path: str, checkpoint_dtype=None):
+    """(model, tokenizer, manifest|None): a pruned checkpoint or any dense HF model.
+
+    A pruned checkpoint is loaded straight into ``checkpoint_dtype`` (float32 by default),
+    equal to loading it in float32 and calling ``.to(checkpoint_dtype)``. Dense models load
+    in float32: transformers' own loading in another dtype is not that (it keeps the rotary
+    tables in float32 and records the dtype in the config).
+    """
     from armor_export.data.models import load_model_and_tokenizer
     from armor_export.prune.checkpoint import is_pruned_checkpoint, load_checkpoint
 
     if is_pruned_checkpoint(name_or_path):
         from transformers import AutoTokenizer
 
-        model, manifest = load_checkpoint(name_or_path)
+        if checkpoint_dtype is None:
+            model, manifest = load_checkpoint(name_or_path)
+        else:
+            model, manifest = load_checkpoint(name_or_path, checkpoint_dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         except (OSError, ValueError) as exc:

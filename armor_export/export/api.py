@@ -36,6 +36,7 @@ from armor_export.export_manifest import (
     Tokens,
 )
 from armor_export.io import sha256_file, write_json
+from armor_export.memory import log_memory
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def load_for_export(name_or_path: str):
-    """(model, tokenizer, checkpoint manifest | None); partial prune folders are refused."""
+def load_for_export(name_or_path: str, dtype: str = "float32"):
+    """(model, tokenizer, checkpoint manifest | None); partial prune folders are refused.
+
+    A pruned checkpoint is loaded straight into the export's ``dtype``, never holding a
+    float32 copy of the model (the same numbers as converting one: ``load_checkpoint``).
+    """
     from armor_export.eval.api import load_any_model
     from armor_export.prune.checkpoint import MANIFEST as CKPT_MANIFEST
 
@@ -78,7 +83,7 @@ def load_for_export(name_or_path: str):
             f"{path}: partial checkpoint (prune has not finished: no {CKPT_MANIFEST}); "
             "run the same prune command again to resume it"
         )
-    return load_any_model(name_or_path)
+    return load_any_model(name_or_path, checkpoint_dtype=torch_dtype(dtype))
 
 
 def export_onnx(
@@ -92,6 +97,7 @@ def export_onnx(
     from armor_export.export import checks, lowering
     from armor_export.export.wrapper import DecoderSpec, DecoderWithCache
     from armor_export.models.registry import adapter_for
+    from armor_export.prune.lazy import trim_heap
 
     cfg.validate()
     reporter = reporter or NullReporter()
@@ -99,7 +105,8 @@ def export_onnx(
     out = Path(cfg.output_dir)
     with reporter.task("export", total=4) as task:
         if model is None:
-            model, tokenizer, checkpoint_manifest = load_for_export(cfg.model)
+            model, tokenizer, checkpoint_manifest = load_for_export(cfg.model, cfg.dtype)
+        log_memory(log, "loading")
         task.advance(1, stage="loaded")
         adapter_for(model)  # unsupported families fail here, before any tracing
         limits = _resolve_limits(cfg, model.config)
@@ -109,6 +116,8 @@ def export_onnx(
         matrices = (checkpoint_manifest or {}).get("matrices", {})
         sparse_names = [n for n, info in matrices.items() if info.get("kind") == "sparse"]
         counts = lowering.lower_model_(model, sparse_names, plugin=cfg.lowering == "plugin")
+        trim_heap()  # the replaced modules' memory, before tracing needs more
+        log_memory(log, "lowering")
         if not counts["armor"] and not counts["sparse"]:
             log.warning("%s has no ArmorLinear or 2:4 layers: exporting it as dense", cfg.model)
         with (
@@ -123,6 +132,7 @@ def export_onnx(
             report = checks.check_graph(
                 tmp_dir / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
             )
+            log_memory(log, "checking the graph")
             task.advance(1, stage="checked")
             _save_tokenizer(tokenizer, tmp_dir)
             manifest = _manifest(
@@ -192,7 +202,9 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool,
             verbose=False,
             optimize=False,
         )
+        log_memory(log, "tracing")
         merged = _optimize(program.model)
+        log_memory(log, "optimising the graph")
     _name_output_dims(program.model)
     size = sum(
         init.const_value.nbytes
@@ -203,6 +215,7 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool,
         cfg.external_data == "auto" and size > EXTERNAL_DATA_THRESHOLD
     )
     program.save(path, external_data=external)
+    log_memory(log, "saving the graph")
     return external, merged
 
 

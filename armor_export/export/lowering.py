@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from armor_export.export import reference
+from armor_export.prune.lazy import trim_heap
 from armor_export.prune.linear import ArmorLinear, set_submodule
 
 CORE_SUFFIX = "sparse_core"
@@ -160,6 +161,10 @@ class LoweredSparseLinear(nn.Module):
 def lower_model_(model: nn.Module, sparse_names: list[str], plugin: bool) -> dict[str, int]:
     """Swap every ArmorLinear (and each 2:4 linear named in ``sparse_names``) in place.
 
+    The heap is trimmed after each swap: the freed module's tensors are below glibc's
+    (self-raising) mmap threshold, and without giving them back the process grew by the
+    size of the replaced modules (+2.7 GiB of a 1.5 B model's 7.3 GiB float16 export peak).
+
     Returns counts: ``{"armor": n_armor, "sparse": n_masked_linears, "blocked_mlps": n}``
     (gated MLPs lowered with their activation in block layout; plain form only).
     """
@@ -167,10 +172,13 @@ def lower_model_(model: nn.Module, sparse_names: list[str], plugin: bool) -> dic
     mlps = [] if plugin else [n for n, m in model.named_modules() if blocked_mlp_eligible(m)]
     for name in mlps:
         set_submodule(model, name, LoweredArmorMLP(model.get_submodule(name)))
+        trim_heap()
     for name in armor:
         if isinstance(model.get_submodule(name), ArmorLinear):
             set_submodule(model, name, LoweredArmorLinear(model.get_submodule(name), plugin))
+            trim_heap()
     sparse = [n for n in sparse_names if isinstance(model.get_submodule(n), nn.Linear)]
     for name in sparse:
         set_submodule(model, name, LoweredSparseLinear(model.get_submodule(name)))
+        trim_heap()
     return {"armor": len(armor), "sparse": len(sparse), "blocked_mlps": len(mlps)}

@@ -34,10 +34,13 @@ class SafetensorsSource:
     run, while what is read here is freed with the tensor (the OS still caches the file).
     """
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, files: list[str] | None = None):
+        """``files``: read only these files of ``folder`` (default: the model's files)."""
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
+        if files is not None:
+            weight_map = None
+        elif index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
         else:
