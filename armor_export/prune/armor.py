@@ -343,7 +343,6 @@ def values_step(
     bt = b * prob.gamma_blocks
     ata = a.transpose(-1, -2) @ a  # [E, P, b, b]
     gram = bt @ bt.transpose(-1, -2)  # [E, Q, b, b]
-    m_f = mask.to(s.dtype)
     shape5 = (prob.e, prob.p, prob.b, prob.q, prob.b)
 
     def tile_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [E, P, 1, Q, 1]
@@ -355,12 +354,12 @@ def values_step(
     # the updates are in place (same arithmetic, fewer matrix-sized temporaries alive)
     x = s.clone()
     r = -blockdiag.right_mul(blockdiag.left_mul(a.transpose(-1, -2), err), bt.transpose(-1, -2))
-    r.mul_(m_f)
+    r.mul_(mask)  # a bool factor promotes to exactly 1.0 / 0.0: no float copy of the mask
     p = r.clone()
     rr = tile_dot(r, r)
     tiny = torch.finfo(s.dtype).tiny
     for _ in range(steps):
-        hp = blockdiag.right_mul(blockdiag.left_mul(ata, p), gram).mul_(m_f)
+        hp = blockdiag.right_mul(blockdiag.left_mul(ata, p), gram).mul_(mask)
         php = tile_dot(p, hp)
         step = torch.where(php > tiny, rr / php.clamp_min(tiny), torch.zeros_like(php))
         x += per_tile(step, p)
@@ -370,7 +369,7 @@ def values_step(
         p.view(shape5).mul_(beta)
         p += r  # = r + beta p
         rr = rr_new
-    del r, p, hp, m_f  # the CG state: four matrices not needed for the error below
+    del r, p, hp  # the CG state: three matrices not needed for the error below
     err_new = prob.error(a, x, b)
     # CG decreases a convex quadratic monotonically; guard against round-off anyway
     worse = prob.tile_losses(err_new) > prob.tile_losses(err)
@@ -476,7 +475,8 @@ def solve_batch(
     m, n = weight.shape[-2:]
     a = blockdiag.identity(e * (m // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
     b = blockdiag.identity(e * (n // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
-    nowag_state = (a, s, b)
+    # kept only where it is scored again (it would pin the starting core for the whole run)
+    nowag_state = (a, s, b) if settings.weighting == "output" else None
     if settings.weighting == "normalized":  # the authors' loss (docs/design.md §2.5)
         prob = _Problem(norm.w_bar, hdiag, bs)
     elif settings.weighting == "output":
@@ -522,7 +522,9 @@ def solve_batch(
                 best_loss[i], improved[i] = loss, True
             if stale[i] >= settings.patience:
                 done[i], stopped_at[i] = True, it
-        if any(improved):
+        if all(improved):  # the new iterate is the best of every problem: no copy
+            best = [a, s, mask, b]
+        elif any(improved):
             take = torch.tensor(improved, device=weight.device)
             best = [
                 _where_problem(take, new, old)
