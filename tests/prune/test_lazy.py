@@ -231,3 +231,43 @@ def test_low_memory_prune_of_a_bf16_checkpoint_writes_the_same_checkpoint(
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_pool_workers_are_handed_one_weight_not_the_model(
+    family_dirs, text_file, tmp_path, one_torch_thread, monkeypatch
+):
+    """What a low-memory run sends to a pool worker per job is that job's weight and
+    statistics (plus the config), never the lazy model or its reader: measured as the
+    pickled size of the submitted arguments."""
+    import pickle
+    from concurrent.futures import Future
+
+    from armor_export.prune import schedule
+
+    sent: list[tuple[int, int]] = []  # (pickled bytes, bytes of the job's own tensors)
+
+    class InProcessPool:  # records what would cross the process boundary, runs it here
+        def __init__(self, *args, **kwargs):
+            kwargs["initializer"](*kwargs["initargs"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job, cfg):
+            own = sum(t.numel() * t.element_size() for t in (job.weight, job.hdiag, job.gram)
+                      if t is not None)  # fmt: skip
+            sent.append((len(pickle.dumps((fn, job, cfg))), own))
+            future = Future()
+            future.set_result(fn(job, cfg))
+            return future
+
+    monkeypatch.setattr(schedule, "ProcessPoolExecutor", InProcessPool)
+    cfg = _config(family_dirs["llama"], text_file, tmp_path / "low", True)
+    cfg.workers = 2
+    result = api.prune(cfg)
+    assert len(sent) == len(result.metrics) > 0
+    for pickled, own in sent:
+        assert pickled <= own + 16 * 1024, (pickled, own)  # the tensors and a small config
