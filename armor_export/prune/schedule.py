@@ -94,6 +94,11 @@ def run_jobs(
             for result in results:
                 save(result)
                 on_result(result)
+            del ready, results
+            if cfg.low_memory:
+                from armor_export.prune.lazy import trim_heap
+
+                trim_heap()
         return
     # largest matrices first, so the pool drains evenly
     pending.sort(key=lambda j: j.weight.numel(), reverse=True)
