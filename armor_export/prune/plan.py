@@ -145,14 +145,15 @@ def statistics_bytes(targets: dict, method: str) -> int:
     return norms + grams
 
 
-# Measured on one 8960x1536 fp32 ARMOR solve (block 64, #19, torch 2.13 CPU): its peak is
-# 15 weight-sized temporaries above the process holding the weight (785 MiB for a 52.5 MiB
-# matrix, eager and compiled alike: the peak is in the conjugate-gradient values step),
-# so a job holds 16 copies of its weight in fp32 at its peak.
-JOB_WEIGHT_COPIES = 16
-# Resident size torch.compile adds to a process once the group maths are compiled (inductor,
-# sympy, the compiled kernel): 240 -> 462 MiB around one small compiled ARMOR job (#19).
-COMPILE_RUNTIME_MIB = 220.0
+# Measured on one 8960x1536 fp32 ARMOR solve (block 64, #19, torch 2.13 CPU, glibc with
+# ``lazy.bound_heap``): the process peaks 772 MiB (eager) / 748 MiB (compiled) above its
+# runtime, the weight included: about 15 fp32 copies of the weight. The peak is in the
+# group step (eager) or the conjugate-gradient values step (compiled).
+JOB_WEIGHT_COPIES = 15
+# Resident size torch.compile adds to a worker once the group maths are compiled (inductor,
+# sympy, the compiled kernel): 234 MiB after the imports, 388 MiB after the first compiled
+# job with its temporaries freed (#19).
+COMPILE_RUNTIME_MIB = 155.0
 # What a fresh process imports, by role: a pool worker runs jobs; the main process also
 # loads the model and tokenizer (transformers).
 _WORKER_IMPORTS = "import torch, armor_export.prune.jobs, armor_export.prune.schedule"
@@ -223,9 +224,17 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
     worker_runtime, main_runtime = fresh_runtime_mib()
     if cfg.method == "armor" and cfg.armor.compile:
         worker_runtime += COMPILE_RUNTIME_MIB
-    resident = _resident_outside_layers(model, adapter) + layer if cfg.low_memory else whole
+    outside = _resident_outside_layers(model, adapter)
+    resident = outside + layer if cfg.low_memory else whole
     pool = resolve_workers(cfg.workers, len(targets), cfg.device) > 1
-    calibrating = resident + activations
+    if cfg.low_memory:
+        # two phases: the embeddings run once to capture layer 0's inputs (activations of
+        # one layer's width), then are released; each layer then runs with its activations.
+        # Measured on Qwen2.5-1.5B (#19): main peak 1115 MiB, this model 1096 MiB.
+        capture = 2 * tokens * hidden * 4  # layer 0's inputs, and the embeddings' output
+        calibrating = max(outside + capture, layer + activations)
+    else:
+        capture, calibrating = 0, whole + activations
     # jobs in the main process: it still holds the model unless it is low-memory
     in_process = (0 if cfg.low_memory else whole) + job
     main = stats + (calibrating if pool else max(calibrating, in_process))
@@ -233,7 +242,9 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
         "runtime_measured": main_runtime,
         "runtime_worker": worker_runtime if pool else 0.0,
         "model_resident": resident / MIB,
+        "outside_layers": (outside if cfg.low_memory else whole) / MIB,
         "calibration_activations": activations / MIB,
+        "calibration_capture": capture / MIB,
         "statistics": stats / MIB,
         "largest_job": job / MIB,
         "main_process": main_runtime + main / MIB,

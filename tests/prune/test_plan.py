@@ -45,8 +45,16 @@ def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file,
     mem = plan.memory_mib
     assert mem["model_resident"] < mem["whole_model_fp32"]  # low memory: one layer + base
     # per process: the main process calibrates, each pool worker runs one job at a time
-    main = ("runtime_measured", "model_resident", "calibration_activations", "statistics")
-    assert mem["main_process"] == pytest.approx(sum(mem[k] for k in main), abs=0.3)
+    # low memory: the embeddings are released before the first layer runs; the main
+    # process's peak is one layer and its activations here (a tiny vocabulary)
+    assert mem["model_resident"] == pytest.approx(
+        mem["outside_layers"] + mem["one_decoder_layer"], abs=0.2
+    )
+    capture_phase = mem["outside_layers"] + mem["calibration_capture"]
+    layer_phase = mem["one_decoder_layer"] + mem["calibration_activations"]
+    assert mem["main_process"] == pytest.approx(
+        mem["runtime_measured"] + mem["statistics"] + max(capture_phase, layer_phase), abs=0.4
+    )
     assert mem["worker_process"] == pytest.approx(
         mem["runtime_worker"] + mem["largest_job"], abs=0.2
     )
