@@ -67,7 +67,7 @@ def run(args) -> int:
     for r in plan.per_rank:
         ranks.add_row(str(r["rank"]), str(r["jobs"]), _duration(r["est_seconds"]))
     out.print(ranks)
-    mem = Table(title="memory per worker (MiB; runtime measured, the rest from shapes)")
+    mem = Table(title="peak memory per process (MiB; runtimes measured, the rest from shapes)")
     mem.add_column("component")
     mem.add_column("MiB", justify="right")
     for key, value in plan.memory_mib.items():

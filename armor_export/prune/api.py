@@ -165,7 +165,9 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     lazy = None
     if cfg.low_memory:
         from armor_export.data.models import load_lazy_model_and_tokenizer
+        from armor_export.prune.lazy import bound_heap
 
+        bound_heap()  # calibration frees a layer's weights and activations after each layer
         lazy, tokenizer = load_lazy_model_and_tokenizer(cfg.model)
         model = lazy.model
     else:

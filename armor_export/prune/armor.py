@@ -151,12 +151,17 @@ def group_candidates(
         best_cost = torch.where(hit, cost, best_cost)
         best = torch.where(hit, idx, best)
         sols.append((vi, vj))
+    del vi, vj, ui, uj, cost, hit, scale, best_cost
     vals = [torch.zeros_like(u[0]) for _ in range(GROUP)]
-    for idx, ((i, j), (vi, vj)) in enumerate(zip(_PAIRS, sols, strict=True)):
+    for idx, (i, j) in enumerate(_PAIRS):
+        vi, vj = sols[idx]
+        sols[idx] = None  # each candidate pair is freed once merged (3 matrices in all)
         chosen = best == idx
         vals[i] = torch.where(chosen, vi, vals[i])
         vals[j] = torch.where(chosen, vj, vals[j])
+        del vi, vj, chosen
     values = torch.stack(vals)
+    del vals
 
     def gmul(x: torch.Tensor) -> torch.Tensor:  # G x for every group
         return torch.stack([sum(g4[i, j] * x[j] for j in range(GROUP)) for i in range(GROUP)])
@@ -221,12 +226,17 @@ def propose_groups(
     s_g = grouped(s)
     # u = V − α G s_g
     gs = torch.stack([sum(g4[i, j] * s_g[j] for j in range(GROUP)) for i in range(GROUP)])
-    u = grouped(v) - alpha * gs
+    gs.mul_(alpha)  # = alpha * gs, in place
+    u = grouped(v)
+    del v
+    u.sub_(gs)  # = grouped(v) − α G s_g, in place: two matrices fewer alive in the step
+    del gs
     values, best, gain = _candidates(compiled, u, g4, alpha, s_g)
+    del u, s_g
     # back to matrix layout [E, P, b, Q, b/4, 4] -> [E, d_out, d_in]
     shape = (e, prob.m, prob.n)
     values = values.permute(1, 2, 4, 3, 5, 0).reshape(shape)
-    new_mask = SUPPORT_MASKS.to(u.device)[best.permute(0, 1, 3, 2, 4)].reshape(shape)
+    new_mask = SUPPORT_MASKS.to(best.device)[best.permute(0, 1, 3, 2, 4)].reshape(shape)
     return _GroupProposal(values, new_mask, gain)
 
 
@@ -287,11 +297,13 @@ def sparse_step(
         s_multi, m_multi = _write_groups(s, mask, prop, multi_sel)
         err_multi = prob.error(a, s_multi, b)
         multi_ok = prob.tile_losses(err_multi) <= old_tiles - single_gain
+        del s_multi, m_multi, err_multi
         multi_ok &= torch.tensor([k > 1 for k in ks], device=old_tiles.device)[:, None, None]
     else:
         multi_ok = torch.zeros_like(old_tiles, dtype=torch.bool)
     select = torch.where(multi_ok[..., None, None], multi_sel, single_sel)
     s_new, m_new = _write_groups(s, mask, prop, select)
+    del prop, select, multi_sel, single_sel
     err_new = prob.error(a, s_new, b)
     # exact arithmetic guarantees no increase; guard against round-off in low precision
     worse = prob.tile_losses(err_new) > old_tiles
@@ -331,7 +343,6 @@ def values_step(
     bt = b * prob.gamma_blocks
     ata = a.transpose(-1, -2) @ a  # [E, P, b, b]
     gram = bt @ bt.transpose(-1, -2)  # [E, Q, b, b]
-    m_f = mask.to(s.dtype)
     shape5 = (prob.e, prob.p, prob.b, prob.q, prob.b)
 
     def tile_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # [E, P, 1, Q, 1]
@@ -340,22 +351,25 @@ def values_step(
     def per_tile(scalars: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (x.view(shape5) * scalars).view(s.shape)
 
+    # the updates are in place (same arithmetic, fewer matrix-sized temporaries alive)
     x = s.clone()
     r = -blockdiag.right_mul(blockdiag.left_mul(a.transpose(-1, -2), err), bt.transpose(-1, -2))
-    r = r * m_f
+    r.mul_(mask)  # a bool factor promotes to exactly 1.0 / 0.0: no float copy of the mask
     p = r.clone()
     rr = tile_dot(r, r)
     tiny = torch.finfo(s.dtype).tiny
     for _ in range(steps):
-        hp = blockdiag.right_mul(blockdiag.left_mul(ata, p), gram) * m_f
+        hp = blockdiag.right_mul(blockdiag.left_mul(ata, p), gram).mul_(mask)
         php = tile_dot(p, hp)
         step = torch.where(php > tiny, rr / php.clamp_min(tiny), torch.zeros_like(php))
-        x = x + per_tile(step, p)
-        r = r - per_tile(step, hp)
+        x += per_tile(step, p)
+        r -= per_tile(step, hp)
         rr_new = tile_dot(r, r)
         beta = torch.where(rr > tiny, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
-        p = r + per_tile(beta, p)
+        p.view(shape5).mul_(beta)
+        p += r  # = r + beta p
         rr = rr_new
+    del r, p, hp  # the CG state: three matrices not needed for the error below
     err_new = prob.error(a, x, b)
     # CG decreases a convex quadratic monotonically; guard against round-off anyway
     worse = prob.tile_losses(err_new) > prob.tile_losses(err)
@@ -450,7 +464,9 @@ def solve_batch(
             f"solve_batch needs same-shape weights, got {[tuple(w.shape) for w in weights]}"
         )
     start = time.perf_counter()
-    weight, hdiag = torch.stack(weights), torch.stack(hdiags)
+    # one matrix: a view, not a copy (the weight is the largest input of the solve)
+    weight = torch.stack(weights) if len(weights) > 1 else weights[0].unsqueeze(0)
+    hdiag = torch.stack(hdiags)
     e = weight.shape[0]
     norm = normalize(weight)
     bs = settings.block_size
@@ -459,7 +475,8 @@ def solve_batch(
     m, n = weight.shape[-2:]
     a = blockdiag.identity(e * (m // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
     b = blockdiag.identity(e * (n // bs), bs, weight.dtype, weight.device).view(e, -1, bs, bs)
-    nowag_state = (a, s, b)
+    # kept only where it is scored again (it would pin the starting core for the whole run)
+    nowag_state = (a, s, b) if settings.weighting == "output" else None
     if settings.weighting == "normalized":  # the authors' loss (docs/design.md §2.5)
         prob = _Problem(norm.w_bar, hdiag, bs)
     elif settings.weighting == "output":
@@ -485,7 +502,11 @@ def solve_batch(
     done = [False] * e
     stopped_at = [settings.iterations] * e
     for it in range(1, settings.iterations + 1):
-        a, s, mask, b, err = step_fn(prob, a, s, mask, b, err)
+        # the step takes the state over (this frame keeps no reference to it), so the
+        # previous iterate is freed as the step replaces it, not held beside the new one
+        state = [a, s, mask, b, err]
+        del a, s, mask, b, err
+        a, s, mask, b, err = step_fn(prob, state)
         losses = prob.losses(err).tolist()
         improved = [False] * e
         for i, loss in enumerate(losses):
@@ -501,7 +522,9 @@ def solve_batch(
                 best_loss[i], improved[i] = loss, True
             if stale[i] >= settings.patience:
                 done[i], stopped_at[i] = True, it
-        if any(improved):
+        if all(improved):  # the new iterate is the best of every problem: no copy
+            best = [a, s, mask, b]
+        elif any(improved):
             take = torch.tensor(improved, device=weight.device)
             best = [
                 _where_problem(take, new, old)
@@ -560,7 +583,9 @@ class _ExactIteration:
         self.settings = settings
         self.ks = [settings.groups_per_tile or max(1, settings.block_size // GROUP)] * problems
 
-    def __call__(self, prob, a, s, mask, b, err):
+    def __call__(self, prob, state: list[torch.Tensor]):
+        a, s, mask, b, err = state
+        state.clear()
         s, mask, err, fracs = sparse_step(prob, a, s, mask, b, err, self.ks, self.settings.compile)
         # adapt, per problem, how many groups per tile are moved together
         for i, frac in enumerate(fracs):
@@ -583,7 +608,9 @@ class _AdamIteration:
         self.k = settings.groups_per_tile or 1
         self.compile = settings.compile
 
-    def __call__(self, prob, a, s, mask, b, err):
+    def __call__(self, prob, state: list[torch.Tensor]):
+        a, s, mask, b, err = state
+        state.clear()
         pa, pw, pb = self.params
         self.opt.zero_grad(set_to_none=True)
         e = prob.error(pa, pw * mask, pb)

@@ -62,6 +62,9 @@ class SafetensorsSource:
     def keys(self) -> list[str]:
         return list(self._where)
 
+    def stored_dtype(self, key: str) -> torch.dtype:
+        return self._where[key][3]
+
     def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
@@ -182,6 +185,32 @@ def trim_heap() -> None:
         pass
 
 
+# glibc's mallopt parameter number for the mmap threshold (malloc.h)
+_M_MMAP_THRESHOLD = -3
+# Blocks from this size on get their own mapping, returned to the OS when freed. Measured on
+# one 8960x1536 ARMOR solve (#19): glibc's default (a threshold that grows to 32 MiB) let
+# the heap fragment, peak 1538 MiB; 4 MiB: 1195 MiB (64 KiB: the same peak, slower); the
+# solve took ~15 % longer (fresh pages are faulted in), so only low-memory runs use it.
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+
+
+def bound_heap() -> None:
+    """Make freed large blocks go back to the OS at once (a no-op off glibc).
+
+    A process that allocates and frees many matrix-sized temporaries (calibration, ARMOR
+    solves) otherwise keeps the holes of a fragmented heap resident, and its peak RSS is
+    hundreds of MiB above what it ever holds at once.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class LazyModel:
     """A model whose decoder layers are loaded one at a time from ``source``."""
@@ -228,8 +257,45 @@ def load_lazy_model(folder: str | Path) -> LazyModel:
     layers = model.get_submodule(layers_path)
     in_layers = {id(m) for m in layers.modules()}
     base = model.get_submodule(parent_path) if parent_path else model
-    materialize(model, base, parent_path, source, skip=lambda m: id(m) in in_layers)
+    embedding = _embedding_in_stored_dtype(model, source)
+    skip = {id(m) for m in (embedding,) if m is not None} | in_layers
+    materialize(model, base, parent_path, source, skip=lambda m: id(m) in skip)
     return LazyModel(model, source, layers_path)
+
+
+def _embedding_in_stored_dtype(model: nn.Module, source: SafetensorsSource) -> nn.Module | None:
+    """Keep a plain input embedding in its stored (16-bit) dtype; upcast the rows looked up.
+
+    The embedding is the largest tensor outside the layers (151936 x 1536 is 890 MiB in
+    fp32, 445 MiB in bf16). Looking rows up and then upcasting gives exactly what the fp32
+    table gives (a 16-bit float widens to fp32 exactly). The fp32 ``weight`` parameter stays
+    on ``meta``, so the model's dtype and its state dict (what the checkpoint is streamed
+    from) are unchanged. Returns the module, or None where this does not apply (a subclass
+    that scales or normalises its rows, an fp32 checkpoint).
+    """
+    emb = model.get_input_embeddings()
+    if type(emb) is not nn.Embedding or emb.max_norm is not None:
+        return None
+    name = next(n for n, m in model.named_modules() if m is emb)
+    key = f"{name}.weight"
+    if key not in source:
+        return None
+    stored = source.stored_dtype(key)
+    if not stored.is_floating_point or stored.itemsize >= emb.weight.dtype.itemsize:
+        return None
+    table = source.get(key, dtype=None)
+    if tuple(table.shape) != tuple(emb.weight.shape):
+        raise CorruptFileError(
+            f"{source.folder}: {key} has shape {tuple(table.shape)}, the model expects "
+            f"{tuple(emb.weight.shape)}"
+        )
+    emb.register_buffer("stored_weight", table, persistent=False)
+    emb.forward = partial(_upcast_lookup, emb)
+    return emb
+
+
+def _upcast_lookup(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    return nn.functional.embedding(ids, emb.stored_weight, emb.padding_idx).to(emb.weight.dtype)
 
 
 # ---------------------------------------------------------------------------------------

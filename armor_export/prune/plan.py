@@ -145,16 +145,67 @@ def statistics_bytes(targets: dict, method: str) -> int:
     return norms + grams
 
 
-def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -> dict:
-    """Per-worker memory by component (MiB): measured runtime, sizes from the model's shapes."""
-    model, config = lazy.model, lazy.model.config
-    layers = adapter.layers(model)
-    layer = layer_bytes(model, adapter)
+# Measured on one 8960x1536 fp32 ARMOR solve (block 64, #19, torch 2.13 CPU, glibc with
+# ``lazy.bound_heap``): the process peaks 772 MiB (eager) / 748 MiB (compiled) above its
+# runtime, the weight included: about 15 fp32 copies of the weight. The peak is in the
+# group step (eager) or the conjugate-gradient values step (compiled).
+JOB_WEIGHT_COPIES = 15
+# Resident size torch.compile adds to a worker once the group maths are compiled (inductor,
+# sympy, the compiled kernel): 234 MiB after the imports, 388 MiB after the first compiled
+# job with its temporaries freed (#19).
+COMPILE_RUNTIME_MIB = 155.0
+# What a fresh process imports, by role: a pool worker runs jobs; the main process also
+# loads the model and tokenizer (transformers).
+_WORKER_IMPORTS = "import torch, armor_export.prune.jobs, armor_export.prune.schedule"
+_MAIN_IMPORTS = "import transformers, armor_export.prune.api, armor_export.data.models"
+
+
+def fresh_runtime_mib() -> tuple[float, float]:
+    """(worker, main) resident size of a fresh process after its imports, measured in a
+    child (this process's own size is inflated by the probe). Falls back to the sizes
+    measured for #19 (235 and 250 MiB) where no child can be run."""
+    import subprocess
+    import sys
+
+    code = (
+        "def rss():\n"
+        "    return open('/proc/self/statm').read().split()[1]\n"
+        f"{_WORKER_IMPORTS}\nprint(rss())\n{_MAIN_IMPORTS}\nprint(rss())\n"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, check=True).stdout.split()  # fmt: skip
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(out[0]) * page / MIB, int(out[1]) * page / MIB
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return 235.0, 250.0
+
+
+def _resident_outside_layers(model, adapter) -> int:
+    """Bytes a low-memory run keeps outside the decoder layers while calibrating: what
+    ``lazy.load_lazy_model`` materialised (the embedding in its stored dtype where it is
+    kept so), not the ``meta`` stand-ins (``lm_head`` stays on disk)."""
     parent_path = adapter.layers_path.rpartition(".")[0]
     base = model.get_submodule(parent_path) if parent_path else model
-    in_layers = {id(p) for p in layers.parameters()}
-    # what a low-memory run keeps: the base model outside the layers (lm_head stays on disk)
-    outside = sum(p.numel() for p in base.parameters() if id(p) not in in_layers) * 4
+    layers = adapter.layers(model)
+    in_layers = {id(t) for t in (*layers.parameters(), *layers.buffers())}
+    tensors = {id(t): t for t in (*base.parameters(), *base.buffers()) if id(t) not in in_layers}
+    return sum(t.numel() * t.element_size() for t in tensors.values() if not t.is_meta)
+
+
+def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -> dict:
+    """Peak memory of each process of the run (MiB): sizes from the model's shapes, the
+    runtimes measured in a fresh process, the job from the solver's measured temporaries.
+
+    The main process calibrates (runtime, the model it holds, activations, statistics);
+    each pool worker runs one job at a time (runtime, the largest job). With one worker the
+    jobs run in the main process after calibration. ``total_per_worker`` is the largest
+    process's peak (``peak_process``).
+    """
+    from armor_export.prune.schedule import resolve_workers
+
+    model, config = lazy.model, lazy.model.config
+    layer = layer_bytes(model, adapter)
     state = model.state_dict()
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
@@ -169,15 +220,38 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
     activations += rows * heads * seqlen * seqlen * 4  # attention scores of one batch
     stats = statistics_bytes(targets, cfg.method)
     largest = max(m.in_features * m.out_features for m in targets.values())
-    job = largest * 4 * 10  # weight, normalised copy, core, error, best iterate, mask, temps
+    job = largest * 4 * JOB_WEIGHT_COPIES
+    worker_runtime, main_runtime = fresh_runtime_mib()
+    if cfg.method == "armor" and cfg.armor.compile:
+        worker_runtime += COMPILE_RUNTIME_MIB
+    outside = _resident_outside_layers(model, adapter)
+    resident = outside + layer if cfg.low_memory else whole
+    pool = resolve_workers(cfg.workers, len(targets), cfg.device) > 1
+    if cfg.low_memory:
+        # two phases: the embeddings run once to capture layer 0's inputs (activations of
+        # one layer's width), then are released; each layer then runs with its activations.
+        # Measured on Qwen2.5-1.5B (#19): main peak 1115 MiB, this model 1096 MiB.
+        capture = 2 * tokens * hidden * 4  # layer 0's inputs, and the embeddings' output
+        calibrating = max(outside + capture, layer + activations)
+    else:
+        capture, calibrating = 0, whole + activations
+    # jobs in the main process: it still holds the model unless it is low-memory
+    in_process = (0 if cfg.low_memory else whole) + job
+    main = stats + (calibrating if pool else max(calibrating, in_process))
     memory = {
-        "runtime_measured": _rss_mib(),
-        "model_resident": (outside + layer if cfg.low_memory else whole) / MIB,
+        "runtime_measured": main_runtime,
+        "runtime_worker": worker_runtime if pool else 0.0,
+        "model_resident": resident / MIB,
+        "outside_layers": (outside if cfg.low_memory else whole) / MIB,
         "calibration_activations": activations / MIB,
+        "calibration_capture": capture / MIB,
         "statistics": stats / MIB,
         "largest_job": job / MIB,
+        "main_process": main_runtime + main / MIB,
+        "worker_process": worker_runtime + job / MIB if pool else 0.0,
     }
-    memory["total_per_worker"] = sum(memory.values())
+    memory["peak_process"] = max(memory["main_process"], memory["worker_process"])
+    memory["total_per_worker"] = memory["peak_process"]
     memory["one_decoder_layer"] = layer / MIB
     memory["whole_model_fp32"] = whole / MIB
     return {k: round(v, 1) for k, v in memory.items()}

@@ -30,8 +30,12 @@ def resolve_workers(requested: int, pending: int, device: str = "cpu") -> int:
     return max(1, min(workers, pending))
 
 
-def _init_worker(threads: int, method_modules: tuple[str, ...]) -> None:
+def _init_worker(threads: int, method_modules: tuple[str, ...], low_memory: bool = False) -> None:
     torch.set_num_threads(threads)
+    if low_memory:
+        from armor_export.prune.lazy import bound_heap
+
+        bound_heap()
     # a method registered outside the built-ins (a user's module) registers in the worker too
     for module in method_modules:
         importlib.import_module(module)
@@ -42,7 +46,12 @@ def _method_modules() -> tuple[str, ...]:
 
 
 def _work(job: MatrixJob, cfg: PruneConfig) -> MatrixResult:
-    return run_job(job, cfg)
+    result = run_job(job, cfg)
+    if cfg.low_memory:  # the job's freed temporaries go back to the OS before the next one
+        from armor_export.prune.lazy import trim_heap
+
+        trim_heap()
+    return result
 
 
 def run_jobs(
@@ -85,6 +94,11 @@ def run_jobs(
             for result in results:
                 save(result)
                 on_result(result)
+            del ready, results
+            if cfg.low_memory:
+                from armor_export.prune.lazy import trim_heap
+
+                trim_heap()
         return
     # largest matrices first, so the pool drains evenly
     pending.sort(key=lambda j: j.weight.numel(), reverse=True)
@@ -92,8 +106,9 @@ def run_jobs(
     log.info("running %d jobs on %d worker processes", len(pending), workers)
     ctx = get_context("spawn")
     queue = iter(pending)
+    init = (threads, _method_modules(), cfg.low_memory)
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(threads, _method_modules())
+        workers, mp_context=ctx, initializer=_init_worker, initargs=init
     ) as pool:
         in_flight: set = set()
 

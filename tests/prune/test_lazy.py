@@ -178,3 +178,96 @@ def test_source_reads_owned_copies_and_rejects_truncated_files(tmp_path, family_
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match="outside the file"):
         SafetensorsSource(folder)
+
+
+@pytest.fixture(scope="module")
+def bf16_dirs(tmp_path_factory):
+    """Checkpoints stored in bf16, as most published ones are."""
+    root = tmp_path_factory.mktemp("bf16")
+    tokenizer = train_tokenizer([TEXT])
+    dirs = {}
+    for family in ("qwen2", "gemma"):
+        dirs[family] = root / family
+        tiny_model(family).to(torch.bfloat16).save_pretrained(dirs[family])
+        tokenizer.save_pretrained(dirs[family])
+    return dirs
+
+
+@pytest.mark.parametrize("family,kept", [("qwen2", True), ("gemma", False)])
+def test_bf16_embedding_stays_bf16_and_calibration_is_unchanged(
+    family, kept, bf16_dirs, one_torch_thread
+):
+    """A low-memory run holds a plain embedding in its stored dtype (half of fp32) and
+    upcasts the rows it looks up: the statistics are bit-identical to the fp32 model's.
+    Gemma scales its embedding output, so its table is upcast as before."""
+    from transformers import AutoModelForCausalLM
+
+    folder = bf16_dirs[family]
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 300, (2, 16), generator=gen) for _ in range(2)]
+    eager = _hdiag(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), batches)
+    lazy = load_lazy_model(folder)
+    emb = lazy.model.get_input_embeddings()
+    if kept:
+        assert emb.weight.is_meta and emb.weight.dtype == torch.float32  # state dict unchanged
+        assert emb.stored_weight.dtype == torch.bfloat16
+        assert "model.embed_tokens.weight" in lazy.model.state_dict()
+    else:
+        assert emb.weight.dtype == torch.float32 and not emb.weight.is_meta
+    result = _hdiag(lazy.model, batches, lazy)
+    assert result.keys() == eager.keys()
+    for name in eager:
+        assert torch.equal(result[name], eager[name]), name
+
+
+def test_low_memory_prune_of_a_bf16_checkpoint_writes_the_same_checkpoint(
+    bf16_dirs, text_file, tmp_path, one_torch_thread
+):
+    folder = bf16_dirs["qwen2"]
+    api.prune(_config(folder, text_file, tmp_path / "eager", False))
+    api.prune(_config(folder, text_file, tmp_path / "low", True))
+    a = read_tensors(tmp_path / "eager" / "model.safetensors")
+    b = read_tensors(tmp_path / "low" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_pool_workers_are_handed_one_weight_not_the_model(
+    family_dirs, text_file, tmp_path, one_torch_thread, monkeypatch
+):
+    """What a low-memory run sends to a pool worker per job is that job's weight and
+    statistics (plus the config), never the lazy model or its reader: measured as the
+    pickled size of the submitted arguments."""
+    import pickle
+    from concurrent.futures import Future
+
+    from armor_export.prune import schedule
+
+    sent: list[tuple[int, int]] = []  # (pickled bytes, bytes of the job's own tensors)
+
+    class InProcessPool:  # records what would cross the process boundary, runs it here
+        def __init__(self, *args, **kwargs):
+            kwargs["initializer"](*kwargs["initargs"])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job, cfg):
+            own = sum(t.numel() * t.element_size() for t in (job.weight, job.hdiag, job.gram)
+                      if t is not None)  # fmt: skip
+            sent.append((len(pickle.dumps((fn, job, cfg))), own))
+            future = Future()
+            future.set_result(fn(job, cfg))
+            return future
+
+    monkeypatch.setattr(schedule, "ProcessPoolExecutor", InProcessPool)
+    cfg = _config(family_dirs["llama"], text_file, tmp_path / "low", True)
+    cfg.workers = 2
+    result = api.prune(cfg)
+    assert len(sent) == len(result.metrics) > 0
+    for pickled, own in sent:
+        assert pickled <= own + 16 * 1024, (pickled, own)  # the tensors and a small config
