@@ -62,6 +62,10 @@ class SafetensorsSource:
     def stored_dtype(self, key: str) -> torch.dtype:
         return self._where[key][3]
 
+    def largest_nbytes(self) -> int:
+        """Bytes of the largest stored tensor (what streaming a checkpoint holds at once)."""
+        return max((entry[2] for entry in self._where.values()), default=0)
+
     def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
