@@ -142,8 +142,9 @@ def save_checkpoint_streaming(
         module, _, leaf = key.rpartition(".")
         if module in pruned and leaf in ("weight", "core", "mask", "a_blocks", "b_blocks"):
             continue
+        # read in the stored dtype, converted as it is written (``TensorEntry.convert``)
         entries.append(TensorEntry(key, tensor.dtype, tuple(tensor.shape),
-                                   _source_tensor(source, key, tensor.dtype)))  # fmt: skip
+                                   _source_tensor(source, key), convert=True))  # fmt: skip
     model.config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -152,8 +153,8 @@ def save_checkpoint_streaming(
     return out
 
 
-def _source_tensor(source, key: str, dtype: torch.dtype):
-    return lambda: source.get(key, dtype if dtype.is_floating_point else None)
+def _source_tensor(source, key: str):
+    return lambda: source.get(key, dtype=None)
 
 
 def is_pruned_checkpoint(path: str | Path) -> bool:

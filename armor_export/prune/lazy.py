@@ -65,6 +65,10 @@ class SafetensorsSource:
     def stored_dtype(self, key: str) -> torch.dtype:
         return self._where[key][3]
 
+    def largest_nbytes(self) -> int:
+        """Bytes of the largest stored tensor (what streaming a checkpoint holds at once)."""
+        return max((entry[2] for entry in self._where.values()), default=0)
+
     def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
@@ -326,6 +330,9 @@ class TensorEntry:
     dtype: torch.dtype
     shape: tuple[int, ...]
     load: Callable[[], torch.Tensor]
+    # ``load`` may give another floating dtype, converted to ``dtype`` as it is written, a
+    # slice at a time (a bf16 embedding stored as fp32 is never whole in both dtypes)
+    convert: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -333,6 +340,9 @@ class TensorEntry:
         for d in self.shape:
             n *= d
         return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+_WRITE_ELEMENTS = 4 * 1024 * 1024  # converted and written at a time (16 MiB in fp32)
 
 
 def write_safetensors_streaming(
@@ -363,11 +373,14 @@ def write_safetensors_streaming(
             fh.write(raw)
             for e in entries:
                 t = e.load()
-                if t.dtype != e.dtype or tuple(t.shape) != tuple(e.shape):
+                converts = e.convert and t.is_floating_point() and e.dtype.is_floating_point
+                if (t.dtype != e.dtype and not converts) or tuple(t.shape) != tuple(e.shape):
                     raise ValueError(
                         f"{e.name}: produced {t.dtype}{tuple(t.shape)}, "
                         f"declared {e.dtype}{tuple(e.shape)}"
                     )
-                fh.write(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+                flat = t.detach().contiguous().cpu().reshape(-1)
+                for part in flat.split(_WRITE_ELEMENTS):
+                    fh.write(part.to(e.dtype).view(torch.uint8).numpy())
 
     atomic_path(path, write)

@@ -237,7 +237,10 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
         capture, calibrating = 0, whole + activations
     # jobs in the main process: it still holds the model unless it is low-memory
     in_process = (0 if cfg.low_memory else whole) + job
-    main = stats + (calibrating if pool else max(calibrating, in_process))
+    # a low-memory checkpoint is streamed: one stored tensor and its upcast slice at a time
+    largest_stored = lazy.source.largest_nbytes()
+    write = largest_stored + min(2 * largest_stored, 16 * MIB) if cfg.low_memory else 0
+    main = stats + max(calibrating if pool else max(calibrating, in_process), write)
     memory = {
         "runtime_measured": main_runtime,
         "runtime_worker": worker_runtime if pool else 0.0,
@@ -245,6 +248,7 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
         "outside_layers": (outside if cfg.low_memory else whole) / MIB,
         "calibration_activations": activations / MIB,
         "calibration_capture": capture / MIB,
+        "checkpoint_write": write / MIB,
         "statistics": stats / MIB,
         "largest_job": job / MIB,
         "main_process": main_runtime + main / MIB,

@@ -146,6 +146,21 @@ def test_streaming_writer_refuses_a_tensor_unlike_its_declaration(tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 
 
+def test_streaming_writer_converts_a_declared_upcast_a_slice_at_a_time(tmp_path, monkeypatch):
+    """A bf16 tensor declared fp32 (how a low-memory checkpoint stores a bf16 embedding)
+    is written as the whole tensor's upcast, in slices; without ``convert`` it is refused."""
+    from armor_export.prune import lazy
+
+    monkeypatch.setattr(lazy, "_WRITE_ELEMENTS", 5)  # several slices, one of them short
+    t = torch.randn(7, 3).to(torch.bfloat16)
+    path = tmp_path / "s.safetensors"
+    write_safetensors_streaming(path, [TensorEntry("x", torch.float32, (7, 3), lambda: t, True)])
+    back = read_tensors(path)["x"]
+    assert back.dtype == torch.float32 and torch.equal(back, t.float())
+    with pytest.raises(ValueError, match="declared"):
+        write_safetensors_streaming(path, [TensorEntry("x", torch.float32, (7, 3), lambda: t)])
+
+
 def test_source_reports_missing_and_misshapen_tensors(tmp_path, family_dirs):
     folder = tmp_path / "damaged"
     folder.mkdir()
