@@ -169,11 +169,15 @@ def run(cmd: list[str], log: Path, kill_when=None) -> dict:
                                 start_new_session=True)  # fmt: skip
         monitor = Monitor(proc.pid)
         killed = False
-        while proc.poll() is None:
-            if kill_when is not None and not killed and kill_when():
+        try:
+            while proc.poll() is None:
+                if kill_when is not None and not killed and kill_when():
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    killed = True
+                time.sleep(0.5)
+        finally:  # the script itself stopped (Ctrl-C, timeout): take its child's group along
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
-            time.sleep(0.5)
     peaks = monitor.stop()
     if killed:  # pool workers of a killed group: gone with the group
         time.sleep(1)
@@ -631,6 +635,7 @@ def write(bench: Bench, args, argv) -> None:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `timeout` runs the finally
     args = parse_args(argv)
     bench = Bench(args)
     steps = [s for s in args.steps.split(",") if s]
