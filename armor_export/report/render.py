@@ -272,13 +272,20 @@ def _not_run(build: BuildInfo, stage: str) -> list[Block]:
     problem = build.problems.get(stage)
     if problem:
         return [Notice(f"{stage} stage's results unreadable: {problem}", "bad")]
-    sources = build.sources
-    status, detail = sources.status(stage), sources.detail(stage)
+    status = build.sources.status(stage)
     if status == "failed":
-        return [Notice(f"The {stage} stage FAILED: {detail.removeprefix('FAILED: ')}", "bad")]
+        return _failed(build, stage)
     if status in ("not selected", "not reached"):
         return [Paragraph(f"The {stage} stage did not run in this build ({status}).")]
     return [Paragraph(f"No {stage} results on disk (the stage is {status}).")]
+
+
+def _failed(build: BuildInfo, stage: str) -> list[Block]:
+    """The red notice of a build stage that failed (none when it did not fail)."""
+    if build.sources.status(stage) != "failed":
+        return []
+    detail = build.sources.detail(stage).removeprefix("FAILED: ")
+    return [Notice(f"The {stage} stage FAILED: {detail}", "bad")]
 
 
 def _curves_section(data: ReportData, figs: dict[str, bytes], missing: str | None) -> list[Block]:
@@ -553,8 +560,7 @@ def _export_section(data: ReportData) -> list[Block]:
     export = data.build.export
     if export is None:
         return blocks + _not_run(data.build, "export")
-    if data.build.sources.status("export") == "failed":
-        blocks.append(Notice(f"export stage FAILED: {data.build.sources.detail('export')}", "bad"))
+    blocks += _failed(data.build, "export")
     rows = [
         ["folder", f"`{export.folder.resolve()}`"],
         ["family", export.family],
@@ -581,9 +587,7 @@ def _engine_section(data: ReportData) -> list[Block]:
     engine = data.build.engine
     if engine is None:
         return blocks + _not_run(data.build, "engine")
-    status = data.build.sources.status("engine")
-    if status == "failed":
-        blocks.append(Notice(f"engine stage FAILED: {data.build.sources.detail('engine')}", "bad"))
+    blocks += _failed(data.build, "engine")
     from armor_export.engine.api import ENGINE_FILE
 
     built = (
