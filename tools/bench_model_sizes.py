@@ -15,8 +15,10 @@ Steps (default: all, in this order):
 - ``generate``: the Qwen2.5-1.5B checkpoint (bf16 shards + index + tokenizer);
 - ``plan``: ``armor-export plan`` of the prune below (predicted time and memory);
 - ``prune``: ARMOR ``--low-memory`` on it (few iterations, 8 x 512 calibration tokens:
-  mechanics, not quality), killed with SIGKILL once a third of its jobs are done, then
-  resumed; both runs timed, every job solved once (counted from the job files);
+  mechanics, not quality), once uninterrupted (what ``plan`` is compared with, and what the
+  later steps use), then again in another folder killed with SIGKILL once a third of its
+  jobs are done and resumed: no finished job solved again (counted from the job files), and
+  its checkpoint byte-identical to the uninterrupted run's;
 - ``export``: fp16 ONNX (> 2 GiB, external data) of the pruned checkpoint;
 - ``verify``: PyTorch against ONNX Runtime on that export;
 - ``engine``: a TensorRT-RTX engine built on CPU from it;
@@ -213,6 +215,7 @@ class Bench:
         self.results = self.work / "results"
         self.ckpt = self.work / "ckpt" / MODEL
         self.pruned = self.work / "pruned"
+        self.resumed = self.work / "pruned-resume"  # the killed and resumed run
         self.onnx = self.work / "onnx"
 
     def prune_args(self, model: Path, out: Path) -> list[str]:
@@ -252,19 +255,21 @@ class Bench:
         r = checked(run(cli(*argv), self.work / "logs" / "plan.log"), "plan")
         return {**r, "plan": json.loads(out.read_text())}
 
-    # prune (killed, then resumed) -------------------------------------------------------
+    # prune (uninterrupted; then killed and resumed) -------------------------------------
     def prune(self) -> dict:
-        if self.pruned.exists():
-            shutil.rmtree(self.pruned)
-        jobs_dir = self.pruned / "work" / "jobs"
-        plan = (self.recorded("plan") or {}).get("plan") or {}
-        total_jobs = plan.get("jobs") or 196
+        for folder in (self.pruned, self.resumed):
+            if folder.exists():
+                shutil.rmtree(folder)
+        clean = checked(run(cli("prune", *self.prune_args(self.ckpt, self.pruned)),
+                            self.work / "logs" / "prune.log"), "prune")  # fmt: skip
+        jobs_dir = self.resumed / "work" / "jobs"
+        total_jobs = len(json.loads((self.pruned / "armor_manifest.json").read_text())["matrices"])
         kill_at = max(1, int(total_jobs * self.args.kill_fraction))
 
         def done() -> int:
             return len(list(jobs_dir.glob("*.safetensors"))) if jobs_dir.is_dir() else 0
 
-        argv = cli("prune", *self.prune_args(self.ckpt, self.pruned))
+        argv = cli("prune", *self.prune_args(self.ckpt, self.resumed))
         first = run(argv, self.work / "logs" / "prune-1.log", kill_when=lambda: done() >= kill_at)
         if not first["killed"]:
             raise SystemExit(f"the prune ended before {kill_at} jobs were done: {first}")
@@ -273,9 +278,16 @@ class Bench:
         after = {p.name: p.stat().st_mtime_ns for p in jobs_dir.glob("*.safetensors")}
         rewritten = sorted(n for n, t in before.items() if after.get(n) != t)
         ranks = sorted((self.pruned / "work" / "ranks").glob("rank*.json"))
+        from armor_export.io import sha256_file
+        from armor_export.prune.checkpoint import WEIGHTS
+
+        same = sha256_file(self.pruned / WEIGHTS) == sha256_file(self.resumed / WEIGHTS)
+        if not self.args.keep:
+            shutil.rmtree(self.resumed)
         return {
-            "first": first, "second": second, "jobs": len(after), "kill_after_jobs": len(before),
-            "jobs_redone_after_kill": rewritten,
+            "clean": clean, "first": first, "second": second, "jobs": len(after),
+            "kill_after_jobs": len(before), "jobs_redone_after_kill": rewritten,
+            "resumed_checkpoint_identical": same,
             "rank_records": [json.loads(p.read_text()) for p in ranks],
             "job_seconds": _job_seconds(self.pruned),
             "statistics_bytes": _file_size(self.pruned / "work" / "stats.safetensors"),
@@ -425,6 +437,16 @@ def _within(predicted, measured) -> tuple[float | None, str]:
     )
 
 
+def _probe_text(probe: dict | None) -> str:
+    if not probe:
+        return "The probe ran in the plan process, one solve at a time (before #19's change)."
+    return (f"The solves were probed in {probe['processes']} process(es) at once, "
+            f"{probe['threads']} torch thread(s) each; a worker's start measured "
+            f"{probe['worker_start_seconds']} s (spawn, imports) and its first solve "
+            f"{probe['first_job_extra_seconds']} s more than the same solve warm "
+            "(compilation).")  # fmt: skip
+
+
 def gpu_rates() -> list[dict]:
     """(elements, CPU 2-core s/iteration, H100 s/iteration) per shape measured in solver.json."""
     data = json.loads((OUT / "solver.json").read_text())
@@ -488,14 +510,20 @@ def write(bench: Bench, args, argv) -> None:
         lines.append(f"| plan | {_secs(plan_r['seconds'])} | {plan_r['peak_rss_main_mib']} MiB |"
                      " - | - |")  # fmt: skip
     if prune:
-        for run_, label in ((prune["first"], "prune, killed (SIGKILL)"),
-                            (prune["second"], "prune, resumed")):  # fmt: skip
+        for key, label in (("clean", "prune, uninterrupted"), ("first", "prune, killed (SIGKILL)"),
+                           ("second", "prune, resumed")):  # fmt: skip
+            run_ = prune.get(key)
+            if run_ is None:
+                continue
             workers = ", ".join(str(w) for w in run_["peak_rss_workers_mib"]) or "-"
+            same = prune.get("resumed_checkpoint_identical")
+            size = f"checkpoint {_mib(prune['checkpoint_bytes'])}"
+            resumed = "byte-identical to" if same else "DIFFERS from"
+            resumed = f"checkpoint {resumed} the uninterrupted run's" if "clean" in prune else size
+            art = {"clean": size, "first": f"{prune['kill_after_jobs']} jobs on disk",
+                   "second": resumed}[key]  # fmt: skip
             lines.append(f"| {label} | {_secs(run_['seconds'])} | {run_['peak_rss_main_mib']} MiB"
-                         f" | {workers} MiB | "
-                         + (f"checkpoint {_mib(prune['checkpoint_bytes'])}" if run_ is
-                            prune["second"] else f"{prune['kill_after_jobs']} jobs on disk")
-                         + " |")  # fmt: skip
+                         f" | {workers} MiB | {art} |")  # fmt: skip
     for step, label in (("export", "export fp16"), ("verify", "verify (PyTorch vs ORT)"),
                         ("engine", "engine (TensorRT-RTX, CPU build)")):  # fmt: skip
         x = r[step]
@@ -522,8 +550,9 @@ def write(bench: Bench, args, argv) -> None:
     if prune and plan_r:
         mem = plan_r["plan"]["memory_mib"]
         bound = mem["one_decoder_layer"] + (prune["statistics_bytes"] or 0) / MIB + 1024
-        peaks = [prune[k]["peak_rss_main_mib"] for k in ("first", "second")]
-        peaks += prune["first"]["peak_rss_workers_mib"] + prune["second"]["peak_rss_workers_mib"]
+        runs = [prune[k] for k in ("clean", "first", "second") if k in prune]
+        peaks = [x["peak_rss_main_mib"] for x in runs]
+        peaks += [w for x in runs for w in x["peak_rss_workers_mib"]]
         ok = max(peaks) <= bound
         data["targets"]["prune_rss_within_layer_stats_1gib"] = ok
         lines.append(
@@ -536,10 +565,16 @@ def write(bench: Bench, args, argv) -> None:
         lines.append(f"- **Kill -9 and resume**: SIGKILL after {prune['kill_after_jobs']} of "
                      f"{prune['jobs']} jobs were on disk; the resumed run rewrote "
                      f"{len(redone)} of them ({', '.join(redone) or 'none'}) and finished the "
-                     f"rest. ARMOR at or below NoWag-P: "
+                     f"rest"
+                     + ("; its checkpoint is byte-identical to the uninterrupted run's"
+                        if prune.get("resumed_checkpoint_identical") else
+                        "; its checkpoint DIFFERS from the uninterrupted run's"
+                        if "resumed_checkpoint_identical" in prune else "")
+                     + ". ARMOR at or below NoWag-P: "
                      f"{prune['report_summary']['at_or_below_nowag']} of "
                      f"{prune['report_summary']['matrices']} matrices.")  # fmt: skip
         data["targets"]["resume_redid_no_finished_job"] = not redone
+        data["targets"]["resumed_checkpoint_identical"] = prune.get("resumed_checkpoint_identical")
     if r["export"] and fp16_bytes:
         limit = EXPORT_RSS_FACTOR * fp16_bytes / MIB
         peak = r["export"].get("peak_rss_largest_mib") or r["export"]["peak_rss_main_mib"]
@@ -551,7 +586,7 @@ def write(bench: Bench, args, argv) -> None:
     done = {s: bool(r[s]) and (r[s].get("returncode", 0) == 0) for s in
             ("generate", "prune", "export", "verify", "engine")}  # fmt: skip
     if prune:
-        done["prune"] = prune["second"]["returncode"] == 0
+        done["prune"] = all(prune[k]["returncode"] == 0 for k in ("clean", "second") if k in prune)
     data["targets"]["every_stage_completes"] = done
     lines.append("- **Every stage of the 1.5 B model completes here**: " + ", ".join(
         f"{s} {'yes' if ok else 'no'}" for s, ok in done.items()) + ".")  # fmt: skip
@@ -560,16 +595,24 @@ def write(bench: Bench, args, argv) -> None:
     # plan against the measured prune
     if prune and plan_r:
         plan = plan_r["plan"]
-        measured = prune["first"]["seconds"] + prune["second"]["seconds"]
+        clean = prune.get("clean")
+        if clean:  # the uninterrupted run: what plan predicts
+            measured, how = clean["seconds"], "uninterrupted run"
+            worst = max([clean["peak_rss_main_mib"], *clean["peak_rss_workers_mib"]])
+        else:  # recorded before the uninterrupted run existed
+            measured, how = (
+                prune["first"]["seconds"] + prune["second"]["seconds"],
+                "killed run + resumed run",
+            )
+            worst = max([prune[k]["peak_rss_main_mib"] for k in ("first", "second")]
+                        + prune["second"]["peak_rss_workers_mib"])  # fmt: skip
         ratio_t, text_t = _within(plan["est_total_seconds"], measured)
-        worst = max([prune[k]["peak_rss_main_mib"] for k in ("first", "second")]
-                    + prune["second"]["peak_rss_workers_mib"])  # fmt: skip
         ratio_m, text_m = _within(plan["memory_mib"]["total_per_worker"], worst)
         data["targets"]["plan_time_ratio"], data["targets"]["plan_memory_ratio"] = ratio_t, ratio_m
         lines += ["## `plan` against the measured prune (Qwen2.5-1.5B)", "",
                   "| | plan predicted | measured | predicted / measured |", "|---|---:|---:|---:|",
                   f"| wall time | {_secs(plan['est_total_seconds'])} | {_secs(measured)} "
-                  f"(killed run + resumed run) | {text_t} |",
+                  f"({how}) | {text_t} |",
                   f"| memory per process | {plan['memory_mib']['total_per_worker']:,.0f} MiB | "
                   f"{worst:,} MiB (largest process) | {text_m} |", "",
                   "| matrix shape | jobs | plan s/job | measured mean s/job |",
@@ -580,12 +623,22 @@ def write(bench: Bench, args, argv) -> None:
             m = measured_shapes.get(key, {})
             lines.append(f"| {key} | {len(sp['names'])} | {sp['est_seconds_per_job']:.1f} | "
                          f"{m.get('mean_seconds', '-')} |")  # fmt: skip
-        lines += [
-            "",
-            "The measured time includes what the kill cost (the jobs in flight at the "
-            "SIGKILL are solved again, and the resumed run loads the model again).",
-            "",
-        ]
+        fixed = plan.get("fixed_seconds") or {}
+        calib = plan.get("calibration", {}).get("est_seconds")
+        lines += ["", "Plan's time, part by part: "
+                  + ", ".join(f"{k.replace('_', ' ')} {_secs(v)}" for k, v in
+                              [("load", fixed.get("load")), ("calibration", calib),
+                               ("job keys", fixed.get("job_keys")),
+                               ("worker start", fixed.get("worker_start")),
+                               ("solves (busiest worker)",
+                                max(x["est_seconds"] for x in plan["per_rank"])),
+                               ("checkpoint write", fixed.get("checkpoint_write"))]
+                              if v is not None)
+                  + f". {_probe_text(plan.get('probe'))}", ""]  # fmt: skip
+        if not clean:
+            lines += ["The measured time includes what the kill cost (the jobs in flight at "
+                      "the SIGKILL are solved again, and the resumed run loads the model "
+                      "again).", ""]  # fmt: skip
 
     if r["layer8b"]:
         x = r["layer8b"]

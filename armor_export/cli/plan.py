@@ -67,6 +67,12 @@ def run(args) -> int:
     for r in plan.per_rank:
         ranks.add_row(str(r["rank"]), str(r["jobs"]), _duration(r["est_seconds"]))
     out.print(ranks)
+    fixed = plan.fixed_seconds
+    out.print(
+        "around the solves: "
+        + ", ".join(f"{k.replace('_', ' ')} ~{_duration(v)}" for k, v in fixed.items())
+        + f" (solves probed in {plan.probe['processes']} process(es) at once, as the workers)"
+    )
     mem = Table(title="peak memory per process (MiB; runtimes measured, the rest from shapes)")
     mem.add_column("component")
     mem.add_column("MiB", justify="right")

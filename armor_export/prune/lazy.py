@@ -65,6 +65,10 @@ class SafetensorsSource:
     def stored_dtype(self, key: str) -> torch.dtype:
         return self._where[key][3]
 
+    def nbytes(self, key: str) -> int:
+        """Bytes of tensor ``key`` as stored."""
+        return self._where[key][2]
+
     def largest_nbytes(self) -> int:
         """Bytes of the largest stored tensor (what streaming a checkpoint holds at once)."""
         return max((entry[2] for entry in self._where.values()), default=0)

@@ -37,6 +37,8 @@ class ShapePlan:
     seconds_per_iteration: float  # measured
     est_seconds_per_job: float  # setup + iterations × per-iteration (ARMOR may stop sooner)
     batch: int = 1  # matrices per batched solve (--batch-same-shape); the estimate is 1 by 1
+    key_seconds: float = 0.0  # measured: keying one job's inputs (reading its weight first)
+    packed_bytes: int = 0  # measured: what one finished job stores
 
     @property
     def pattern(self) -> str:
@@ -60,6 +62,11 @@ class Plan:
     est_total_seconds: float
     job_ranks: dict[str, int]  # the rank each job goes to (the same LPT rule as prune)
     notes: list[str] = field(default_factory=list)
+    # measured or extrapolated seconds of what runs around the solves: loading the model,
+    # keying every job, a worker's start (spawn, imports, its first solve's compilation),
+    # writing the checkpoint
+    fixed_seconds: dict = field(default_factory=dict)
+    probe: dict = field(default_factory=dict)  # how the solves were probed
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -75,33 +82,6 @@ def _rss_mib() -> float:
         return pages * os.sysconf("SC_PAGE_SIZE") / MIB
     except (OSError, ValueError):  # not Linux: the peak is the best we have
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _probe_job(cfg: PruneConfig, name: str, weight: torch.Tensor, iterations: int):
-    """(setup seconds, seconds per iteration, iterations measured) for one real matrix."""
-    from armor_export.prune.jobs import MatrixJob, run_job
-
-    method = methods.get(cfg.method)
-    d_out, d_in = weight.shape
-    hdiag = torch.ones(d_in)  # timing does not depend on the statistics' values
-    gram = torch.eye(d_in) if method.needs_gram else None
-    if method.probe_config is None:  # a one-shot method: time one whole job
-        start = time.perf_counter()
-        run_job(MatrixJob(name, weight, hdiag, gram), cfg)
-        return time.perf_counter() - start, 0.0, 0
-    probe = method.probe_config(cfg, iterations)
-    stamps: list[float] = []
-    start = time.perf_counter()
-    run_job(
-        MatrixJob(name, weight, hdiag), probe, lambda _it, _loss: stamps.append(time.perf_counter())
-    )
-    end = time.perf_counter()
-    if len(stamps) >= 2:
-        per_it = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    else:
-        per_it = (end - start) / max(1, len(stamps))
-    setup = max(0.0, end - start - per_it * len(stamps))
-    return setup, per_it, len(stamps)
 
 
 def _probe_calibration(cfg: PruneConfig, lazy, adapter, tokenizer) -> dict:
@@ -261,24 +241,28 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
     return {k: round(v, 1) for k, v in memory.items()}
 
 
-def _probe(cfg, lazy, adapter, tokenizer, by_shape, iterations, progress):
+def _probe(cfg, lazy, adapter, by_shape, iterations, ranks, job_bytes, progress):
+    from armor_export.prune import probe
+
     method = methods.get(cfg.method)
+    order = sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1])
+    tasks = [(shape, names[0], lazy.weight(names[0])) for shape, names in order]
+    solves = probe.probe_solves(cfg, tasks, iterations, ranks, job_bytes)
+    del tasks
+    keys, read_spb = probe.time_job_keys(cfg, lazy, dict(order))
+    total_iterations = method.iterations(cfg) if method.iterations else 0
     shapes = []
-    for shape, names in sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
-        weight = lazy.weight(names[0])
-        setup, per_it, measured = _probe_job(cfg, names[0], weight, iterations)
-        total_iterations = method.iterations(cfg) if method.iterations else 0
+    for shape, names in order:
+        t = solves.shapes[shape]
         shapes.append(
-            ShapePlan(shape, names, names[0], measured, round(setup, 4), round(per_it, 4),
-                      round(setup + per_it * total_iterations, 3))
+            ShapePlan(shape, names, names[0], t.iterations, round(t.setup_seconds, 4),
+                      round(t.seconds_per_iteration, 4),
+                      round(t.setup_seconds + t.seconds_per_iteration * total_iterations, 3),
+                      key_seconds=round(keys[shape], 4), packed_bytes=t.packed_bytes)
         )  # fmt: skip
         if progress is not None:
             progress(shape)
-    if method.needs_statistics:
-        calib = _probe_calibration(cfg, lazy, adapter, tokenizer)
-    else:
-        calib = {"batches": 0, "batch_shape": [0, 0], "est_seconds": 0.0}
-    return shapes, calib
+    return shapes, solves, read_spb
 
 
 def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progress=None) -> Plan:
@@ -293,27 +277,33 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         from armor_export.errors import UserError
 
         raise UserError("--ranks must be at least 1")
+    started = time.perf_counter()
     lazy, tokenizer = load_lazy_model_and_tokenizer(cfg.model)
+    lazy_load = time.perf_counter() - started
     adapter = adapter_for(lazy.model)
     targets, skipped = select_linears(lazy.model, adapter, cfg)
     by_shape: dict[tuple[int, int], list[str]] = defaultdict(list)
     for name, mod in targets.items():
         by_shape[(mod.out_features, mod.in_features)].append(name)
-    # time the probe with the threads each of `ranks` workers on this machine would get
-    threads = torch.get_num_threads()
-    probe_threads = max(1, (os.cpu_count() or 1) // ranks) if ranks > 1 else threads
-    torch.set_num_threads(probe_threads)
-    try:
-        shapes, calib = _probe(cfg, lazy, adapter, tokenizer, by_shape, probe_iterations, progress)
-        if methods.get(cfg.method).solve_batch is not None:
-            from armor_export.prune import batching
+    largest = max(m.in_features * m.out_features for m in targets.values())
+    shapes, solves, read_spb = _probe(cfg, lazy, adapter, by_shape, probe_iterations, ranks,
+                                      largest * 4 * JOB_WEIGHT_COPIES, progress)  # fmt: skip
+    if methods.get(cfg.method).solve_batch is not None:
+        from armor_export.prune import batching
 
-            # with "auto", the probe prune itself runs
+        # with "auto", the probe prune itself runs, with one worker's threads
+        threads = torch.get_num_threads()
+        torch.set_num_threads(solves.threads)
+        try:
             sizes = batching.batch_sizes({sp.shape: len(sp.names) for sp in shapes}, cfg)
-            for sp in shapes:
-                sp.batch = sizes[sp.shape]
-    finally:
-        torch.set_num_threads(threads)
+        finally:
+            torch.set_num_threads(threads)
+        for sp in shapes:
+            sp.batch = sizes[sp.shape]
+    if methods.get(cfg.method).needs_statistics:  # the main process calibrates, all threads
+        calib = _probe_calibration(cfg, lazy, adapter, tokenizer)
+    else:
+        calib = {"batches": 0, "batch_shape": [0, 0], "est_seconds": 0.0}
     memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
 
     est = {n: sp.est_seconds_per_job for sp in shapes for n in sp.names}
@@ -322,14 +312,22 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         {"rank": r, "jobs": len(share), "est_seconds": round(sum(est[n] for n in share), 1)}
         for r, share in enumerate(shares)
     ]
-    calib_wall = calib["est_seconds"] / ranks if ranks > 1 else calib["est_seconds"]
-    total = calib_wall + max(r["est_seconds"] for r in per_rank)
+    fixed = _fixed_seconds(cfg, lazy, targets, shapes, solves, lazy_load, read_spb)
+    total = (fixed["load"] + calib["est_seconds"] + fixed["job_keys"] + fixed["worker_start"]
+             + max(r["est_seconds"] for r in per_rank) + fixed["checkpoint_write"])  # fmt: skip
+    probe_threads = solves.threads
     notes = [
-        f"probe timed with {probe_threads} torch thread(s) per worker",
+        f"solves probed in {solves.processes} process(es) at once, {probe_threads} torch "
+        "thread(s) each, set up as the prune's workers",
         "times are extrapolated from the probe on this machine; ARMOR stops early when the "
         f"loss stalls for {cfg.armor.patience} iterations, so solve times are upper bounds",
         "the probe solves with unit statistics: solver time does not depend on their values",
     ]
+    if solves.processes < ranks and torch.device(cfg.device).type == "cpu":
+        notes.append(
+            f"only {solves.processes} probe process(es) fit in the memory available now, "
+            f"not {ranks}: with {ranks} workers sharing the cores, solves may take longer"
+        )
     if ranks > 1 and not cfg.low_memory:
         notes.append("every rank holds the whole model: add --low-memory to hold one layer")
     batched = [f"{sp.shape[0]}x{sp.shape[1]} by {sp.batch}" for sp in shapes if sp.batch > 1]
@@ -342,4 +340,33 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         cfg.model, cfg.method, cfg.low_memory, ranks, len(adapter.layers(lazy.model)),
         len(targets), skipped, shapes, calib, memory, per_rank, round(total, 1),
         {n: r for r, share in enumerate(shares) for n in share}, notes,
+        {k: round(v, 3) for k, v in fixed.items()},
+        {"processes": solves.processes, "threads": probe_threads,
+         "worker_start_seconds": round(solves.start_seconds, 2),
+         "first_job_extra_seconds": round(solves.first_job_extra_seconds, 2)},
     )  # fmt: skip
+
+
+def _fixed_seconds(cfg, lazy, targets, shapes, solves, lazy_load, read_spb) -> dict:
+    """What runs around the solves, from the probe's measured rates: loading the model (all
+    of it unless low-memory), keying every job, a worker's start, writing the checkpoint."""
+    from armor_export.prune import probe
+
+    source = lazy.source
+    stored = sum(source.nbytes(k) for k in source.keys())
+    load = lazy_load + (0.0 if cfg.low_memory else stored * read_spb)
+    state = lazy.model.state_dict()  # meta tensors: the dtypes the checkpoint is written in
+    if getattr(lazy.model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    others = {k: t for k, t in state.items()
+              if not (k.rpartition(".")[0] in targets and k.endswith(".weight"))}  # fmt: skip
+    written = sum(t.numel() * t.element_size() for t in others.values())
+    written += sum(sp.packed_bytes * len(sp.names) for sp in shapes)
+    read_back = sum(source.nbytes(k) for k in others if k in source) if cfg.low_memory else 0
+    write = written * probe.write_seconds_per_byte(cfg.output_dir) + read_back * read_spb
+    return {
+        "load": load,
+        "job_keys": sum(sp.key_seconds * len(sp.names) for sp in shapes),
+        "worker_start": solves.start_seconds + solves.first_job_extra_seconds,
+        "checkpoint_write": write,
+    }

@@ -42,6 +42,19 @@ def test_plan_lists_every_job_and_measures_each_shape(tiny_model_dir, text_file,
         mine = [n for n, rank in plan.job_ranks.items() if rank == r["rank"]]
         assert r["est_seconds"] == pytest.approx(sum(est[n] for n in mine), abs=0.1)
     assert plan.calibration["batches"] == 2 and plan.calibration["est_seconds"] > 0
+    # the solves were probed the way the prune runs them: in two worker processes at once,
+    # each started like a pool worker (its start and first solve's extra cost measured)
+    assert plan.probe["processes"] == 2 and plan.probe["worker_start_seconds"] > 0
+    fixed = plan.fixed_seconds
+    assert sorted(fixed) == ["checkpoint_write", "job_keys", "load", "worker_start"]
+    assert all(v >= 0 for v in fixed.values()) and fixed["job_keys"] > 0
+    assert fixed["worker_start"] >= plan.probe["worker_start_seconds"] - 0.1
+    assert all(sp.packed_bytes > 0 for sp in plan.shapes)  # what each job stores, measured
+    around = fixed["load"] + fixed["job_keys"] + fixed["worker_start"] + fixed["checkpoint_write"]
+    busiest = max(r["est_seconds"] for r in plan.per_rank)
+    assert plan.est_total_seconds == pytest.approx(
+        around + plan.calibration["est_seconds"] + busiest, abs=0.5
+    )
     mem = plan.memory_mib
     assert mem["model_resident"] < mem["whole_model_fp32"]  # low memory: one layer + base
     # per process: the main process calibrates, each pool worker runs one job at a time
@@ -89,6 +102,8 @@ def test_in_memory_plan_counts_the_whole_model(tiny_model_dir, text_file, tmp_pa
     assert mem["total_per_worker"] == mem["peak_process"] == mem["main_process"]
     assert all(sp.probe_iterations == 0 for sp in plan.shapes)  # a whole baseline job timed
     assert len(plan.per_rank) == 1 and plan.per_rank[0]["jobs"] == 14
+    # one worker: the prune solves in its main process, and so does the probe
+    assert plan.probe["processes"] == 1 and plan.probe["worker_start_seconds"] == 0
 
 
 def test_cli_plan_prints_and_writes_json(tiny_model_dir, text_file, tmp_path, capsys):

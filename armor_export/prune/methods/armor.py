@@ -84,7 +84,6 @@ def _probe_config(cfg, iterations: int):
     probe = PruneConfig.from_dict(cfg.to_dict())
     probe.armor.iterations = iterations
     probe.armor.patience = iterations + 1  # never stop early in the probe
-    probe.armor.compile = False
     return probe
 
 
