@@ -246,9 +246,8 @@ def _probe(cfg, lazy, adapter, by_shape, iterations, ranks, job_bytes, progress)
 
     method = methods.get(cfg.method)
     order = sorted(by_shape.items(), key=lambda kv: -kv[0][0] * kv[0][1])
-    tasks = [(shape, names[0], lazy.weight(names[0])) for shape, names in order]
-    solves = probe.probe_solves(cfg, tasks, iterations, ranks, job_bytes)
-    del tasks
+    tasks = [(shape, names[0]) for shape, names in order]
+    solves = probe.probe_solves(cfg, lazy.source, tasks, iterations, ranks, job_bytes)
     keys, read_spb = probe.time_job_keys(cfg, lazy, dict(order))
     total_iterations = method.iterations(cfg) if method.iterations else 0
     shapes = []

@@ -81,42 +81,46 @@ def packed_bytes(result) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def probe_shapes(cfg: PruneConfig, tasks: list, iterations: int) -> dict:
+def probe_shapes(cfg: PruneConfig, source, tasks: list, iterations: int) -> dict:
     """In this process: the smallest matrix cold, then every matrix warm.
 
-    ``tasks``: (shape, name, weight), largest first. Returns the timings by shape and what
-    the first (cold) solve cost above the same solve warm.
+    ``tasks``: (shape, module name), largest first, their weights read from ``source`` (a
+    :class:`~armor_export.prune.lazy.SafetensorsSource`) one at a time. Returns the timings
+    by shape and what the first (cold) solve cost above the same solve warm.
     """
-    small_shape, small_name, small_weight = tasks[-1]
+    small_shape, small_name = tasks[-1]
+    weight = source.get(f"{small_name}.weight")
     start = time.perf_counter()
-    time_job(cfg, small_name, small_weight, iterations)
+    time_job(cfg, small_name, weight, iterations)
     cold = time.perf_counter() - start
     shapes, warm_small = {}, cold
-    for shape, name, weight in tasks:
+    for shape, name in tasks:
+        weight = source.get(f"{name}.weight")
         start = time.perf_counter()
         setup, per_it, n, result = time_job(cfg, name, weight, iterations)
         if shape == small_shape:
             warm_small = time.perf_counter() - start
         shapes[shape] = (setup, per_it, n, packed_bytes(result))
-        del result
+        del result, weight
     return {"shapes": shapes, "first_job_extra": max(0.0, cold - warm_small)}
 
 
-def _probe_process(conn, threads, modules, low_memory, cfg_dict, tasks, iterations):
+def _probe_process(conn, threads, modules, low_memory, cfg_dict, source, tasks, iterations):
     from armor_export.prune.schedule import _init_worker
 
     try:
         _init_worker(threads, modules, low_memory)  # exactly as a prune worker starts
         conn.send(("ready", None))
         cfg = PruneConfig.from_dict(cfg_dict)
-        conn.send(("done", probe_shapes(cfg, tasks, iterations)))
+        conn.send(("done", probe_shapes(cfg, source, tasks, iterations)))
     except BaseException as exc:  # reported to the plan, which raises it there
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
 
-def _in_processes(cfg: PruneConfig, tasks: list, iterations: int, processes: int, threads: int):
+def _in_processes(cfg: PruneConfig, source, tasks: list, iterations: int, processes: int,
+                  threads: int):  # fmt: skip
     """Probe in ``processes`` fresh worker processes at once; returns (start seconds, runs)."""
     from armor_export.prune.schedule import _method_modules
 
@@ -124,8 +128,8 @@ def _in_processes(cfg: PruneConfig, tasks: list, iterations: int, processes: int
     procs, pipes, starts, runs = [], [], [], []
     for _ in range(processes):
         ours, theirs = ctx.Pipe(duplex=False)
-        args = (theirs, threads, _method_modules(), cfg.low_memory, cfg.to_dict(), tasks,
-                iterations)  # fmt: skip
+        args = (theirs, threads, _method_modules(), cfg.low_memory, cfg.to_dict(), source,
+                tasks, iterations)  # fmt: skip
         proc = ctx.Process(target=_probe_process, args=args, daemon=True)
         started = time.perf_counter()
         proc.start()
@@ -157,9 +161,10 @@ def _in_processes(cfg: PruneConfig, tasks: list, iterations: int, processes: int
     return sum(starts) / len(starts), runs
 
 
-def probe_solves(cfg: PruneConfig, tasks: list, iterations: int, ranks: int,
+def probe_solves(cfg: PruneConfig, source, tasks: list, iterations: int, ranks: int,
                  job_bytes: int) -> SolveProbe:  # fmt: skip
-    """Time every shape of ``tasks`` the way ``ranks`` prune workers will solve them.
+    """Time every shape of ``tasks`` ((shape, module name), largest first; the weights read
+    from ``source``) the way ``ranks`` prune workers will solve them.
 
     With one rank the prune solves in its main process (under the same heap settings), so
     does the probe. With more, on CPU, the probe runs in as many worker processes at once,
@@ -174,16 +179,16 @@ def probe_solves(cfg: PruneConfig, tasks: list, iterations: int, ranks: int,
             from armor_export.prune.lazy import bound_heap
 
             bound_heap()  # the prune's main process solves under it too
-        run = probe_shapes(cfg, tasks, iterations)
+        run = probe_shapes(cfg, source, tasks, iterations)
         start, runs, processes = 0.0, [run], 1
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         available = available_memory_bytes()
         fit = workers if available is None else max(1, int(available * 0.8 // max(1, job_bytes)))
         processes = min(workers, fit)
-        start, runs = _in_processes(cfg, tasks, iterations, processes, threads)
+        start, runs = _in_processes(cfg, source, tasks, iterations, processes, threads)
     shapes = {}
-    for shape, _name, _weight in tasks:
+    for shape, _name in tasks:
         rows = [r["shapes"][shape] for r in runs]
         shapes[shape] = ShapeTiming(
             sum(r[0] for r in rows) / len(rows), sum(r[1] for r in rows) / len(rows),
