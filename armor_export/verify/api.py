@@ -97,7 +97,9 @@ def _run(
     if model is None:
         from armor_export.export.api import load_for_export, torch_dtype
 
-        model, _, _ = load_for_export(report.model)
+        # the export's own loading: a pruned checkpoint straight into the export's dtype
+        # (the numbers of a float32 load then .to(dtype), without the float32 copy, #19)
+        model, _, _ = load_for_export(report.model, manifest.dtype)
         model = model.to(torch_dtype(manifest.dtype)).eval()
     torch_runner = TorchRunner(model, manifest)
     feeds = [inputs.prefill_feed(export_dir / manifest.tokenizer, cfg.prompts, manifest)]
