@@ -161,9 +161,10 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     it cannot read (truncated), are refused here, before PyTorch runs.
 
     A session without graph optimisations is opened here to find that out, and closed again
-    (it parses the file and maps the weights without copying them); the runner opens the
-    real one when it activates and closes it when it deactivates. So ONNX Runtime's copy of
-    the weights is never held while the PyTorch model is (#19).
+    (it parses the graph and checks the external data, without the weight copies that
+    optimising makes); the runner opens the real one when it activates and closes it when it
+    deactivates. So ONNX Runtime's copy of the weights is never held while the PyTorch model
+    is (#19). A graph that loads only unoptimised fails verify when the runner activates.
     """
     from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
 
