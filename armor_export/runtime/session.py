@@ -52,14 +52,24 @@ def _import_ort():
 ORT_UNREADABLE = ("InvalidProtobuf", "NoSuchFile")
 
 
-def inference_session(path: str | Path, providers: Sequence[str], threads: int = 0):
+def inference_session(
+    path: str | Path, providers: Sequence[str], threads: int = 0, optimize: bool = True
+):
     """An ``onnxruntime.InferenceSession`` on ``path`` (errors only in its log), or one line:
     CorruptFileError for a file that is not a readable model (truncated, not ONNX),
-    BackendUnavailableError for anything else ONNX Runtime refuses."""
+    BackendUnavailableError for anything else ONNX Runtime refuses.
+
+    ``optimize=False`` skips ORT's graph optimisations: a session that only checks that the
+    file loads (parsing, external data, a kernel for every node), without the copies of the
+    weights that constant folding makes: measured on a float16 export with 0.6 GiB of
+    weights, 58 MiB peak and 0.04 s instead of 2.3 GiB and 3 s.
+    """
     ort = _import_ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
     options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:  # ORT raises its own untyped errors; name the file

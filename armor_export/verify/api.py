@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import numpy as np
 from armor_export.config import VerifyConfig
 from armor_export.errors import CorruptFileError, UserError
 from armor_export.export_manifest import ExportManifest
+from armor_export.memory import log_memory
 from armor_export.progress import NullReporter, Reporter
 from armor_export.runtime.finite import DAMAGED
 from armor_export.verify.report import OutputParity, VerifyReport, display_name
@@ -77,7 +79,7 @@ def _run(
     cfg, manifest: ExportManifest, export_dir: Path, report: VerifyReport, model, task
 ) -> None:
     from armor_export.verify import inputs
-    from armor_export.verify.runners import EngineRunner, TorchRunner, make_runners
+    from armor_export.verify.runners import EngineRunner, make_runners
 
     onnx_path = export_dir / manifest.onnx
     engine = engine_target(cfg, export_dir, manifest)
@@ -94,24 +96,15 @@ def _run(
     report.engine_executed = any(isinstance(r, EngineRunner) for r in runners)
     if not report.engine_executed:
         report.engine_not_run_reason = report.skipped.get("tensorrt", "not asked for")
-    if model is None:
-        from armor_export.export.api import load_for_export, torch_dtype
-
-        model, _, _ = load_for_export(report.model)
-        model = model.to(torch_dtype(manifest.dtype)).eval()
-    torch_runner = TorchRunner(model, manifest)
-    feeds = [inputs.prefill_feed(export_dir / manifest.tokenizer, cfg.prompts, manifest)]
-    with torch_runner:
-        for _ in range(cfg.decode_steps):
-            outputs = torch_runner.infer(feeds[-1], check_inputs=False)
-            feeds.append(inputs.decode_feed(feeds[-1], outputs, manifest))
+    prefill = inputs.prefill_feed(export_dir / manifest.tokenizer, cfg.prompts, manifest)
+    feeds, reference = _pytorch_reference(report.model, manifest, prefill, cfg.decode_steps, model)
     report.inputs = {
         "prompts": len(cfg.prompts),
         "prefill_shape": list(feeds[0]["input_ids"].shape),
         "decode_steps": cfg.decode_steps,
     }
     task.advance(1, stage="inputs")
-    results = _compare_runs([torch_runner, *runners], feeds)
+    results = _compare_runs(reference, runners, feeds)
     task.advance(1, stage="run")
     _mask_padding(results, feeds)
     broken = _non_finite(results, feeds)
@@ -119,6 +112,54 @@ def _run(
         report.error = "; ".join(broken.values()) + f": {DAMAGED}"
     report.rows = _parity_rows(results, manifest.dtype, cfg, set(broken))
     task.advance(1, stage="compared")
+
+
+def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_steps: int, model):
+    """The feeds (``prefill``, then ``decode_steps`` single-token steps fed with PyTorch's
+    own outputs) and PyTorch's ``(name, [IterationResult])`` on every one of them.
+
+    PyTorch runs to the end before any other backend opens the export, and a model loaded
+    here (``model`` None) is released before this returns: the peak is the larger of the
+    two, not their sum (#19). A ``model`` passed in stays the caller's, untouched.
+    """
+    from polygraphy.comparator import IterationResult
+
+    from armor_export.verify import inputs
+    from armor_export.verify.runners import TorchRunner
+
+    loaded_here = model is None
+    if loaded_here:
+        model = load_reference(name, manifest.dtype)
+    runner = TorchRunner(model, manifest)
+    feeds, iterations = [prefill], []
+    with runner:
+        for step in range(decode_steps + 1):
+            if step:  # the next token and the cache from PyTorch's outputs of the step before
+                feeds.append(inputs.decode_feed(feeds[-1], iterations[-1], manifest))
+            outputs = runner.infer(feeds[-1], check_inputs=False)
+            iterations.append(IterationResult(outputs, runner.last_inference_time(), runner.name))
+    log_memory(log, "running PyTorch")
+    reference = (runner.name, iterations)
+    del runner, model
+    if loaded_here:
+        from armor_export.prune.lazy import trim_heap
+
+        gc.collect()
+        trim_heap()
+        log_memory(log, "releasing the PyTorch model")
+    return feeds, reference
+
+
+def load_reference(name: str, dtype: str):
+    """The PyTorch model behind an export of ``name`` in ``dtype``, loaded the way export
+    loads it: a pruned checkpoint straight into ``dtype`` (the numbers of a float32 load then
+    ``.to(dtype)``, without the float32 copy, #19); ArmorLinear modules, not lowered."""
+    from armor_export.export.api import load_for_export, torch_dtype
+
+    model, _, _ = load_for_export(name, dtype)
+    model = model.to(torch_dtype(dtype)).eval()
+    log_memory(log, "loading the PyTorch model")
+    return model
 
 
 def engine_target(cfg: VerifyConfig, export_dir: Path, manifest: ExportManifest):
@@ -149,11 +190,17 @@ def _quiet_polygraphy():
         G_LOGGER.module_severity = severity
 
 
-def _compare_runs(runners, feeds):
-    from polygraphy.comparator import Comparator
+def _compare_runs(reference, runners, feeds):
+    """PyTorch's ``reference`` results, then each runner's on ``feeds``: Polygraphy runs them
+    one after another, each opening the export when it activates and closing it after."""
+    from polygraphy.comparator import Comparator, RunResults
 
     with _quiet_polygraphy():
-        return Comparator.run(runners, data_loader=feeds)
+        ran = Comparator.run(runners, data_loader=feeds)
+    results = RunResults()
+    for name, iterations in [reference, *ran.items()]:
+        results.append((name, iterations))
+    return results
 
 
 def _step_name(index: int) -> str:

@@ -9,6 +9,9 @@ registered by name in ``verify/backends.py``.
 
 from __future__ import annotations
 
+import functools
+import gc
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,6 +24,9 @@ from polygraphy.common import TensorMetadata
 from armor_export.engine.runtime import EngineNotRun  # noqa: F401 (verify's name for it)
 from armor_export.errors import BackendUnavailableError
 from armor_export.export_manifest import ExportManifest
+from armor_export.memory import log_memory
+
+log = logging.getLogger(__name__)
 
 
 def _metadata(manifest: ExportManifest) -> TensorMetadata:
@@ -82,17 +88,19 @@ class TorchRunner(BaseRunner):
 class NumpyReferenceRunner(BaseRunner):
     """``onnx.reference`` with the NumPy plugin op: the oracle for plugin-lowered graphs."""
 
-    def __init__(self, model, manifest: ExportManifest, name: str = "numpy-reference"):
-        """``model``: the loaded ``onnx.ModelProto`` (``load_onnx``)."""
+    def __init__(self, onnx_path: Path, manifest: ExportManifest, name: str = "numpy-reference"):
+        """``onnx_path`` is read when the runner activates (``load_onnx``), not before."""
         super().__init__(name=name)
-        self.model, self.manifest = model, manifest
+        self.onnx_path, self.manifest = onnx_path, manifest
 
     def activate_impl(self):
         from onnx.reference import ReferenceEvaluator
 
         from armor_export.export.reference import onnx_reference_ops
 
-        self.evaluator = ReferenceEvaluator(self.model, new_ops=onnx_reference_ops())
+        model = load_onnx(self.onnx_path)
+        log_memory(log, "loading the ONNX graph for the NumPy reference")
+        self.evaluator = ReferenceEvaluator(model, new_ops=onnx_reference_ops())
 
     def get_input_metadata_impl(self):
         return _metadata(self.manifest)
@@ -106,6 +114,7 @@ class NumpyReferenceRunner(BaseRunner):
 
     def deactivate_impl(self):
         del self.evaluator
+        _trim_heap()
 
 
 class Float32Runner(BaseRunner):
@@ -128,6 +137,7 @@ class Float32Runner(BaseRunner):
 
     def deactivate_impl(self):
         self.inner.deactivate()
+        _trim_heap()
 
 
 @dataclass
@@ -147,10 +157,16 @@ ORT_ALTERNATIVES = {
 
 
 def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
-    """Polygraphy's ONNX Runtime runner on a session loaded here, or one line: graphs ORT
-    cannot run, and a model.onnx it cannot read (truncated), are refused before PyTorch runs."""
+    """Polygraphy's ONNX Runtime runner, or one line: graphs ORT cannot run, and a model.onnx
+    it cannot read (truncated), are refused here, before PyTorch runs.
+
+    A session without graph optimisations is opened here to find that out, and closed again
+    (it parses the graph and checks the external data, without the weight copies that
+    optimising makes); the runner opens the real one when it activates and closes it when it
+    deactivates. So ONNX Runtime's copy of the weights is never held while the PyTorch model
+    is (#19). A graph that loads only unoptimised fails verify when the runner activates.
+    """
     from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
-    from armor_export.runtime.session import inference_session
 
     try:
         import onnxruntime as ort
@@ -163,8 +179,25 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     check_ort_compatible(manifest, providers, ORT_ALTERNATIVES)
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
-    session = inference_session(onnx_path, providers)
-    return Float32Runner(OnnxrtRunner(session), name="onnxruntime")
+    _ort_session(onnx_path, providers, optimize=False)  # the refusals, now; closed at once
+    open_session = functools.partial(_ort_session, onnx_path, providers)
+    return Float32Runner(OnnxrtRunner(open_session), name="onnxruntime")
+
+
+def _ort_session(onnx_path: Path, providers: list[str], optimize: bool = True):
+    from armor_export.runtime.session import inference_session
+
+    session = inference_session(onnx_path, providers, optimize=optimize)
+    log_memory(log, "opening the ONNX Runtime session" + ("" if optimize else " (unoptimised)"))
+    return session
+
+
+def _trim_heap() -> None:
+    """Hand what a closed session or graph freed back to the OS before the next runner."""
+    from armor_export.prune.lazy import trim_heap
+
+    gc.collect()
+    trim_heap()
 
 
 @dataclass
@@ -246,7 +279,11 @@ def load_onnx(onnx_path: Path):
 
 
 def numpy_reference_runner(onnx_path: Path, manifest: ExportManifest, engine=None) -> BaseRunner:
-    return NumpyReferenceRunner(load_onnx(onnx_path), manifest)
+    """The NumPy reference; a model.onnx that does not parse is refused here, before PyTorch
+    runs (read once to find out, then again when the runner activates: see ``ort_runner``)."""
+    load_onnx(onnx_path)  # dropped at once
+    _trim_heap()
+    return NumpyReferenceRunner(onnx_path, manifest)
 
 
 def make_runners(

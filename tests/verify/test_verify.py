@@ -316,3 +316,62 @@ def test_external_data_export_verifies(tiny_checkpoint, tmp_path):
     assert result.passed, result.report.markdown()
     assert result.report.runners == ["onnxruntime"]
     assert result.report.verdict().startswith("PASSED: PyTorch = ONNX Runtime")
+
+
+def test_pytorch_is_loaded_in_the_export_dtype_and_freed_before_ort_opens(
+    tiny_fp16_export, tmp_path, monkeypatch
+):
+    """#19: the PyTorch reference of a float16 export is loaded in float16 (a float32 load
+    held 6+ GiB more on a 1.5 B model), and is gone before ONNX Runtime loads the graph
+    to run it, so the two copies of the weights are never held at once."""
+    import gc
+    import weakref
+
+    import torch
+
+    from armor_export.export import api as export_api
+    from armor_export.runtime import session as session_module
+
+    loaded = []  # (weak reference to the model, its parameters' dtypes)
+    load_for_export = export_api.load_for_export
+
+    def recording_load(name, dtype="float32"):
+        model, tokenizer, manifest = load_for_export(name, dtype)
+        loaded.append((weakref.ref(model), {p.dtype for p in model.parameters()}))
+        return model, tokenizer, manifest
+
+    opened = []  # at each session ORT opens: whether each loaded model is still alive
+    inference_session = session_module.inference_session
+
+    def recording_session(*args, **kwargs):
+        opened.append((kwargs.get("optimize", True), [ref() is not None for ref, _ in loaded]))
+        return inference_session(*args, **kwargs)
+
+    monkeypatch.setattr(export_api, "load_for_export", recording_load)
+    monkeypatch.setattr(session_module, "inference_session", recording_session)
+    cfg = VerifyConfig(export_dir=str(tiny_fp16_export.output_dir), report_dir=str(tmp_path))
+    result = verify(cfg)
+    assert result.passed, result.report.markdown()
+    [(model_ref, dtypes)] = loaded
+    assert dtypes == {torch.float16}
+    # the only session that runs the graph (optimised) opens after the model was freed
+    assert [alive for optimize, alive in opened if optimize] == [[False]]
+    gc.collect()
+    assert model_ref() is None
+
+
+def test_a_model_passed_in_is_used_and_left_intact(tiny_checkpoint, tiny_export, tmp_path):
+    """verify(cfg, model=...) compares that model (nothing is loaded) and frees nothing of
+    it: the caller still holds and uses it."""
+    import torch
+
+    from armor_export.export.api import load_for_export
+
+    model, _, _ = load_for_export(str(tiny_checkpoint))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    cfg = VerifyConfig(export_dir=str(tiny_export.output_dir), report_dir=str(tmp_path))
+    result = verify(cfg, model=model.eval())
+    assert result.passed, result.report.markdown()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
