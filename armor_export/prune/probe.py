@@ -110,7 +110,7 @@ def _probe_process(conn, threads, modules, low_memory, cfg_dict, source, tasks, 
 
     try:
         _init_worker(threads, modules, low_memory)  # exactly as a prune worker starts
-        conn.send(("ready", None))
+        conn.send(("ready", time.time()))  # when this process was ready, by the wall clock
         cfg = PruneConfig.from_dict(cfg_dict)
         conn.send(("done", probe_shapes(cfg, source, tasks, iterations)))
     except BaseException as exc:  # reported to the plan, which raises it there
@@ -131,7 +131,7 @@ def _in_processes(cfg: PruneConfig, source, tasks: list, iterations: int, proces
         args = (theirs, threads, _method_modules(), cfg.low_memory, cfg.to_dict(), source,
                 tasks, iterations)  # fmt: skip
         proc = ctx.Process(target=_probe_process, args=args, daemon=True)
-        started = time.perf_counter()
+        started = time.time()  # compared with the child's own clock reading when it is ready
         proc.start()
         theirs.close()
         procs.append(proc)
@@ -149,8 +149,8 @@ def _in_processes(cfg: PruneConfig, source, tasks: list, iterations: int, proces
                     ) from None
                 if kind == "error":
                     raise RuntimeError(f"the probe failed in its worker process: {value}")
-                if kind == "ready":
-                    starts.append(time.perf_counter() - started)
+                if kind == "ready":  # not when it is read here: after the process before's run
+                    starts.append(value - started)
                 else:
                     runs.append(value)
     finally:
