@@ -645,7 +645,10 @@ def write(bench: Bench, args, argv) -> None:
         lines += ["## One real decoder layer of Llama-3.1-8B", "",
                   f"Pruned with the same settings: {_secs(x['prune']['seconds'])} wall, peak "
                   f"{x['prune']['peak_rss_main_mib']} MiB main, workers "
-                  f"{', '.join(map(str, x['prune']['peak_rss_workers_mib'])) or '-'} MiB.", "",
+                  f"{', '.join(map(str, x['prune']['peak_rss_workers_mib'])) or '-'} MiB. "
+                  f"`plan` predicted {_secs(x['plan']['est_total_seconds'])}: "
+                  f"{_within(x['plan']['est_total_seconds'], x['prune']['seconds'])[1]}; memory "
+                  f"per process {x['plan']['memory_mib']['peak_process']:,.0f} MiB predicted.", "",
                   "| matrix shape | jobs | plan s/job | measured mean s/job | plan / measured |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         for sp in x["plan"]["shapes"]:
@@ -669,14 +672,18 @@ def write(bench: Bench, args, argv) -> None:
                   + f" ({rates[0]['gpu_name'] if rates else 'no GPU rows'}, block 128), "
                   "solves only (no calibration). These are predictions, not measurements.", "",
                   "| model | jobs | memory per worker (plan) | CPU total (plan) | "
-                  "1 GPU solves (scaled) |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+                  "probe processes at once | 1 GPU solves (scaled) |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
         for name, x in r["plan-large"].items():
+            if not isinstance(x, dict):  # the record's "step" and "date"
+                continue
             plan = x["plan"]
             gpu = gpu_prediction(plan, rates) if rates else None
             x["gpu_prediction"] = gpu
             lines.append(
                 f"| {name} | {plan['jobs']} | {plan['memory_mib']['total_per_worker']:,.0f}"
                 f" MiB | {_secs(plan['est_total_seconds'])} | "
+                f"{(plan.get('probe') or {}).get('processes', '-')} | "
                 f"{_secs(gpu['solve_seconds_one_gpu']) if gpu else '-'} |"
             )
         lines.append("")

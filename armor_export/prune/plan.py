@@ -173,7 +173,8 @@ def _resident_outside_layers(model, adapter) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values() if not t.is_meta)
 
 
-def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -> dict:
+def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int,
+            runtimes: tuple[float, float]) -> dict:  # fmt: skip
     """Peak memory of each process of the run (MiB): sizes from the model's shapes, the
     runtimes measured in a fresh process, the job from the solver's measured temporaries.
 
@@ -201,7 +202,7 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int) -
     stats = statistics_bytes(targets, cfg.method)
     largest = max(m.in_features * m.out_features for m in targets.values())
     job = largest * 4 * JOB_WEIGHT_COPIES
-    worker_runtime, main_runtime = fresh_runtime_mib()
+    worker_runtime, main_runtime = runtimes  # fresh_runtime_mib()
     if cfg.method == "armor" and cfg.armor.compile:
         worker_runtime += COMPILE_RUNTIME_MIB
     outside = _resident_outside_layers(model, adapter)
@@ -268,7 +269,7 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     """Plan ``cfg`` over ``ranks`` workers (torchrun ranks or local worker processes)."""
     from armor_export.data.models import load_lazy_model_and_tokenizer
     from armor_export.models.registry import adapter_for
-    from armor_export.prune import distributed
+    from armor_export.prune import distributed, probe
     from armor_export.prune.api import select_linears
 
     cfg.validate()
@@ -285,8 +286,11 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     for name, mod in targets.items():
         by_shape[(mod.out_features, mod.in_features)].append(name)
     largest = max(m.in_features * m.out_features for m in targets.values())
+    runtimes = fresh_runtime_mib()
+    # what one probe process holds: a worker's runtime and the largest job
+    worker_bytes = runtimes[0] * MIB + largest * 4 * JOB_WEIGHT_COPIES
     shapes, solves, read_spb = _probe(cfg, lazy, adapter, by_shape, probe_iterations, ranks,
-                                      largest * 4 * JOB_WEIGHT_COPIES, progress)  # fmt: skip
+                                      worker_bytes, progress)  # fmt: skip
     if methods.get(cfg.method).solve_batch is not None:
         from armor_export.prune import batching
 
@@ -303,7 +307,7 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         calib = _probe_calibration(cfg, lazy, adapter, tokenizer)
     else:
         calib = {"batches": 0, "batch_shape": [0, 0], "est_seconds": 0.0}
-    memory = _memory(cfg, lazy, adapter, targets, calib, ranks)
+    memory = _memory(cfg, lazy, adapter, targets, calib, ranks, runtimes)
 
     est = {n: sp.est_seconds_per_job for sp in shapes for n in sp.names}
     shares = distributed.assign({n: max(1, round(s * 1000)) for n, s in est.items()}, ranks)
@@ -326,6 +330,16 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
         notes.append(
             f"only {solves.processes} probe process(es) fit in the memory available now, "
             f"not {ranks}: with {ranks} workers sharing the cores, solves may take longer"
+        )
+    total_mib = (probe.available_memory_bytes("MemTotal") or 0) / MIB
+    workers = ranks if memory["worker_process"] else 0
+    needed = memory["main_process"] + workers * memory["worker_process"]
+    if total_mib and needed > total_mib and torch.device(cfg.device).type == "cpu":
+        fit = max(1, int((total_mib - memory["main_process"]) // max(1, memory["worker_process"])))
+        notes.append(
+            f"{ranks} worker(s) on this machine need about {needed:,.0f} MiB together, more "
+            f"than its {total_mib:,.0f} MiB: run at most {fit} here, or spread the ranks "
+            "over machines"
         )
     if ranks > 1 and not cfg.low_memory:
         notes.append("every rank holds the whole model: add --low-memory to hold one layer")

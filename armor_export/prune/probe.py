@@ -198,11 +198,12 @@ def probe_solves(cfg: PruneConfig, source, tasks: list, iterations: int, ranks: 
     return SolveProbe(shapes, processes, threads, start, extra)
 
 
-def available_memory_bytes() -> int | None:
+def available_memory_bytes(key: str = "MemAvailable") -> int | None:
+    """``/proc/meminfo``'s ``key`` (``MemAvailable``, ``MemTotal``) in bytes; None off Linux."""
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

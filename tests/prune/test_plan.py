@@ -125,3 +125,20 @@ def test_cli_plan_prints_and_writes_json(tiny_model_dir, text_file, tmp_path, ca
     code = main(["plan", "--config", str(config), "--ranks", "0"])
     _, err = capsys.readouterr()
     assert code == 1 and "--ranks must be at least 1" in err
+
+
+def test_plan_says_when_the_workers_do_not_fit_this_machine(
+    tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    """A machine too small for the run: the probe runs fewer processes at once than the
+    workers (each would hold a job), and the plan says how many workers fit."""
+    from armor_export.prune import probe
+
+    small = 400 * 1024 * 1024  # below two workers' runtimes and jobs
+    monkeypatch.setattr(probe, "available_memory_bytes", lambda key="MemAvailable": small)
+    cfg = _cfg(tiny_model_dir, text_file, tmp_path / "o", low_memory=True, workers=2)
+    plan = make_plan(cfg, ranks=2, probe_iterations=2)
+    assert plan.probe["processes"] == 1
+    notes = " ".join(plan.notes)
+    assert "only 1 probe process(es) fit in the memory available now, not 2" in notes
+    assert "2 worker(s) on this machine need about" in notes and "run at most 1 here" in notes
