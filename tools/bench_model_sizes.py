@@ -487,7 +487,9 @@ def write(bench: Bench, args, argv) -> None:
     r = {s: bench.recorded(s) for s in STEPS}
     meta = run_meta("bench_model_sizes.py", argv, machine(os_name(), NO_GPU, torch_version()))
     lines = ["# Model sizes: 1-8 B checkpoints through prune, export, verify and engine", "",
-             *meta_lines(meta), f"- machine: {meta['machine']}", "",
+             *meta_lines(meta), f"- machine: {meta['machine']}",
+             "- steps, each as recorded when it ran: "
+             + ", ".join(f"{s} {r[s].get('date', '?')}" for s in STEPS if r[s]), "",
              "Checkpoints generated here with seeded random weights from the published configs "
              "(`tools/make_checkpoint.py`, sources in `tools/checkpoints/`): the weights are "
              "random, so the figures are about mechanics (time, memory, bytes), not quality. "
