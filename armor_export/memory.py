@@ -24,6 +24,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def meminfo_bytes(key: str = "MemAvailable") -> int | None:
+    """``/proc/meminfo``'s ``key`` (``MemAvailable``, ``MemTotal``) in bytes; None off Linux."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def log_memory(logger: logging.Logger, stage: str) -> None:
     """A debug line (``-vv``) with the memory after ``stage``: a peak that grew during a
     stage was set by it."""

@@ -79,10 +79,10 @@ def all_reduce_stats(stats: dict) -> None:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (MiB)."""
-    import resource
+    """This process's peak resident memory so far (MiB, rounded for the rank record)."""
+    from armor_export.memory import peak_rss_mib as peak
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    return round(peak(), 1)
 
 
 def record_rank(folder, ranks: Ranks, jobs: int, seconds: float, **extra) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -18,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from armor_export.config import PruneConfig
+from armor_export.memory import MIB
 from armor_export.prune import methods
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
 
 
 @dataclass
@@ -73,15 +71,6 @@ class Plan:
         for s, sp in zip(data["shapes"], self.shapes, strict=True):
             s["pattern"] = sp.pattern
         return data
-
-
-def _rss_mib() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / MIB
-    except (OSError, ValueError):  # not Linux: the peak is the best we have
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _probe_calibration(cfg: PruneConfig, lazy, adapter, tokenizer) -> dict:
@@ -202,7 +191,7 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int,
     stats = statistics_bytes(targets, cfg.method)
     largest = max(m.in_features * m.out_features for m in targets.values())
     job = largest * 4 * JOB_WEIGHT_COPIES
-    worker_runtime, main_runtime = runtimes  # fresh_runtime_mib()
+    worker_runtime, main_runtime = runtimes  # measured in fresh processes (fresh_runtime_mib)
     if cfg.method == "armor" and cfg.armor.compile:
         worker_runtime += COMPILE_RUNTIME_MIB
     outside = _resident_outside_layers(model, adapter)
@@ -242,7 +231,7 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int,
     return {k: round(v, 1) for k, v in memory.items()}
 
 
-def _probe(cfg, lazy, adapter, by_shape, iterations, ranks, job_bytes, progress):
+def _probe(cfg, lazy, by_shape, iterations, ranks, job_bytes, progress):
     from armor_export.prune import probe
 
     method = methods.get(cfg.method)
@@ -268,8 +257,9 @@ def _probe(cfg, lazy, adapter, by_shape, iterations, ranks, job_bytes, progress)
 def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progress=None) -> Plan:
     """Plan ``cfg`` over ``ranks`` workers (torchrun ranks or local worker processes)."""
     from armor_export.data.models import load_lazy_model_and_tokenizer
+    from armor_export.memory import meminfo_bytes
     from armor_export.models.registry import adapter_for
-    from armor_export.prune import distributed, probe
+    from armor_export.prune import distributed
     from armor_export.prune.api import select_linears
 
     cfg.validate()
@@ -289,8 +279,8 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
     runtimes = fresh_runtime_mib()
     # what one probe process holds: a worker's runtime and the largest job
     worker_bytes = runtimes[0] * MIB + largest * 4 * JOB_WEIGHT_COPIES
-    shapes, solves, read_spb = _probe(cfg, lazy, adapter, by_shape, probe_iterations, ranks,
-                                      worker_bytes, progress)  # fmt: skip
+    shapes, solves, read_spb = _probe(cfg, lazy, by_shape, probe_iterations, ranks, worker_bytes,
+                                      progress)  # fmt: skip
     if methods.get(cfg.method).solve_batch is not None:
         from armor_export.prune import batching
 
@@ -331,7 +321,7 @@ def make_plan(cfg: PruneConfig, ranks: int = 1, probe_iterations: int = 3, progr
             f"only {solves.processes} probe process(es) fit in the memory available now, "
             f"not {ranks}: with {ranks} workers sharing the cores, solves may take longer"
         )
-    total_mib = (probe.available_memory_bytes("MemTotal") or 0) / MIB
+    total_mib = (meminfo_bytes("MemTotal") or 0) / MIB
     workers = ranks if memory["worker_process"] else 0
     needed = memory["main_process"] + workers * memory["worker_process"]
     if total_mib and needed > total_mib and torch.device(cfg.device).type == "cpu":

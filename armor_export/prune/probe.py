@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
+from armor_export import memory
 from armor_export.config import PruneConfig
 from armor_export.prune import methods
-
-MIB = 1024 * 1024
 
 
 @dataclass
@@ -183,7 +182,7 @@ def probe_solves(cfg: PruneConfig, source, tasks: list, iterations: int, ranks: 
         start, runs, processes = 0.0, [run], 1
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
-        available = available_memory_bytes()
+        available = memory.meminfo_bytes("MemAvailable")
         fit = workers if available is None else max(1, int(available * 0.8 // max(1, job_bytes)))
         processes = min(workers, fit)
         start, runs = _in_processes(cfg, source, tasks, iterations, processes, threads)
@@ -196,18 +195,6 @@ def probe_solves(cfg: PruneConfig, source, tasks: list, iterations: int, ranks: 
         )  # fmt: skip
     extra = sum(r["first_job_extra"] for r in runs) / len(runs)
     return SolveProbe(shapes, processes, threads, start, extra)
-
-
-def available_memory_bytes(key: str = "MemAvailable") -> int | None:
-    """``/proc/meminfo``'s ``key`` (``MemAvailable``, ``MemTotal``) in bytes; None off Linux."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def time_job_keys(cfg: PruneConfig, lazy, names_by_shape: dict) -> tuple[dict, float]:
@@ -229,7 +216,7 @@ def time_job_keys(cfg: PruneConfig, lazy, names_by_shape: dict) -> tuple[dict, f
     return out, read_total / max(1, read_bytes)
 
 
-def write_seconds_per_byte(folder: str | Path | None, nbytes: int = 64 * MIB) -> float:
+def write_seconds_per_byte(folder: str | Path | None, nbytes: int = 64 * memory.MIB) -> float:
     """Seconds per byte of an atomic, fsynced write near ``folder`` (as checkpoints are)."""
     from armor_export.io import write_bytes
 

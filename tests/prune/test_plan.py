@@ -132,10 +132,10 @@ def test_plan_says_when_the_workers_do_not_fit_this_machine(
 ):
     """A machine too small for the run: the probe runs fewer processes at once than the
     workers (each would hold a job), and the plan says how many workers fit."""
-    from armor_export.prune import probe
+    from armor_export import memory
 
     small = 400 * 1024 * 1024  # below two workers' runtimes and jobs
-    monkeypatch.setattr(probe, "available_memory_bytes", lambda key="MemAvailable": small)
+    monkeypatch.setattr(memory, "meminfo_bytes", lambda key="MemAvailable": small)
     cfg = _cfg(tiny_model_dir, text_file, tmp_path / "o", low_memory=True, workers=2)
     plan = make_plan(cfg, ranks=2, probe_iterations=2)
     assert plan.probe["processes"] == 1
