@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -125,7 +124,7 @@ def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_step
     from polygraphy.comparator import IterationResult
 
     from armor_export.verify import inputs
-    from armor_export.verify.runners import TorchRunner
+    from armor_export.verify.runners import TorchRunner, release_freed_memory
 
     loaded_here = model is None
     if loaded_here:
@@ -142,10 +141,7 @@ def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_step
     reference = (runner.name, iterations)
     del runner, model
     if loaded_here:
-        from armor_export.prune.lazy import trim_heap
-
-        gc.collect()
-        trim_heap()
+        release_freed_memory()
         log_memory(log, "releasing the PyTorch model")
     return feeds, reference
 

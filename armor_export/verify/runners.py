@@ -114,7 +114,7 @@ class NumpyReferenceRunner(BaseRunner):
 
     def deactivate_impl(self):
         del self.evaluator
-        _trim_heap()
+        release_freed_memory()
 
 
 class Float32Runner(BaseRunner):
@@ -137,7 +137,7 @@ class Float32Runner(BaseRunner):
 
     def deactivate_impl(self):
         self.inner.deactivate()
-        _trim_heap()
+        release_freed_memory()
 
 
 @dataclass
@@ -192,8 +192,9 @@ def _ort_session(onnx_path: Path, providers: list[str], optimize: bool = True):
     return session
 
 
-def _trim_heap() -> None:
-    """Hand what a closed session or graph freed back to the OS before the next runner."""
+def release_freed_memory() -> None:
+    """Hand what a released model, session or graph freed back to the OS before the next
+    runner (collected first: the objects may sit in reference cycles)."""
     from armor_export.prune.lazy import trim_heap
 
     gc.collect()
@@ -282,7 +283,7 @@ def numpy_reference_runner(onnx_path: Path, manifest: ExportManifest, engine=Non
     """The NumPy reference; a model.onnx that does not parse is refused here, before PyTorch
     runs (read once to find out, then again when the runner activates: see ``ort_runner``)."""
     load_onnx(onnx_path)  # dropped at once
-    _trim_heap()
+    release_freed_memory()
     return NumpyReferenceRunner(onnx_path, manifest)
 
 
