@@ -437,9 +437,7 @@ def _within(predicted, measured) -> tuple[float | None, str]:
     )
 
 
-def _probe_text(probe: dict | None) -> str:
-    if not probe:
-        return "The probe ran in the plan process, one solve at a time (before #19's change)."
+def _probe_text(probe: dict) -> str:
     return (f"The solves were probed in {probe['processes']} process(es) at once, "
             f"{probe['threads']} torch thread(s) each; a worker's start measured "
             f"{probe['worker_start_seconds']} s (spawn, imports) and its first solve "
@@ -514,16 +512,12 @@ def write(bench: Bench, args, argv) -> None:
     if prune:
         for key, label in (("clean", "prune, uninterrupted"), ("first", "prune, killed (SIGKILL)"),
                            ("second", "prune, resumed")):  # fmt: skip
-            run_ = prune.get(key)
-            if run_ is None:
-                continue
+            run_ = prune[key]
             workers = ", ".join(str(w) for w in run_["peak_rss_workers_mib"]) or "-"
-            same = prune.get("resumed_checkpoint_identical")
-            size = f"checkpoint {_mib(prune['checkpoint_bytes'])}"
-            resumed = "byte-identical to" if same else "DIFFERS from"
-            resumed = f"checkpoint {resumed} the uninterrupted run's" if "clean" in prune else size
-            art = {"clean": size, "first": f"{prune['kill_after_jobs']} jobs on disk",
-                   "second": resumed}[key]  # fmt: skip
+            same = "byte-identical to" if prune["resumed_checkpoint_identical"] else "DIFFERS from"
+            art = {"clean": f"checkpoint {_mib(prune['checkpoint_bytes'])}",
+                   "first": f"{prune['kill_after_jobs']} jobs on disk",
+                   "second": f"checkpoint {same} the uninterrupted run's"}[key]  # fmt: skip
             lines.append(f"| {label} | {_secs(run_['seconds'])} | {run_['peak_rss_main_mib']} MiB"
                          f" | {workers} MiB | {art} |")  # fmt: skip
     for step, label in (("export", "export fp16"), ("verify", "verify (PyTorch vs ORT)"),
@@ -552,7 +546,7 @@ def write(bench: Bench, args, argv) -> None:
     if prune and plan_r:
         mem = plan_r["plan"]["memory_mib"]
         bound = mem["one_decoder_layer"] + (prune["statistics_bytes"] or 0) / MIB + 1024
-        runs = [prune[k] for k in ("clean", "first", "second") if k in prune]
+        runs = [prune[k] for k in ("clean", "first", "second")]
         peaks = [x["peak_rss_main_mib"] for x in runs]
         peaks += [w for x in runs for w in x["peak_rss_workers_mib"]]
         ok = max(peaks) <= bound
@@ -569,14 +563,13 @@ def write(bench: Bench, args, argv) -> None:
                      f"{len(redone)} of them ({', '.join(redone) or 'none'}) and finished the "
                      f"rest"
                      + ("; its checkpoint is byte-identical to the uninterrupted run's"
-                        if prune.get("resumed_checkpoint_identical") else
-                        "; its checkpoint DIFFERS from the uninterrupted run's"
-                        if "resumed_checkpoint_identical" in prune else "")
+                        if prune["resumed_checkpoint_identical"] else
+                        "; its checkpoint DIFFERS from the uninterrupted run's")
                      + ". ARMOR at or below NoWag-P: "
                      f"{prune['report_summary']['at_or_below_nowag']} of "
                      f"{prune['report_summary']['matrices']} matrices.")  # fmt: skip
         data["targets"]["resume_redid_no_finished_job"] = not redone
-        data["targets"]["resumed_checkpoint_identical"] = prune.get("resumed_checkpoint_identical")
+        data["targets"]["resumed_checkpoint_identical"] = prune["resumed_checkpoint_identical"]
     if r["export"] and fp16_bytes:
         limit = EXPORT_RSS_FACTOR * fp16_bytes / MIB
         peak = r["export"].get("peak_rss_largest_mib") or r["export"]["peak_rss_main_mib"]
@@ -588,7 +581,7 @@ def write(bench: Bench, args, argv) -> None:
     done = {s: bool(r[s]) and (r[s].get("returncode", 0) == 0) for s in
             ("generate", "prune", "export", "verify", "engine")}  # fmt: skip
     if prune:
-        done["prune"] = all(prune[k]["returncode"] == 0 for k in ("clean", "second") if k in prune)
+        done["prune"] = all(prune[k]["returncode"] == 0 for k in ("clean", "second"))
     data["targets"]["every_stage_completes"] = done
     lines.append("- **Every stage of the 1.5 B model completes here**: " + ", ".join(
         f"{s} {'yes' if ok else 'no'}" for s, ok in done.items()) + ".")  # fmt: skip
@@ -597,24 +590,16 @@ def write(bench: Bench, args, argv) -> None:
     # plan against the measured prune
     if prune and plan_r:
         plan = plan_r["plan"]
-        clean = prune.get("clean")
-        if clean:  # the uninterrupted run: what plan predicts
-            measured, how = clean["seconds"], "uninterrupted run"
-            worst = max([clean["peak_rss_main_mib"], *clean["peak_rss_workers_mib"]])
-        else:  # recorded before the uninterrupted run existed
-            measured, how = (
-                prune["first"]["seconds"] + prune["second"]["seconds"],
-                "killed run + resumed run",
-            )
-            worst = max([prune[k]["peak_rss_main_mib"] for k in ("first", "second")]
-                        + prune["second"]["peak_rss_workers_mib"])  # fmt: skip
+        clean = prune["clean"]  # the uninterrupted run: what plan predicts
+        measured = clean["seconds"]
+        worst = max([clean["peak_rss_main_mib"], *clean["peak_rss_workers_mib"]])
         ratio_t, text_t = _within(plan["est_total_seconds"], measured)
         ratio_m, text_m = _within(plan["memory_mib"]["total_per_worker"], worst)
         data["targets"]["plan_time_ratio"], data["targets"]["plan_memory_ratio"] = ratio_t, ratio_m
         lines += ["## `plan` against the measured prune (Qwen2.5-1.5B)", "",
                   "| | plan predicted | measured | predicted / measured |", "|---|---:|---:|---:|",
                   f"| wall time | {_secs(plan['est_total_seconds'])} | {_secs(measured)} "
-                  f"({how}) | {text_t} |",
+                  f"(uninterrupted run) | {text_t} |",
                   f"| memory per process | {plan['memory_mib']['total_per_worker']:,.0f} MiB | "
                   f"{worst:,} MiB (largest process) | {text_m} |", "",
                   "| matrix shape | jobs | plan s/job | measured mean s/job |",
@@ -636,11 +621,7 @@ def write(bench: Bench, args, argv) -> None:
                                 max(x["est_seconds"] for x in plan["per_rank"])),
                                ("checkpoint write", fixed.get("checkpoint_write"))]
                               if v is not None)
-                  + f". {_probe_text(plan.get('probe'))}", ""]  # fmt: skip
-        if not clean:
-            lines += ["The measured time includes what the kill cost (the jobs in flight at "
-                      "the SIGKILL are solved again, and the resumed run loads the model "
-                      "again).", ""]  # fmt: skip
+                  + f". {_probe_text(plan['probe'])}", ""]  # fmt: skip
 
     if r["layer8b"]:
         x = r["layer8b"]
