@@ -216,6 +216,18 @@ def prune_tiny(root, method: str = "armor", family: str = "llama", config=None):
     return api.prune(cfg).output_dir
 
 
+def rehash_checkpoint(checkpoint) -> None:
+    """Record the sha256 of a pruned checkpoint's ``model.safetensors`` edited by a test,
+    the way prune records it: the hash check passes and the edit is seen by the checks
+    after it (a file written wrongly, not damaged after writing)."""
+    from armor_export.io import read_json, sha256_file, write_json
+    from armor_export.prune.checkpoint import MANIFEST, WEIGHTS
+
+    manifest = read_json(checkpoint / MANIFEST)
+    manifest["sha256"] = {WEIGHTS: sha256_file(checkpoint / WEIGHTS)}
+    write_json(checkpoint / MANIFEST, manifest)
+
+
 def export_tiny(checkpoint, out, **kwargs):
     from armor_export.config import ExportConfig, ExportLimits
 

@@ -1,5 +1,10 @@
 """Pruned checkpoints: ``model.safetensors`` + ``armor_manifest.json`` + HF config/tokenizer.
 
+The manifest, written last, records the sha256 of ``model.safetensors`` as written
+(``sha256``, as the export manifest does for its files); :func:`load_checkpoint`, which
+export, eval and verify's reference all load through, checks it before reading a tensor,
+so a damaged or edited weight file is one line, never a silently different model.
+
 Pruned matrices are stored compactly: ``<name>.core_values`` ``[d_out, d_in/2]``,
 ``<name>.core_positions`` (uint8, 2-bit positions) and, for ARMOR, ``<name>.a_blocks`` and
 ``<name>.b_blocks``. Everything else is the model's own state dict.
@@ -8,6 +13,7 @@ Pruned matrices are stored compactly: ``<name>.core_values`` ``[d_out, d_in/2]``
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from pathlib import Path
 
@@ -16,7 +22,7 @@ from torch import nn
 
 from armor_export import __version__
 from armor_export.errors import CorruptFileError
-from armor_export.io import read_json, write_json, write_tensors
+from armor_export.io import read_json, sha256_file, write_json, write_tensors
 from armor_export.prune import masks
 from armor_export.prune.jobs import MatrixResult
 from armor_export.prune.linear import ArmorLinear, set_submodule
@@ -25,6 +31,8 @@ MANIFEST = "armor_manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "armor-export-checkpoint"
 FORMAT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 def apply_result(model: nn.Module, result: MatrixResult) -> None:
@@ -103,6 +111,8 @@ def _write_manifest(out: Path, matrices: dict, manifest_extra: dict) -> None:
         "versions": versions(),
         "matrices": matrices,
         **manifest_extra,
+        # the weights as just written (read back once: about a GB a second)
+        "sha256": {WEIGHTS: sha256_file(out / WEIGHTS)},
     }
     write_json(out / MANIFEST, manifest)  # last: its presence marks a complete checkpoint
 
@@ -179,7 +189,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
 
     path = Path(path)
     manifest = read_checkpoint_manifest(path)
-    tensors = _FileTensors(_weights_source(path))
+    tensors = _FileTensors(_weights_source(path, manifest))
     config = _read_config(path)
     with torch.device("meta"):
         model = _empty_model(path, config, torch.float32)
@@ -232,7 +242,7 @@ class _FileTensors:
         return [k for k in self.source.keys() if k not in self.used]
 
 
-def _weights_source(path: Path):
+def _weights_source(path: Path, manifest: dict):
     """Single-tensor reads of ``path/model.safetensors``; a damaged file is one line here."""
     from armor_export.io import read_metadata
     from armor_export.prune.lazy import SafetensorsSource
@@ -241,7 +251,31 @@ def _weights_source(path: Path):
     if not weights.is_file():
         raise CorruptFileError(f"missing file: {weights}")
     read_metadata(weights)  # safetensors checks the header against the file's size
+    check_weights(path, manifest)
     return SafetensorsSource(path, files=[WEIGHTS])
+
+
+def check_weights(path: Path, manifest: dict) -> None:
+    """``model.safetensors`` must still have the sha256 its manifest recorded (one streamed
+    read of the file). A checkpoint written before the manifest recorded it is loaded with a
+    warning: a prune can take hours, and its file is as trustworthy as it was before."""
+    weights = Path(path) / WEIGHTS
+    recorded = manifest.get("sha256")
+    if recorded is None:
+        log.warning(
+            "%s records no sha256 of %s (written by an older armor-export): its weights are "
+            "not checked; re-run prune to get a checked checkpoint",
+            path / MANIFEST,
+            WEIGHTS,
+        )
+        return
+    if not isinstance(recorded, dict) or not isinstance(recorded.get(WEIGHTS), str):
+        raise CorruptFileError(f"{path / MANIFEST}: 'sha256' has no entry for {WEIGHTS}")
+    if sha256_file(weights) != recorded[WEIGHTS]:
+        raise CorruptFileError(
+            f"{weights} is not the file prune wrote (its sha256 differs from {MANIFEST}): "
+            "it was changed or damaged; re-run prune to write it again"
+        )
 
 
 def _materialize_linear(model: nn.Module, name: str, tensors: _FileTensors) -> None:

@@ -20,7 +20,7 @@ from armor_export.errors import StatisticsError
 from armor_export.prune import api
 from armor_export.prune.checkpoint import load_checkpoint
 from armor_export.prune.linear import ArmorLinear
-from tests.conftest import TEXT, tiny_model
+from tests.conftest import TEXT, rehash_checkpoint, tiny_model
 
 # torch.compile of the ARMOR solver costs ~20 s per process and block size, and a pool of
 # spawned worker processes seconds more: both off in these tests (the CLI has no flags for
@@ -225,6 +225,7 @@ def _wrong_factor_shape(ckpt):
     tensors = load_file(path)
     tensors["model.layers.0.mlp.up_proj.a_blocks"] = torch.zeros(3, 16, 16)
     save_file(tensors, path, metadata={"format": "armor-export-checkpoint"})
+    rehash_checkpoint(ckpt)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from armor_export.prune.checkpoint import (
     load_checkpoint,
     read_checkpoint_manifest,
 )
-from tests.conftest import FAMILY_CASES, family_config, prune_tiny
+from tests.conftest import FAMILY_CASES, family_config, prune_tiny, rehash_checkpoint
 
 
 def eager_reference(path):
@@ -94,6 +94,7 @@ def _edit(checkpoint, tmp_path, edit):
     state = load_file(copy / WEIGHTS)
     edit(state)
     save_file(state, copy / WEIGHTS, metadata={"format": "armor-export-checkpoint"})
+    rehash_checkpoint(copy)
     return copy
 
 
@@ -126,3 +127,54 @@ def test_a_misshapen_tensor_is_one_line(tiny_checkpoint, tmp_path):
     with pytest.raises(CorruptFileError, match=r"model.norm.weight has shape \(63,\), the model "
                        r"expects \(64,\)"):  # fmt: skip
         load_checkpoint(broken)
+
+
+def _flip_bytes(path, count: int = 8) -> None:
+    """``count`` bytes in the middle of a safetensors file's data changed: the header and
+    the size stay valid, so only a hash can see it (issue #24: a wrapper value 2.7e23)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0x5A for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.fault(
+    "load",
+    "eight bytes flipped in a pruned checkpoint's model.safetensors (values still finite)",
+    "one line from export, eval and verify's reference: not the file prune wrote, re-run prune",
+)
+def test_a_damaged_checkpoint_is_refused_by_every_loader(tiny_checkpoint, tmp_path):
+    from armor_export.eval.api import load_any_model
+    from armor_export.export.api import load_for_export
+    from armor_export.verify.api import load_reference
+
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    _flip_bytes(copy / WEIGHTS)
+    expected = rf"{copy / WEIGHTS} is not the file prune wrote .*re-run prune"
+    for load in (load_checkpoint, load_any_model, lambda p: load_for_export(p, "float32"),
+                 lambda p: load_reference(p, "float32")):  # fmt: skip
+        with pytest.raises(CorruptFileError, match=expected) as info:
+            load(str(copy))
+        assert "\n" not in str(info.value)
+
+
+def test_the_manifest_records_the_weights_sha256(tiny_checkpoint):
+    from armor_export.io import sha256_file
+
+    manifest = read_checkpoint_manifest(tiny_checkpoint)
+    assert manifest["sha256"] == {WEIGHTS: sha256_file(tiny_checkpoint / WEIGHTS)}
+
+
+def test_a_checkpoint_from_before_the_hash_loads_with_a_warning(tiny_checkpoint, tmp_path, caplog):
+    """Checkpoints written before the manifest held the weights' sha256 stay usable (a prune
+    can take hours); the warning says their weights are not checked and how to get a hash."""
+    from armor_export.io import read_json, write_json
+    from armor_export.prune.checkpoint import MANIFEST
+
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    manifest = read_json(copy / MANIFEST)
+    del manifest["sha256"]
+    write_json(copy / MANIFEST, manifest)
+    with caplog.at_level("WARNING"):
+        load_checkpoint(copy)
+    assert "records no sha256 of model.safetensors" in caplog.text

@@ -165,7 +165,7 @@ def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file
 
     from armor_export.errors import CorruptFileError
     from armor_export.prune.checkpoint import load_checkpoint
-    from tests.conftest import prune_tiny
+    from tests.conftest import prune_tiny, rehash_checkpoint
 
     weights = tiny_model_dir / "model.safetensors"
     state = load_file(weights)
@@ -178,6 +178,7 @@ def test_nan_in_a_weight_that_is_not_pruned_is_refused(tiny_model_dir, text_file
     state = load_file(checkpoint / "model.safetensors")
     state["model.norm.weight"][0] = float("inf")
     save_file(state, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    rehash_checkpoint(checkpoint)
     with pytest.raises(CorruptFileError, match="model.norm.weight contains NaN or Inf"):
         load_checkpoint(checkpoint)
 
