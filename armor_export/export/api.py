@@ -37,6 +37,7 @@ from armor_export.export_manifest import (
 )
 from armor_export.io import sha256_file, write_json
 from armor_export.memory import log_memory
+from armor_export.paths import check_apart
 from armor_export.progress import NullReporter, Reporter
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def export_onnx(
     from armor_export.prune.lazy import trim_heap
 
     cfg.validate()
+    check_apart(cfg.output_dir, {"checkpoint": cfg.model}, "export")
     reporter = reporter or NullReporter()
     start = time.perf_counter()
     out = Path(cfg.output_dir)
