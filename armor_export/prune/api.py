@@ -27,6 +27,7 @@ from armor_export.config import PruneConfig
 from armor_export.errors import ShapeError, UserError
 from armor_export.io import read_json, read_metadata, read_tensors, write_json, write_tensors
 from armor_export.models.registry import Adapter, adapter_for
+from armor_export.paths import check_apart
 from armor_export.progress import NullReporter, Reporter
 from armor_export.prune import methods, provenance
 from armor_export.prune.calibrate import calibrate_layerwise
@@ -107,27 +108,55 @@ def calibration_batches(tokenizer, cfg: PruneConfig) -> list[torch.Tensor]:
 
 
 def _defining_config(cfg: PruneConfig) -> dict:
-    """The config fields that decide the results (not how the work is scheduled)."""
+    """The config fields that decide the results (not how the work is scheduled, nor the
+    output folder: the record lies in it, whatever its spelling, wherever it was moved)."""
     data = cfg.to_dict()
     data.pop("workers")
     data.pop("low_memory")
     data.pop("batch_same_shape")
+    data.pop("output_dir")
     data["armor"].pop("compile")
     return data
 
 
-def _check_run_dir(out: Path, cfg: PruneConfig) -> None:
-    """A resume must use the same config: finished jobs of another config would be mixed in."""
+def _run_record(cfg: PruneConfig, sources: dict) -> dict:
+    """``run_config.json``: the defining config with the model and the calibration text as
+    the sources they name (resolved path and content, ``provenance.model_source``)."""
+    data = _defining_config(cfg)
+    data["model"] = sources["model"]
+    data["calibration"]["text"] = sources["calibration"]
+    return data
+
+
+def _check_run_dir(out: Path, current: dict) -> None:
+    """A resume must use the same config: finished jobs of another config would be mixed in.
+
+    The model and the calibration text are the same when their resolved paths or their
+    contents are (another spelling, a moved or copied folder); the output folder is the
+    one the record lies in."""
     path = out / "run_config.json"
     if not path.exists():
         return
-    previous, current = read_json(path), _defining_config(cfg)
-    if previous != current:
-        changed = sorted(k for k in current if previous.get(k) != current[k])
+    previous = read_json(path)
+    previous = dict(previous) if isinstance(previous, dict) else {}
+    previous.pop("output_dir", None)  # recorded by runs before #24: any spelling is this one
+    changed = sorted(k for k in current if not _same_setting(k, previous.get(k), current[k]))
+    if changed:
         raise UserError(
             f"{out} holds a run with a different config (differs in: {', '.join(changed)}); "
             "use another --output-dir or delete it"
         )
+
+
+def _same_setting(key: str, previous, current) -> bool:
+    if key == "model":
+        return provenance.same_source(previous, current)
+    if key == "calibration" and isinstance(previous, dict):
+        rest = {k: v for k, v in previous.items() if k != "text"}
+        return provenance.same_source(previous.get("text"), current["text"]) and rest == {
+            k: v for k, v in current.items() if k != "text"
+        }
+    return previous == current
 
 
 def _check_finite_weights(targets: dict[str, nn.Linear]) -> None:
@@ -161,7 +190,14 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     reporter = (reporter or NullReporter()) if main else NullReporter()
     start = time.perf_counter()
     out = Path(cfg.output_dir)
-    _check_run_dir(out, cfg)
+    inputs = {"model folder": cfg.model, "calibration text": cfg.calibration.text}
+    check_apart(out, inputs, "prune")
+    sources = {
+        "model": provenance.model_source(cfg.model),  # the model's files, hashed once here
+        "calibration": provenance.text_source(cfg.calibration.text),
+    }
+    record = _run_record(cfg, sources)
+    _check_run_dir(out, record)
     lazy = None
     if cfg.low_memory:
         from armor_export.data.models import load_lazy_model_and_tokenizer
@@ -184,8 +220,8 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     # the run is valid: from here on, its directory belongs to this config and this process
     with _output_lock(out, main):
         if main:
-            _check_run_dir(out, cfg)  # again: another run may have started meanwhile
-            write_json(out / "run_config.json", _defining_config(cfg))
+            _check_run_dir(out, record)  # again: another run may have started meanwhile
+            write_json(out / "run_config.json", record)
         store = JobStore(out / "work" / "jobs")
         timings: dict[str, float] = {"load": time.perf_counter() - start}
         peaks: dict[str, float] = {}  # peak RSS (MiB) so far, at the end of each phase
@@ -196,8 +232,9 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
                 _prune_sequential(model, adapter, batches, targets, cfg, runner, reporter)
             else:
                 stats = _dense_statistics(
-                    model, adapter, batches, targets, cfg, out, reporter, ranks, lazy
-                )
+                    model, adapter, batches, targets, cfg, out, reporter, ranks, lazy,
+                    model_key=sources["model"]["sha256"],
+                )  # fmt: skip
                 timings["calibration"] = time.perf_counter() - start - timings["load"]
                 peaks["after_calibration"] = distributed.peak_rss_mib()
                 if lazy is not None:
@@ -330,8 +367,9 @@ class _JobLoop:
 
 
 def _dense_statistics(
-    model, adapter, batches, targets, cfg, out: Path, reporter, ranks=None, lazy=None
-):
+    model, adapter, batches, targets, cfg, out: Path, reporter, ranks=None, lazy=None,
+    model_key: str | None = None,
+):  # fmt: skip
     """diag(XXᵀ)/N per target from the dense model, cached in ``work/stats.safetensors``.
 
     The file is reused only when it was computed from the same model content and
@@ -346,7 +384,8 @@ def _dense_statistics(
     if not method.needs_statistics:
         return {}
     gram = method.needs_gram
-    model_key = provenance.model_digest(resolve_model_path(cfg.model))
+    if model_key is None:
+        model_key = provenance.model_digest(resolve_model_path(cfg.model))
     key = provenance.statistics_key(model_key, batches, gram)
     path = out / "work" / "stats.safetensors"
     if path.exists():

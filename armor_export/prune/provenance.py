@@ -64,6 +64,47 @@ def model_digest(model_path: str) -> str:
     return files_digest(files)
 
 
+def model_source(model: str) -> dict:
+    """Which model a run reads: its resolved folder (or hub id) and its content
+    (:func:`model_digest`). Two runs read the same model when either matches: another
+    spelling of the folder, or a moved or copied folder with the same files."""
+    from armor_export.data.models import resolve_model_path
+
+    resolved = resolve_model_path(model)
+    folder = Path(resolved)
+    path = str(folder.resolve()) if folder.is_dir() else resolved
+    return {"path": path, "sha256": model_digest(resolved)}
+
+
+def text_source(text: str) -> dict:
+    """Which calibration text a run reads: a bundled corpus or dataset by its name, a file
+    by its resolved path and the sha256 of its bytes (None when it is not a file)."""
+    from armor_export.data.text import DATASETS_PREFIX
+    from armor_export.io import sha256_file
+
+    if text in ("botchan", "wikipedia") or text.startswith(DATASETS_PREFIX):
+        return {"path": text, "sha256": None}
+    path = Path(text).expanduser()
+    return {
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path) if path.is_file() else None,
+    }
+
+
+def same_source(previous, current: dict) -> bool:
+    """Whether a recorded source (:func:`model_source`, :func:`text_source`; a bare string
+    in records from before they existed) names the same input: the same resolved path, or
+    the same content."""
+    if isinstance(previous, str):
+        folder = Path(previous).expanduser()
+        previous = {"path": str(folder.resolve()) if folder.exists() else previous}
+    if not isinstance(previous, dict):
+        return False
+    if previous.get("path") == current["path"]:
+        return True
+    return current["sha256"] is not None and previous.get("sha256") == current["sha256"]
+
+
 def statistics_key(model_key: str, batches: list[torch.Tensor], gram: bool) -> str:
     """Key of the dense calibration statistics: model, calibration token ids, Gram or not."""
     data = {"model": model_key, "calibration": tensor_digest(*batches), "gram": gram}

@@ -216,3 +216,61 @@ def test_skip_incompatible_that_skips_everything_says_so(tiny_model_dir, text_fi
     with pytest.raises(ShapeError, match=r"left every selected layer dense \(14 of them\).*"
                        r"valid block sizes for this layer: 4, 8, 16, 32, 64"):  # fmt: skip
         api.prune(cfg)
+
+
+@pytest.mark.fault(
+    "prune",
+    "-o set to the input model's folder, to a folder holding it, or to one holding the "
+    "calibration text",
+    "one line before anything is written; the model is untouched",
+)
+@pytest.mark.parametrize("where", ["the model", "the model's parent", "the text's parent"])
+def test_an_output_folder_holding_an_input_is_refused(tiny_model_dir, tmp_path, where):
+    from armor_export.errors import UserError
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    text = texts / "calibration.txt"
+    text.write_text(TEXT)
+    out = {"the model": tiny_model_dir, "the model's parent": tmp_path, "the text's parent": texts}
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="would write into") as info:
+        _prune(tiny_model_dir, text, out[where], "magnitude")
+    assert "\n" not in str(info.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.fault(
+    "prune",
+    "a rerun naming its folders by other spellings (relative, trailing slash), after the "
+    "output folder was moved, or with a copy of the model",
+    "the run resumes and solves nothing again (not 'a different config (output_dir)')",
+)
+def test_another_spelling_or_a_moved_folder_resumes(
+    tiny_model_dir, text_file, tmp_path, counted, monkeypatch
+):
+    import shutil
+
+    _prune(tiny_model_dir, text_file, tmp_path / "out")
+    counted.clear()
+    monkeypatch.chdir(tmp_path)
+    api.prune(tiny_prune_config("tiny-llama/", "text.txt", "out/", "nowag-p"))
+    shutil.move(tmp_path / "out", tmp_path / "moved")
+    _prune(tiny_model_dir, text_file, "moved")
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")  # the same content elsewhere
+    _prune(copy, text_file, tmp_path / "moved")
+    assert counted == []
+
+
+def test_another_model_into_the_same_folder_is_still_refused(tiny_model_dir, text_file, tmp_path):
+    """Neither the same folder nor the same content: another model's run, refused (its
+    checkpoint would overwrite the first one's)."""
+    from armor_export.errors import UserError
+
+    _prune(tiny_model_dir, text_file, tmp_path / "out", "magnitude")
+    other = tmp_path / "other"
+    tiny_model("llama", seed=1).save_pretrained(other)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (other / name).write_bytes((tiny_model_dir / name).read_bytes())
+    with pytest.raises(UserError, match=r"different config \(differs in: model\)"):
+        _prune(other, text_file, tmp_path / "out", "magnitude")
