@@ -76,9 +76,27 @@ def stage_configs(cfg: BuildConfig) -> dict:
     return {stage.name: stage.configure(cfg) for stage in registered()}
 
 
-def _hash_config(stage_cfg) -> str:
-    text = json.dumps(stage_cfg.to_dict(), sort_keys=True, default=str)
+def _hash_config(stage_cfg, places: dict[str, str]) -> str:
+    text = json.dumps(_relocated(stage_cfg.to_dict(), places), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _places(cfg: BuildConfig) -> dict[str, str]:
+    """The paths a stage config holds, as the build's record writes them: each stage's
+    folder relative to the build folder (another spelling, a moved or copied build folder
+    is the same build), and the model and the calibration text by role, since their
+    content is keyed (the prune stage's ``inputs``, a given checkpoint's outputs hash)."""
+    places = {cfg.model: "<model>", cfg.prune.calibration.text: "<calibration text>"}
+    places.update({str(s.folder_in(cfg)): f"<build>/{s.folder}" for s in registered()})
+    return places
+
+
+def _relocated(value, places: dict[str, str]):
+    if isinstance(value, dict):
+        return {k: _relocated(v, places) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocated(v, places) for v in value]
+    return places.get(value, value) if isinstance(value, str) else value
 
 
 def build(cfg: BuildConfig, reporter: Reporter | None = None, force: tuple = ()) -> BuildResult:
@@ -115,6 +133,7 @@ def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: Buil
     out = Path(cfg.output_dir)
     manifest = _read_manifest(out)
     configs = stage_configs(cfg)
+    places = _places(cfg)
     upstream = ""  # hash of the previous stage's outputs
     for stage in registered():
         name, stage_cfg = stage.name, configs[stage.name]
@@ -128,16 +147,18 @@ def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: Buil
             if all(p.is_file() for p in stage.outputs(stage_cfg)):
                 upstream = _hash_paths(stage.outputs(stage_cfg))
             continue
-        # e.g. export's graph revision: a newer graph form redoes the export and what follows
-        key = {"config": _hash_config(stage_cfg), "input": upstream, **stage.key_parts(stage_cfg)}
-        record = manifest["stages"].get(name, {})
-        if name not in force and _up_to_date(record, key, stage.outputs(stage_cfg)):
-            detail = record.get("detail") or "manifest"
-            result.stages.append(StageResult(name, "skipped (up to date)", detail=detail))
-            upstream = record["outputs_hash"]
-            continue
+        key = {"config": _hash_config(stage_cfg, places), "input": upstream}
         start = time.perf_counter()
         try:
+            # e.g. the prune's input content, export's graph revision: a change redoes the
+            # stage and what follows
+            key.update(stage.key_parts(stage_cfg))
+            record = manifest["stages"].get(name, {})
+            if name not in force and _up_to_date(record, key, stage.outputs(stage_cfg)):
+                detail = record.get("detail") or "manifest"
+                result.stages.append(StageResult(name, "skipped (up to date)", detail=detail))
+                upstream = record["outputs_hash"]
+                continue
             detail, passed = stage.run(stage_cfg, reporter)
         except (UserError, KeyboardInterrupt) as exc:
             seconds = time.perf_counter() - start

@@ -165,3 +165,82 @@ def test_a_damaged_onnx_redoes_the_export(tiny_checkpoint, tmp_path):
     again = build(from_dict(BuildConfig, data))
     assert statuses(again)["export"] == "done"
     assert again.passed
+
+
+def _prune_build(model, text, out, stages=("prune",)) -> dict:
+    return {
+        "model": str(model),
+        "output_dir": str(out),
+        "stages": list(stages),
+        "export": {"dtype": "float32"},
+        "prune": {
+            "method": "nowag-p",
+            "workers": 1,
+            "calibration": {"text": str(text), "n_samples": 4, "seqlen": 32, "batch_size": 2},
+        },
+    }
+
+
+@pytest.mark.fault(
+    "build",
+    "the model's weights, then the calibration text, changed at the same paths after a build",
+    "the prune stage is redone each time (its record keys on the content it came from)",
+)
+def test_a_changed_model_or_text_redoes_the_prune(tiny_model_dir, text_file, tmp_path):
+    from tests.conftest import TEXT, tiny_model
+
+    data = _prune_build(tiny_model_dir, text_file, tmp_path / "b")
+    assert statuses(build(from_dict(BuildConfig, data)))["prune"] == "done"
+    assert statuses(build(from_dict(BuildConfig, data)))["prune"] == "skipped (up to date)"
+    tiny_model("llama", seed=1).save_pretrained(tiny_model_dir)  # other weights, same folder
+    assert statuses(build(from_dict(BuildConfig, data)))["prune"] == "done"
+    text_file.write_text(TEXT.upper())
+    assert statuses(build(from_dict(BuildConfig, data)))["prune"] == "done"
+    assert statuses(build(from_dict(BuildConfig, data)))["prune"] == "skipped (up to date)"
+
+
+@pytest.mark.fault(
+    "build",
+    "build --model CKPT, then CKPT/model.safetensors damaged (eight bytes), the same build again",
+    "the export is redone, not skipped, and fails in one line naming the file",
+)
+def test_a_changed_provided_checkpoint_redoes_the_export(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from armor_export.errors import CorruptFileError
+
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    data = {"model": str(ckpt), "output_dir": str(tmp_path / "b"), "stages": ["export"],
+            "export": {"dtype": "float32"}}  # fmt: skip
+    assert statuses(build(from_dict(BuildConfig, data)))["export"] == "done"
+    weights = ckpt / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = bytes(8)
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match="model.safetensors is not the file prune wrote"):
+        build(from_dict(BuildConfig, data))
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    assert manifest["stages"]["export"]["status"] == "failed"
+
+
+@pytest.mark.fault(
+    "build",
+    "a finished build run again by another spelling of its paths (relative, trailing slash), "
+    "then after its folder was moved",
+    "every stage skipped (up to date), not 'a different config (output_dir)'",
+)
+def test_another_spelling_or_a_moved_build_folder_is_up_to_date(
+    tiny_model_dir, text_file, tmp_path, monkeypatch
+):
+    import shutil
+
+    stages = ("prune", "export")
+    first = build(from_dict(BuildConfig, _prune_build(tiny_model_dir, text_file, tmp_path / "b",
+                                                      stages)))  # fmt: skip
+    assert set(statuses(first).values()) == {"done", "not selected"}
+    monkeypatch.chdir(tmp_path)
+    again = build(from_dict(BuildConfig, _prune_build("tiny-llama/", "text.txt", "b/", stages)))
+    assert set(statuses(again).values()) == {"skipped (up to date)", "not selected"}
+    shutil.move(tmp_path / "b", tmp_path / "moved")
+    moved = build(from_dict(BuildConfig, _prune_build(tiny_model_dir, text_file, "moved", stages)))
+    assert set(statuses(moved).values()) == {"skipped (up to date)", "not selected"}

@@ -111,6 +111,31 @@ def statistics_key(model_key: str, batches: list[torch.Tensor], gram: bool) -> s
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def inputs_key(cfg: PruneConfig) -> str:
+    """What a prune of ``cfg`` reads, as one key: the model's content and, for a method that
+    calibrates, the calibration token ids (which the tokenizer and the text decide): the
+    parts of :func:`statistics_key`. ``build`` keys its prune stage on it, so the same
+    paths with other content redo the prune."""
+    from armor_export.data.models import resolve_model_path
+    from armor_export.errors import UserError
+
+    resolved = resolve_model_path(cfg.model)
+    method = methods.get(cfg.method)
+    batches: list[torch.Tensor] = []
+    if method.needs_statistics:
+        from transformers import AutoTokenizer
+
+        from armor_export.prune.api import calibration_batches
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolved)
+        except (OSError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"{cfg.model}: cannot load its tokenizer ({first})") from None
+        batches = calibration_batches(tokenizer, cfg)
+    return statistics_key(model_digest(resolved), batches, method.needs_gram)
+
+
 def solver_config(cfg: PruneConfig) -> dict:
     """The settings that decide one job's result: the method and its own settings (not
     scheduling: workers, batching, compile; not selection or calibration, which reach a

@@ -13,6 +13,12 @@ def checkpoint_of(build) -> str:
     return build.model if is_checkpoint(build.model) else str(stage_dir(build, "prune"))
 
 
+def checkpoint_files(folder: str) -> list[Path]:
+    """What a pruned checkpoint is, for the next stage's input hash: its manifest and its
+    weights (a changed or damaged weight file redoes what follows)."""
+    return [Path(folder) / "armor_manifest.json", Path(folder) / "model.safetensors"]
+
+
 def is_checkpoint(model: str) -> bool:
     from armor_export.prune.checkpoint import is_pruned_checkpoint
 
@@ -30,13 +36,19 @@ class PruneStage(Stage):
         )
 
     def outputs(self, cfg) -> list[Path]:
-        root = Path(cfg.output_dir)
-        return [root / "armor_manifest.json", root / "model.safetensors"]
+        return checkpoint_files(cfg.output_dir)
+
+    def key_parts(self, cfg) -> dict:
+        """The content the prune reads (``prune/provenance.inputs_key``): the same paths
+        holding another model or another calibration text redo the prune."""
+        from armor_export.prune.provenance import inputs_key
+
+        return {"inputs": inputs_key(cfg)}
 
     def provided(self, build) -> Provided | None:
         if not is_checkpoint(build.model):
             return None
-        return Provided(build.model, [Path(build.model) / "armor_manifest.json"])
+        return Provided(build.model, checkpoint_files(build.model))  # the weights too
 
     def run(self, cfg, reporter) -> tuple[str, bool]:
         from armor_export.prune.api import prune
