@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from armor_export import lifetime
-
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 180  # bound on every wait: starting torch in a worker is slow on a loaded machine
 INTERRUPTED = "interrupted (finished work is kept)"
@@ -113,10 +111,21 @@ def command(args: list[str], tmp_path: Path, **env):
         kill_all(seen)
 
 
+def has_a_job(pid: int) -> bool:
+    """A pool worker has received a job: it maps the job's tensors, which torch sends
+    through shared memory."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+    return "/dev/shm/torch_" in maps or "memfd:" in maps
+
+
 def workers_of(proc: subprocess.Popen, seen: dict[int, str]) -> list[int]:
-    """The pool's two worker processes, once both are there (the resource tracker too)."""
+    """The pool's processes (the resource tracker too), once two workers are solving jobs."""
     kids = remember(seen, descendants(proc.pid))
-    return kids if sum("spawn_main" in cmdline(p) for p in kids) >= 2 else []
+    busy = [p for p in kids if "spawn_main" in cmdline(p) and has_a_job(p)]
+    return kids if len(busy) >= 2 else []
 
 
 def slow_prune_args(model_dir, text_file, out) -> list[str]:
@@ -227,6 +236,8 @@ def test_the_parent_it_was_started_by_keeps_it_running():
 
 
 def test_sigterm_is_an_interrupt_only_inside_the_block():
+    from armor_export import lifetime
+
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(lifetime.Terminated), lifetime.sigterm_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
