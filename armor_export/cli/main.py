@@ -79,6 +79,7 @@ def _setup_logging(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from armor_export import lifetime
     from armor_export.errors import UserError
 
     parser = build_parser()
@@ -87,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        _setup_logging(args)
-        return args.handler(args)
+        # SIGTERM (a scheduler, kill, a closed session) stops a verb as Ctrl-C does: what is
+        # finished stays, workers and children are stopped, and the exit code is the same
+        with lifetime.sigterm_as_interrupt():
+            _setup_logging(args)
+            return args.handler(args)
     except UserError as exc:
         print(f"armor-export {args.verb}: error: {exc}", file=sys.stderr)
         return EXIT_FAIL

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 ENGINE_FILE = "model.engine"
 REPORT_JSON = "build_report.json"
 REPORT_MD = "build_report.md"
+TMP_PREFIX = ".engine-"  # a build's working folder inside its output folder
 # what TensorRT prints about 2:4 weights (builder log, INFO/VERBOSE)
 ELIGIBLE = re.compile(r"eligible for sparse math:\s*(.*)", re.IGNORECASE)
 PICKED = re.compile(r"picked sparse implementation for layers:\s*(.*)", re.IGNORECASE)
@@ -46,10 +50,14 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     """Parse ``cfg.export_dir``'s ONNX, build with SPARSE_WEIGHTS and profiles, write report.
 
     The build runs in a child process: a TensorRT abort or segfault becomes a one-line
-    NativeCrashError naming the builder log (``builder.log``, kept beside the report).
+    NativeCrashError naming the builder log (``builder.log``, kept beside the report). One
+    engine build at a time writes an output folder (``locks.hold``). The child writes into a
+    working folder inside it, and this process moves the engine and its report into place:
+    a child whose parent was killed publishes nothing, and removes its working folder.
     """
     from armor_export.engine.backends import backend_spec, load_backend
     from armor_export.engine.runtime import BUILDER_LOG, run_in_child
+    from armor_export.locks import hold
 
     cfg.validate()
     reporter = reporter or NullReporter()
@@ -58,14 +66,38 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     resolve_limits(cfg, manifest)  # bad limits fail here, before a child is started
     load_backend(cfg.backend)  # the install hint without starting a child
     out = output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / BUILDER_LOG
-    log_path.unlink(missing_ok=True)
-    with reporter.task(f"{backend_spec(cfg.backend).name} engine", total=1) as task:
-        # the manifest travels with the request: the child does not hash the export again
-        result = run_in_child("engine build", build_engine_here, (cfg, manifest), log_path)
-        task.advance(1, stage="written")
-    return result
+    with hold(out, "engine"):
+        log_path = out / BUILDER_LOG
+        log_path.unlink(missing_ok=True)
+        with (
+            reporter.task(f"{backend_spec(cfg.backend).name} engine", total=1) as task,
+            tempfile.TemporaryDirectory(dir=_without_leftovers(out), prefix=TMP_PREFIX) as tmp,
+        ):
+            # the manifest travels with the request: the child does not hash the export again
+            built = run_in_child("engine build", build_engine_here, (cfg, manifest, tmp),
+                                 log_path, scratch=Path(tmp))  # fmt: skip
+            _publish(Path(tmp), out)
+            task.advance(1, stage="written")
+    return EngineResult(out / ENGINE_FILE, out / REPORT_JSON, built.report, built.seconds)
+
+
+def _without_leftovers(out: Path) -> Path:
+    """``out`` without the working folders of builds whose child could not remove them (the
+    caller holds ``out``'s lock, so no live build is using them)."""
+    for leftover in out.glob(TMP_PREFIX + "*"):
+        if leftover.is_dir():
+            log.info("removing %s, left by an engine build that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    return out
+
+
+def _publish(built: Path, out: Path) -> None:
+    """Move the engine and its reports from ``built`` into ``out``. The old JSON report goes
+    first and the new one comes last: a folder caught half way holds an engine without a
+    report (``read_build_report`` says to rebuild), never a report of another engine."""
+    (out / REPORT_JSON).unlink(missing_ok=True)
+    for name in (ENGINE_FILE, REPORT_MD, REPORT_JSON):
+        os.replace(built / name, out / name)
 
 
 def output_dir(cfg: EngineConfig) -> Path:
@@ -74,14 +106,18 @@ def output_dir(cfg: EngineConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / DEFAULT_ENGINE_DIR
 
 
-def build_engine_here(cfg: EngineConfig, manifest: ExportManifest) -> EngineResult:
+def build_engine_here(
+    cfg: EngineConfig, manifest: ExportManifest, folder: str | Path | None = None
+) -> EngineResult:
     """The build itself, in this process (``build_engine`` runs it in a child), from the
-    export manifest ``build_engine`` has read and checked."""
+    export manifest ``build_engine`` has read and checked. The engine and its reports are
+    written to ``folder`` (default: the output folder), the builder log to the output folder."""
     from armor_export.engine.backends import backend_spec, load_backend
     from armor_export.engine.runtime import BUILDER_LOG
 
     export_dir = Path(cfg.export_dir)
     out = output_dir(cfg)
+    dest = Path(folder) if folder is not None else out
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
     spec = backend_spec(cfg.backend)
@@ -100,13 +136,13 @@ def build_engine_here(cfg: EngineConfig, manifest: ExportManifest) -> EngineResu
     seconds = time.perf_counter() - start
     from armor_export.io import write_bytes
 
-    write_bytes(out / ENGINE_FILE, engine)
+    write_bytes(dest / ENGINE_FILE, engine)
     _save_timing_cache(config, cfg, out)
     report = _report(
         trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out
     )
-    report_path = write_report(out, report)
-    return EngineResult(out / ENGINE_FILE, report_path, report, seconds)
+    report_path = write_report(dest, report)
+    return EngineResult(dest / ENGINE_FILE, report_path, report, seconds)
 
 
 def resolve_limits(cfg: EngineConfig, manifest: ExportManifest) -> Limits:

@@ -1,23 +1,30 @@
 """The child side of ``engine.runtime.run_in_child``: run one call, write its result.
 
-``python -m armor_export.engine.child REQUEST REPLY``: REQUEST holds the pickled
-``(stage, module, function, args)``; REPLY gets ``("ok", result)``, ``("user-error", exc)``
-or ``("error", type name, message)``. A native crash leaves no REPLY: the parent reports
-the signal.
+``python -m armor_export.engine.child REQUEST REPLY [FD FOLDER]``: REQUEST holds the
+pickled ``(stage, module, function, args)``; REPLY gets ``("ok", result)``,
+``("user-error", exc)`` or ``("error", type name, message)``. A native crash leaves no REPLY:
+the parent reports the signal. FD is a pipe only the parent writes to: when it closes (the
+parent has exited) the child removes FOLDER and exits (``lifetime.watch_parent``). Ctrl-C is
+the parent's to handle: it kills the child.
 """
 
 from __future__ import annotations
 
 import importlib
 import pickle
+import signal
 import sys
 from pathlib import Path
 
 
-def main(request: str, reply: str) -> int:
+def main(request: str, reply: str, watched: str | None = None, folder: str | None = None) -> int:
+    from armor_export import lifetime
     from armor_export.engine.runtime import crash_hook
     from armor_export.errors import UserError
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if watched is not None:
+        lifetime.watch_parent(int(watched), folder)
     stage, module, name, args = pickle.loads(Path(request).read_bytes())
     crash_hook(stage)
     try:
@@ -31,4 +38,4 @@ def main(request: str, reply: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:5]))

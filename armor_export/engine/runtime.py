@@ -235,15 +235,21 @@ def crash_hook(stage: str) -> None:
         os.abort()
 
 
-def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None):
+def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None,
+                 scratch: Path | None = None):  # fmt: skip
     """``target(*args)`` in a child Python; its result, its error, or a NativeCrashError.
 
     A fresh interpreter (``python -m armor_export.engine.child``), not multiprocessing: a
     spawned child re-runs the caller's main script, which breaks scripts that call the verbs
     at top level. ``target`` must be a module-level function, its arguments and result
     picklable.
+
+    The child does not outlive this process: it reads a pipe whose only write end is here,
+    and when this process exits (``kill -9`` included) it removes ``scratch`` (a folder of the
+    caller's that holds what the child writes; else the child's own temporary folder) and
+    exits. An interrupt here (Ctrl-C, SIGTERM) kills the child before the folder goes.
     """
-    with tempfile.TemporaryDirectory(prefix="armor-child-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="armor-child-", dir=scratch) as tmp:
         request, reply = Path(tmp) / "request.pkl", Path(tmp) / "reply.pkl"
         request.write_bytes(pickle.dumps((stage, target.__module__, target.__qualname__, args)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -252,11 +258,16 @@ def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None):
             env["LD_LIBRARY_PATH"] = os.pathsep.join(
                 p for p in (str(links), os.environ.get("LD_LIBRARY_PATH", "")) if p
             )
-        child = subprocess.run(
-            [sys.executable, "-m", "armor_export.engine.child", str(request), str(reply)],
-            env=env,
-            check=False,
-        )
+        watched, alive = os.pipe()  # neither is inherited but by pass_fds
+        try:
+            child = subprocess.run(  # kills the child on any exception here, then waits
+                [sys.executable, "-m", "armor_export.engine.child", str(request), str(reply),
+                 str(watched), str(scratch or tmp)],
+                env=env, pass_fds=(watched,), check=False,
+            )  # fmt: skip
+        finally:
+            os.close(watched)
+            os.close(alive)
         if not reply.is_file():
             raise NativeCrashError(crash_message(stage, child.returncode, log_path))
         message = pickle.loads(reply.read_bytes())

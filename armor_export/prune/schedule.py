@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
 import torch
 
+from armor_export import lifetime
 from armor_export.config import PruneConfig
 from armor_export.prune import batching, methods, provenance
 from armor_export.prune.jobs import JobStore, MatrixJob, MatrixResult, run_job, run_job_batch
@@ -31,6 +33,10 @@ def resolve_workers(requested: int, pending: int, device: str = "cpu") -> int:
 
 
 def _init_worker(threads: int, method_modules: tuple[str, ...], low_memory: bool = False) -> None:
+    # a worker dies with the process that started it (kill -9 included) instead of
+    # finishing its job for nobody; Ctrl-C goes to that process, which stops the workers
+    lifetime.die_with_parent(lifetime.multiprocessing_parent())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     if low_memory:
         from armor_export.prune.lazy import bound_heap
@@ -130,9 +136,20 @@ def run_jobs(
                     on_result(result)
                     submit_next()
         except BaseException:
-            for fut in in_flight:
-                fut.cancel()
+            _stop_workers(pool)  # an interrupt or a failed job does not wait for the others
             raise
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (Python 3.14's ``kill_workers``): the running jobs'
+    results would be thrown away, and waiting for them can take as long as the jobs. The
+    pool then fails its futures as broken; none is cancelled here, which on Python 3.11 makes
+    the pool's own thread raise when it fails them."""
+    for proc in list((pool._processes or {}).values()):
+        try:
+            proc.kill()
+        except (ProcessLookupError, ValueError):  # gone already, or closed
+            pass
 
 
 def _portable(job: MatrixJob) -> MatrixJob:
