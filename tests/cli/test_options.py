@@ -128,10 +128,10 @@ def test_generate_choices_and_defaults_are_the_runtime_configs():
 @pytest.mark.parametrize(
     "toml, message",
     [
-        ("[prune.calibration]\nn_samples = 0\n", "prune.calibration.n_samples must be positive"),
+        ("[prune.calibration]\nn_samples = 0\n", "prune.calibration.n_samples must be in 1.."),
         ("[prune]\nmethod = 'obs'\n", "prune.method must be one of"),
         ("[engine]\noptimization_level = 9\n", "engine.optimization_level must be in 0..5"),
-        ("[export.limits]\nmax_batch = 0\n", "export.limits.max_batch must be positive"),
+        ("[export.limits]\nmax_batch = 0\n", "export.limits.max_batch must be in 1.."),
         ("[verify]\ndecode_steps = -1\n", "verify.decode_steps"),
         ("prune = 3\n", "prune must be a table/dict"),
         ("[prune]\nnsamples = 3\n", "unknown config key(s) prune.nsamples"),
