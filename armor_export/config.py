@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
@@ -25,10 +27,53 @@ CONFIG_VERSION = 1
 T = TypeVar("T")
 
 
-def _check_positive(prefix: str, obj: Any, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{prefix}.{name} must be positive")
+# --- bounds of every count a user can type ----------------------------------------------
+# Threads and worker processes: at most 4 per CPU of this machine. More cannot run faster
+# (each gets a quarter of a core at best) while each costs memory (a worker holds its jobs'
+# matrices, an ONNX Runtime thread its scratch buffers: `generate --threads 100000` started
+# some 6,000 threads and grew to 16 GiB); 4x leaves room for CPUs a container hides or
+# hyper-threads count once. The other counts have fixed bounds far above any useful value:
+# they catch a typo (an extra 0, or three) before it costs hours or all the memory.
+PARALLEL_PER_CPU = 4
+MAX_TOKENS = 1 << 20  # sequence lengths, contexts, new tokens: 1 M, beyond any model here
+MAX_BATCH = 4096  # rows in one forward
+MAX_SAMPLES = 1 << 16  # calibration sequences, evaluation windows
+MAX_ITERATIONS = 100_000  # solver iterations per matrix (the default is 100)
+MAX_DECODE_STEPS = 4096  # verify's decode steps after the prefill
+MAX_BLOCK_SIZE = 4096  # a block of 4096² float32 is 64 MiB, per block
+MAX_RANKS = 1024  # ranks `plan` may plan for (a cluster's, not this machine's)
+MAX_SEED = 2**32 - 1  # every generator we seed takes 0..2**32-1 (NumPy: no negative seed)
+
+
+def max_parallel() -> int:
+    """The most threads or worker processes a run may ask for on this machine."""
+    return PARALLEL_PER_CPU * (os.cpu_count() or 1)
+
+
+def count(default: int | None, low: int, high: int | Callable[[], int], flag: str = ""):
+    """A dataclass field holding a count, checked to be in ``low..high`` (``high`` may be a
+    function of the machine) by :func:`check_counts`; ``flag`` is the command-line flag that
+    sets it, named in the error."""
+    return field(default=default, metadata={"bounds": (low, high), "flag": flag})
+
+
+def check_count(name: str, value: int | None, low: int, high: int | Callable[[], int],
+                flag: str = "") -> None:  # fmt: skip
+    """A ConfigError naming ``name`` (and its flag), the value and the allowed range, when
+    ``value`` is outside ``low..high``; None (unset) passes."""
+    why = f" ({PARALLEL_PER_CPU} per CPU, {os.cpu_count()} here)" if high is max_parallel else ""
+    high = high() if callable(high) else high
+    if value is not None and not low <= value <= high:
+        via = f" ({flag})" if flag else ""
+        raise ConfigError(f"{name} must be in {low}..{high}{why}, got {value}{via}")
+
+
+def check_counts(prefix: str, obj: Any) -> None:
+    """:func:`check_count` of every field of ``obj`` declared with :func:`count`."""
+    for f in dataclasses.fields(obj):
+        if "bounds" in f.metadata:
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            check_count(name, getattr(obj, f.name), *f.metadata["bounds"], f.metadata["flag"])
 
 
 def validate_section(section: str, cfg: Any) -> None:
@@ -54,8 +99,8 @@ BATCH_SAME_SHAPE = ("auto", "on", "off")  # prune/batching.py
 class ArmorConfig:
     """ARMOR optimiser settings (docs/design.md §3; defaults tuned for CPU minutes, see README)."""
 
-    block_size: int = 64
-    iterations: int = 100
+    block_size: int = count(64, 4, MAX_BLOCK_SIZE, "--block-size")
+    iterations: int = count(100, 0, MAX_ITERATIONS, "--iterations")
     continuous_step: str = "exact"  # "exact" (block least squares) | "adam" (authors)
     lr: float = 1e-4
     cg_steps: int = 4
@@ -70,21 +115,21 @@ class ArmorConfig:
     def validate(self) -> None:
         _check_choice("armor.continuous_step", self.continuous_step, CONTINUOUS_STEPS)
         _check_choice("armor.weighting", self.weighting, WEIGHTINGS)
+        check_counts("armor", self)
         if self.block_size <= 0 or self.block_size % 4:
             raise ConfigError(
                 f"armor.block_size must be a positive multiple of 4, got {self.block_size}"
             )
-        if self.iterations < 0:
-            raise ConfigError("armor.iterations must be >= 0")
 
 
 @dataclass
 class SparseGPTConfig:
-    block_size: int = 128
+    block_size: int = count(128, 4, MAX_BLOCK_SIZE)
     damp: float = 0.01
     sequential: bool = True  # propagate pruned outputs to the next layer
 
     def validate(self) -> None:
+        check_counts("sparsegpt", self)
         if self.block_size <= 0 or self.block_size % 4:
             raise ConfigError("sparsegpt.block_size must be a positive multiple of 4")
 
@@ -92,24 +137,24 @@ class SparseGPTConfig:
 @dataclass
 class CalibrationConfig:
     text: str = "botchan"
-    n_samples: int = 128
-    seqlen: int = 512
-    batch_size: int = 8
-    seed: int = 0
+    n_samples: int = count(128, 1, MAX_SAMPLES, "--calib-samples")
+    seqlen: int = count(512, 1, MAX_TOKENS, "--calib-seqlen")  # and the model's positions
+    batch_size: int = count(8, 1, MAX_BATCH)
+    seed: int = count(0, 0, MAX_SEED, "--seed")
 
     def validate(self) -> None:
-        _check_positive("calibration", self, ("n_samples", "seqlen", "batch_size"))
+        check_counts("calibration", self)
 
 
 @dataclass
 class EvalConfig:
     text: str = "wikipedia"
-    n_windows: int = 64
-    seqlen: int = 1024
-    batch_size: int = 4
+    n_windows: int = count(64, 1, MAX_SAMPLES, "--windows/--eval-windows")
+    seqlen: int = count(1024, 1, MAX_TOKENS, "--seqlen/--eval-seqlen")  # and the model's
+    batch_size: int = count(4, 1, MAX_BATCH, "--batch-size")
 
     def validate(self) -> None:
-        _check_positive("eval", self, ("n_windows", "seqlen", "batch_size"))
+        check_counts("eval", self)
 
 
 @dataclass
@@ -123,7 +168,8 @@ class PruneConfig:
     exclude: list[str] = field(default_factory=lambda: ["*lm_head*", "*embed*"])
     skip_incompatible: bool = False
     device: str = "cpu"  # where the per-matrix solves run (e.g. "cuda:0")
-    workers: int = 0  # processes for independent jobs; 0 = one per CPU core
+    # processes for independent jobs; 0 = one per CPU core
+    workers: int = count(0, 0, max_parallel, "--workers")
     low_memory: bool = False  # read decoder layers and weights from disk one at a time
     # same-shape ARMOR jobs as one batched solve: auto (GPU, when a probe shows it faster),
     # on, off (prune/batching.py)
@@ -143,6 +189,7 @@ class PruneConfig:
                 f"version {self.version} is not supported (expected {CONFIG_VERSION})"
             )
         self._validate_device()
+        check_counts("", self)
         self.armor.validate()
         self.sparsegpt.validate()
         self.calibration.validate()
@@ -180,14 +227,14 @@ EXTERNAL_DATA = ("auto", "always", "never")
 class ExportLimits:
     """Shapes the exported graph is promised to handle (engine profiles, runtime checks)."""
 
-    max_batch: int = 8
-    max_prompt: int = 0  # tokens in one forward (prefill); 0 = min(1024, max_context)
-    max_context: int = 0  # past + new tokens; 0 = the model's max_position_embeddings
+    max_batch: int = count(8, 1, MAX_BATCH, "--max-batch")
+    # tokens in one forward (prefill); 0 = min(1024, max_context)
+    max_prompt: int = count(0, 0, MAX_TOKENS, "--max-prompt")
+    # past + new tokens; 0 = the model's max_position_embeddings
+    max_context: int = count(0, 0, MAX_TOKENS, "--max-context")
 
     def validate(self) -> None:
-        _check_positive("limits", self, ("max_batch",))
-        if self.max_prompt < 0 or self.max_context < 0:
-            raise ConfigError("limits.max_prompt/max_context must be >= 0 (0 = default)")
+        check_counts("limits", self)
 
 
 @dataclass
@@ -230,7 +277,7 @@ class VerifyConfig:
     # "auto": ONNX Runtime (NumPy reference for plugin graphs) + TensorRT when usable
     backends: list[str] = field(default_factory=lambda: ["auto"])
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    decode_steps: int = 1
+    decode_steps: int = count(1, 0, MAX_DECODE_STEPS, "--decode-steps")
     atol: float = 0.0  # 0 = the default for the export dtype (verify/tolerances.py)
     rtol: float = 0.0
     report_dir: str = ""  # "" = <export_dir>/verify
@@ -243,8 +290,11 @@ class VerifyConfig:
             _check_choice("backends", backend, VERIFY_BACKENDS)
         if not self.prompts or not all(p.strip() for p in self.prompts):
             raise ConfigError("prompts: give at least one non-empty prompt")
-        if self.decode_steps < 0 or self.atol < 0 or self.rtol < 0:
-            raise ConfigError("decode_steps, atol and rtol must be >= 0")
+        for index, prompt in enumerate(self.prompts):
+            check_prompt_text(index, prompt)
+        check_counts("", self)
+        if self.atol < 0 or self.rtol < 0:
+            raise ConfigError("atol and rtol must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -268,10 +318,10 @@ class EngineConfig:
     backend: str = TENSORRT_RTX  # one of ENGINE_BACKENDS ("rtx"/"trt" are read as aliases)
     compute_capability: str = "sm80"  # TensorRT-RTX AOT target ("current": the local GPU)
     sparse_weights: bool = True
-    max_batch: int = 0  # 0 = the export's limits
-    max_prompt: int = 0
-    max_context: int = 0
-    optimization_level: int = 3
+    max_batch: int = count(0, 0, MAX_BATCH, "--max-batch")  # 0 = the export's limits
+    max_prompt: int = count(0, 0, MAX_TOKENS, "--max-prompt")
+    max_context: int = count(0, 0, MAX_TOKENS, "--max-context")
+    optimization_level: int = count(3, 0, 5, "--optimization-level")
     timing_cache: str = ""  # "" = <output_dir>/timing.cache (reused across builds)
     plugin_library: str = ""  # the block-diagonal plugin .so, for plugin-lowered exports
 
@@ -282,10 +332,7 @@ class EngineConfig:
             self.backend = new
         _check_choice("backend", self.backend, ENGINE_BACKENDS)
         _check_choice("compute_capability", self.compute_capability, COMPUTE_CAPABILITIES)
-        if min(self.max_batch, self.max_prompt, self.max_context) < 0:
-            raise ConfigError("max_batch/max_prompt/max_context must be >= 0 (0 = export's)")
-        if not 0 <= self.optimization_level <= 5:
-            raise ConfigError("optimization_level must be in 0..5")
+        check_counts("", self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -344,9 +391,10 @@ class SamplingConfig:
     temperature: float = 0.0
     top_k: int = 0  # 0 = no top-k filter
     top_p: float = 1.0  # 1.0 = no nucleus filter
-    seed: int | None = None
+    seed: int | None = count(None, 0, MAX_SEED, "--seed")
 
     def validate(self) -> None:
+        check_counts("", self)
         if not self.temperature >= 0:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 0:
@@ -363,14 +411,27 @@ class SamplingConfig:
 class GenerationConfig:
     """How many tokens to generate and how to pick them."""
 
-    max_new_tokens: int = 64
+    max_new_tokens: int = count(64, 1, MAX_TOKENS, "--max-new-tokens")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stop_at_eos: bool = True  # False: always generate max_new_tokens (benchmarks, tests)
 
     def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_counts("", self)
         self.sampling.validate()
+
+
+def check_prompt_text(index: int, prompt: str) -> None:
+    """A ConfigError when prompt ``index`` is not UTF-8 text: Python keeps the bytes of a
+    command-line argument that are not UTF-8 as lone surrogates, which no tokenizer takes."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(prompt[exc.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ConfigError(
+            f"prompt {index} is not UTF-8 text ({what} at character {exc.start}): pass the "
+            "prompt in UTF-8 (check the terminal's or the file's encoding)"
+        ) from None
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

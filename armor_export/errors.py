@@ -48,3 +48,8 @@ class OutputInUseError(UserError):
 
 class NonFiniteOutputError(UserError):
     """A model produced NaN/Inf outputs: its export or weights are damaged."""
+
+
+class OutputError(UserError):
+    """A file or folder could not be written for a reason the user fixes: a full disk, a
+    read-only folder, no permission, a file where a folder is needed (``io.user_os_error``)."""

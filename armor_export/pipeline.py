@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from armor_export.config import BuildConfig
 from armor_export.errors import UserError
-from armor_export.io import read_json, sha256_file, write_json
+from armor_export.io import read_json, sha256_file, user_os_error, write_json
 from armor_export.progress import NullReporter, Reporter
 from armor_export.stages import check_names, get, registered
 
@@ -160,12 +160,15 @@ def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: Buil
                 upstream = record["outputs_hash"]
                 continue
             detail, passed = stage.run(stage_cfg, reporter)
-        except (UserError, KeyboardInterrupt) as exc:
+        except (UserError, KeyboardInterrupt, OSError) as exc:
+            error = _stage_error(exc, stage.folder_in(cfg))
             seconds = time.perf_counter() - start
-            manifest["stages"][name] = {**key, "status": "failed", "error": str(exc)[:500]}
-            write_json(out / MANIFEST, manifest)
-            result.stages.append(StageResult(name, "failed", seconds, str(exc)[:200]))
-            raise
+            manifest["stages"][name] = {**key, "status": "failed", "error": str(error)[:500]}
+            _record_failure(out / MANIFEST, manifest)
+            result.stages.append(StageResult(name, "failed", seconds, str(error)[:200]))
+            if error is exc:
+                raise
+            raise error from exc
         seconds = time.perf_counter() - start
         upstream = _hash_paths(stage.outputs(stage_cfg))
         manifest["stages"][name] = {
@@ -180,6 +183,24 @@ def _run_stages(cfg: BuildConfig, reporter: Reporter, force: tuple, result: Buil
         result.stages.append(StageResult(name, "done" if passed else "failed", seconds, detail))
         if not passed:
             break
+
+
+def _stage_error(exc: BaseException, folder: Path) -> BaseException:
+    """What a stage's failure is shown as: an OSError the user fixes (a full disk, a
+    read-only folder) becomes one line naming the file, or the stage's folder; any other
+    exception stays itself (another OSError is a bug: recorded, then its traceback)."""
+    if isinstance(exc, OSError):
+        return user_os_error(exc, exc.filename or folder) or exc
+    return exc
+
+
+def _record_failure(path: Path, manifest: dict) -> None:
+    """Write the manifest with a failed stage; when that fails too (the disk is still full),
+    say so and let the stage's own error be the one shown."""
+    try:
+        write_json(path, manifest)
+    except UserError as exc:
+        log.warning("could not record the failed stage in %s: %s", path, exc)
 
 
 # --- the build's report -------------------------------------------------------------------

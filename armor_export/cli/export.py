@@ -72,10 +72,12 @@ def run(args) -> int:
     from rich.console import Console
 
     from armor_export.export import export_onnx
+    from armor_export.io import writing
     from armor_export.progress import RichReporter
 
     cfg = config_from_args(args)
-    result = export_onnx(cfg, RichReporter())
+    with writing(cfg.output_dir, folder=True):  # the ONNX writer's errors name no file
+        result = export_onnx(cfg, RichReporter())
     counts, limits = result.manifest["counts"], result.manifest["limits"]
     Console(soft_wrap=True).print(
         f"exported {result.onnx_path} ({cfg.dtype}, {cfg.lowering}) in {result.seconds:.0f} s: "

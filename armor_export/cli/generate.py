@@ -54,8 +54,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerationConfig:
-    from armor_export.config import GenerationConfig, SamplingConfig
+    from armor_export.config import (
+        GenerationConfig,
+        SamplingConfig,
+        check_count,
+        check_prompt_text,
+        max_parallel,
+    )
 
+    check_count("threads", args.threads, 0, max_parallel, "--threads")
+    for index, prompt in enumerate(args.prompt or ()):
+        check_prompt_text(index, prompt)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     return GenerationConfig(args.max_new_tokens, sampling, stop_at_eos=not args.ignore_eos)
 

@@ -81,6 +81,7 @@ def _setup_logging(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from armor_export import lifetime
     from armor_export.errors import UserError
+    from armor_export.io import user_os_error
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         with lifetime.sigterm_as_interrupt():
             _setup_logging(args)
             return args.handler(args)
-    except UserError as exc:
-        print(f"armor-export {args.verb}: error: {exc}", file=sys.stderr)
+    except (UserError, OSError) as exc:
+        # an OSError the user fixes (full disk, read-only folder...) is one line too; any
+        # other is a bug and keeps its traceback
+        error = exc if isinstance(exc, UserError) else user_os_error(exc)
+        if error is None:
+            raise
+        print(f"armor-export {args.verb}: error: {error}", file=sys.stderr)
         return EXIT_FAIL
     except KeyboardInterrupt:
         print(f"armor-export {args.verb}: interrupted (finished work is kept)", file=sys.stderr)

@@ -32,9 +32,14 @@ def run(args) -> int:
     from rich.table import Table
 
     from armor_export.cli.prune import config_from_args
+    from armor_export.config import MAX_ITERATIONS, MAX_RANKS, check_count
     from armor_export.io import write_json
     from armor_export.prune.plan import make_plan
 
+    # --ranks may be another machine's (torchrun): a fixed bound, not this machine's CPUs
+    check_count("ranks", args.ranks, 1, MAX_RANKS, "--ranks")
+    check_count("probe iterations", args.probe_iterations, 1, MAX_ITERATIONS,
+                "--probe-iterations")  # fmt: skip
     cfg = config_from_args(args)
     err = Console(stderr=True)
     with err.status("probing the model (a few solver iterations per shape)..."):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from armor_export.data import assets
-from armor_export.errors import CorruptFileError, UserError
+from armor_export.errors import ConfigError, CorruptFileError, UserError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,7 +29,8 @@ def resolve_model_path(name_or_path: str) -> str:
 
     The default alias (``smollm2-135m`` or ``SmolLM2-135M-Instruct``, any case) becomes the
     cached SmolLM2 folder (prepared on first use); an existing folder must hold a
-    ``config.json``; anything else is returned unchanged as a Hugging Face hub id.
+    ``config.json``; a missing path (``_looks_like_path``) is an error saying the folder does
+    not exist; anything else is returned unchanged as a Hugging Face hub id.
     """
     if name_or_path.strip().lower() in _DEFAULT_ALIASES:
         return str(assets.default_model_dir())
@@ -39,18 +42,33 @@ def resolve_model_path(name_or_path: str) -> str:
     if path.exists():
         raise UserError(f"{path} is a file; pass the model folder (with config.json) instead")
     if _looks_like_path(name_or_path):
-        raise UserError(f"model folder not found: {path}")
+        head = _local_org(name_or_path)
+        if head is None:
+            raise UserError(f"model folder not found: {path}")
+        raise UserError(
+            f"model folder not found: {path} ({head}/ is a folder here, so "
+            f"{name_or_path!r} is read as a path; for the hub id {name_or_path}, run from "
+            "another folder, or download it and pass its folder)"
+        )
     return name_or_path
 
 
 def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a bad path."""
+    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a bad path,
+    and so is an ``org/name`` whose ``org`` is a folder here (``models/nope``)."""
     return (
         name.startswith(("/", ".", "~"))
         or "\\" in name
         or name.count("/") > 1
         or name.endswith("/")
+        or _local_org(name) is not None
     )
+
+
+def _local_org(name: str) -> str | None:
+    """``org`` of an ``org/name`` argument whose ``org`` is a folder in the working folder."""
+    org, slash, rest = name.partition("/")
+    return org if slash and org and rest and "/" not in rest and Path(org).is_dir() else None
 
 
 def _check_local_weights(folder: Path) -> None:
@@ -80,21 +98,42 @@ def load_model_and_tokenizer(
         _check_local_weights(Path(path))
     logger.info("loading model %s (%s)", path, str(dtype).removeprefix("torch."))
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, output_loading_info=True
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with quiet_transformers():  # _check_loading_info says what did not load, in a line
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, use_safetensors=True, output_loading_info=True
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except SafetensorError as exc:  # a truncated or corrupt weights file
         raise CorruptFileError(
             f"{path}: a safetensors file is corrupt or truncated ({_first_line(exc)})"
         ) from None
     except (OSError, ValueError) as exc:
-        hint = "" if is_local else " (no network? pass a local directory)"
+        hint = f" (no local folder {name_or_path} either; no network? pass a local folder)"
+        hint = "" if is_local else hint
         raise _load_failure(name_or_path, exc, hint) from exc
     _check_loading_info(path, info)
     check_finite(model, path)
     model.eval()
     return model, tokenizer
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings off while the block runs: its load report (a ~40-line table of
+    missing and unexpected keys) would come before our one-line error about the same keys,
+    and the loaders check what they load themselves."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def check_finite(model: torch.nn.Module, where: str | Path) -> None:
@@ -105,6 +144,22 @@ def check_finite(model: torch.nn.Module, where: str | Path) -> None:
             # a model loaded in a narrower type: a float32 value too large for it is Inf
             as_type = "" if tensor.dtype == torch.float32 else f" (as {_dtype_name(tensor)})"
             raise CorruptFileError(f"{where}: tensor {name} contains NaN or Inf values{as_type}")
+
+
+def check_positions(config, seqlen: int, name: str, flag: str) -> None:
+    """Refuse windows longer than the model's positions (``max_position_embeddings``).
+
+    Refused, not clamped: the window length decides what calibration sees and what a
+    perplexity means, and it is recorded with the results (run_config.json, eval records);
+    a window silently cut to the model's length would make them say something else. The
+    rerun only needs the number the message gives.
+    """
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if limit and seqlen > limit:
+        raise ConfigError(
+            f"{name} {seqlen} exceeds the model's max_position_embeddings {limit}: "
+            f"use {flag} {limit} or less"
+        )
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
@@ -124,6 +179,8 @@ def _check_loading_info(path: str, info: dict) -> None:
     ]
     unexpected = list(info.get("unexpected_keys") or [])
     if not (missing or mismatched):
+        if unexpected:  # transformers' report of them is silenced (quiet_transformers)
+            logger.debug("%s: tensors the model does not use: %s", path, unexpected[:10])
         return
     pruned = [k for k in unexpected if k.rsplit(".", 1)[-1] in PRUNED_TENSORS]
     if pruned:

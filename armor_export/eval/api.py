@@ -74,6 +74,7 @@ def evaluate(
     name_or_path: str, cfg: EvalConfig, reporter: Reporter | None = None, model=None, tokenizer=None
 ) -> EvalResult:
     """Perplexity of ``name_or_path`` (or of an already loaded ``model``) on ``cfg.text``."""
+    from armor_export.data.models import check_positions
     from armor_export.eval.perplexity import perplexity
 
     cfg.validate()
@@ -81,6 +82,7 @@ def evaluate(
     manifest = None
     if model is None:
         model, tokenizer, manifest = load_any_model(name_or_path)
+    check_positions(model.config, cfg.seqlen, "eval.seqlen", "--seqlen/--eval-seqlen")
     windows = eval_windows_for(tokenizer, cfg)
     start = time.perf_counter()
     ppl = perplexity(model, windows, cfg.batch_size, reporter, f"perplexity {cfg.text}")

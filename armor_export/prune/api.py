@@ -99,10 +99,14 @@ def _shape_problem(name: str, mod: nn.Module, cfg: PruneConfig) -> str | None:
     return methods.get(cfg.method).shape_problem(name, d_out, d_in, cfg)
 
 
-def calibration_batches(tokenizer, cfg: PruneConfig) -> list[torch.Tensor]:
+def calibration_batches(tokenizer, cfg: PruneConfig, model_config) -> list[torch.Tensor]:
+    """The calibration windows, in batches; windows beyond the model's positions (in
+    ``model_config``) are refused."""
+    from armor_export.data.models import check_positions
     from armor_export.data.text import calibration_samples, load_text
 
     c = cfg.calibration
+    check_positions(model_config, c.seqlen, "calibration.seqlen", "--calib-seqlen")
     samples = calibration_samples(tokenizer, load_text(c.text), c.n_samples, c.seqlen, c.seed)
     return list(samples.split(c.batch_size))
 
@@ -216,7 +220,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     if lazy is None:
         _check_finite_weights(targets)  # low-memory runs check each weight as it is read
     # the calibration text is an input too: a bad one fails here, before anything is written
-    batches = calibration_batches(tokenizer, cfg) if method.needs_statistics else []
+    batches = calibration_batches(tokenizer, cfg, model.config) if method.needs_statistics else []
     # the run is valid: from here on, its directory belongs to this config and this process
     with _output_lock(out, main):
         if main:

@@ -370,10 +370,13 @@ def read_checkpoint_manifest(path: Path) -> dict:
 def _read_config(path: Path):
     from transformers import AutoConfig
 
+    from armor_export.data.models import quiet_transformers
+
     if not (path / "config.json").is_file():
         raise CorruptFileError(f"missing file: {path / 'config.json'}")
     try:
-        return AutoConfig.from_pretrained(path)
+        with quiet_transformers():  # what is wrong is our one line, not its warnings
+            return AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(f"{path / 'config.json'}: {_one_line(exc)}") from None
 
@@ -381,8 +384,11 @@ def _read_config(path: Path):
 def _empty_model(path: Path, config, dtype: torch.dtype) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    from armor_export.data.models import quiet_transformers
+
     try:
-        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(
             f"{path / 'config.json'}: cannot build the model ({_one_line(exc)})"

@@ -78,7 +78,7 @@ def _probe_calibration(cfg: PruneConfig, lazy, adapter, tokenizer) -> dict:
     from armor_export.prune.api import calibration_batches
     from armor_export.prune.calibrate import _layer_forward, capture_layer_inputs
 
-    batches = calibration_batches(tokenizer, cfg)
+    batches = calibration_batches(tokenizer, cfg, lazy.model.config)
     first = batches[:1]
     captured = capture_layer_inputs(lazy.model, adapter, first)
     start = time.perf_counter()

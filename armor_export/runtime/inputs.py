@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from armor_export.config import check_prompt_text
 from armor_export.errors import ConfigError, ShapeError
 from armor_export.export_manifest import Limits
 
@@ -33,6 +34,7 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
             raise ConfigError(
                 f"prompt {index} is empty or only whitespace: give some text to continue"
             )
+        check_prompt_text(index, prompt)
     encodings = tokenizer.encode_batch(list(prompts), add_special_tokens=True)
     ids = [list(enc.ids) for enc in encodings]
     for index, row in enumerate(ids):

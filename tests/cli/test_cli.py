@@ -6,6 +6,7 @@ line on stderr (no traceback); results go to stdout, logs and progress to stderr
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -399,3 +400,160 @@ def test_unwritable_log_file(capsys, tmp_path):
     code, _, err = run_cli(capsys, "env", "--log-file", log_file)
     assert code == 1
     assert f"cannot open log file {log_file}" in error_line(err, "env")
+
+
+# --- windows beyond the model, outputs that cannot be written, bytes that are not text ----
+
+
+@pytest.mark.fault(
+    "prune",
+    "--calib-seqlen (or eval --seqlen) beyond the model's positions (300 on a 256-position model)",
+    "refused, not clamped: one line naming the model's max_position_embeddings and the flag",
+)
+def test_windows_beyond_the_models_positions_are_refused(
+    capsys, tiny_model_dir, text_file, tmp_path
+):
+    code, _, err = run_cli(
+        capsys, "prune", "--model", tiny_model_dir, "-o", tmp_path / "o",
+        *calib_args(text_file), "--calib-seqlen", 300,
+    )  # fmt: skip
+    assert code == 1
+    assert (
+        "calibration.seqlen 300 exceeds the model's max_position_embeddings 256: use "
+        "--calib-seqlen 256 or less" in error_line(err, "prune")
+    )
+    assert not (tmp_path / "o" / "run_config.json").exists()
+    code, _, err = run_cli(
+        capsys, "eval", tiny_model_dir, "--text", text_file, "--windows", 1, "--seqlen", 300
+    )
+    assert code == 1
+    line = error_line(err, "eval")
+    assert "eval.seqlen 300 exceeds the model's max_position_embeddings 256" in line
+
+
+def full_disk(monkeypatch, when):
+    """safetensors' writer fails as it does on a full disk (its Rust writer reports the I/O
+    error as text) for the temporary files whose name ``when`` accepts."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if when(os.path.basename(filename)):
+            raise SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+
+@pytest.mark.fault(
+    "prune",
+    "no space left on device while a job result is saved, then while the checkpoint is "
+    "written (the writer failing with ENOSPC, in-process)",
+    "one line each: no space left on device writing <that file>: free some space, or choose "
+    "another output folder; once there is space, the rerun finishes",
+)
+def test_a_full_disk_while_pruning_is_one_line_naming_the_file(
+    capsys, monkeypatch, tiny_model_dir, text_file, tmp_path
+):
+    out = tmp_path / "o"
+    argv = ["prune", "--model", tiny_model_dir, "-o", out, *calib_args(text_file)]
+    advice = ": free some space, or choose another output folder"
+    with monkeypatch.context() as patch:
+        full_disk(patch, lambda name: name.startswith(".model.layers."))
+        code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    line = error_line(err, "prune")
+    assert f"no space left on device writing {out / 'work' / 'jobs'}/model.layers." in line
+    assert line.endswith(advice), line
+    with monkeypatch.context() as patch:
+        full_disk(patch, lambda name: name.startswith(".model.safetensors."))
+        code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert error_line(err, "prune").endswith(
+        f"no space left on device writing {out / 'model.safetensors'}{advice}"
+    )
+    assert not (out / "armor_manifest.json").exists()
+    assert not list(out.glob(".model.safetensors.*"))  # no temporary file left behind
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert (out / "armor_manifest.json").is_file()
+
+
+@pytest.mark.fault(
+    "export",
+    "no space left on device while the ONNX writer saves the graph (an OSError naming no "
+    "file, in-process)",
+    "one line: no space left on device writing <the export folder>: free some space, or "
+    "choose another output folder",
+)
+def test_a_full_disk_while_exporting_names_the_export_folder(
+    capsys, monkeypatch, armor_checkpoint, tmp_path
+):
+    import errno
+
+    from armor_export.export import api as export_api
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export_api, "_trace_and_save", no_space)
+    out = tmp_path / "onnx"
+    code, _, err = run_cli(capsys, "export", armor_checkpoint, "-o", out)
+    assert code == 1
+    assert error_line(err, "export").endswith(
+        f"no space left on device writing {out}: free some space, or choose another output folder"
+    )
+
+
+@pytest.mark.fault(
+    "prune",
+    "an output path that is a file (prune -o FILE, export -o FILE/sub, eval --json FOLDER)",
+    "one line: FILE is a file, not a folder (or: a folder where a file is needed)",
+)
+def test_an_output_path_that_is_a_file_is_one_line(
+    capsys, armor_checkpoint, tiny_model_dir, text_file, tmp_path
+):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    code, _, err = run_cli(
+        capsys, "prune", "--model", tiny_model_dir, "-o", a_file, *calib_args(text_file)
+    )
+    assert code == 1
+    assert f"{a_file} is a file, not a folder: give a folder path" in error_line(err, "prune")
+    code, _, err = run_cli(capsys, "export", armor_checkpoint, "-o", a_file / "sub")
+    assert code == 1
+    assert f"{a_file} is a file, not a folder, so {a_file / 'sub'}" in error_line(err, "export")
+    code, _, err = run_cli(
+        capsys, "eval", tiny_model_dir, "--text", text_file, "--windows", 1, "--seqlen", 16,
+        "--json", tmp_path,
+    )  # fmt: skip
+    assert code == 1
+    assert f"a folder where a file is needed: {tmp_path}: give a file path" in error_line(
+        err, "eval"
+    )
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.fault(
+    "runtime",
+    "a prompt that is not UTF-8 (the byte 0xff on the command line of a real process; generate "
+    "and verify)",
+    "one config error line naming the byte and its position, before the export is opened",
+)
+def test_a_prompt_that_is_not_utf8_is_one_line(capsys, tmp_path):
+    for verb in ("generate", "verify"):
+        # what Python makes of the argument bytes b"ab\xff": a lone surrogate
+        code, _, err = run_cli(capsys, verb, tmp_path / "no-export", "--prompt", "ab\udcff")
+        assert code == 1
+        assert "prompt 0 is not UTF-8 text (byte 0xff at character 2)" in error_line(err, verb)
+    run = subprocess.run(
+        [sys.executable, "-m", "armor_export", "generate", str(tmp_path), "--prompt", b"ab\xff"],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    err = run.stderr.decode(errors="replace")
+    assert run.returncode == 1 and "Traceback" not in err, err
+    assert "prompt 0 is not UTF-8 text (byte 0xff at character 2)" in err

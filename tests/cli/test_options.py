@@ -128,10 +128,10 @@ def test_generate_choices_and_defaults_are_the_runtime_configs():
 @pytest.mark.parametrize(
     "toml, message",
     [
-        ("[prune.calibration]\nn_samples = 0\n", "prune.calibration.n_samples must be positive"),
+        ("[prune.calibration]\nn_samples = 0\n", "prune.calibration.n_samples must be in 1.."),
         ("[prune]\nmethod = 'obs'\n", "prune.method must be one of"),
         ("[engine]\noptimization_level = 9\n", "engine.optimization_level must be in 0..5"),
-        ("[export.limits]\nmax_batch = 0\n", "export.limits.max_batch must be positive"),
+        ("[export.limits]\nmax_batch = 0\n", "export.limits.max_batch must be in 1.."),
         ("[verify]\ndecode_steps = -1\n", "verify.decode_steps"),
         ("prune = 3\n", "prune must be a table/dict"),
         ("[prune]\nnsamples = 3\n", "unknown config key(s) prune.nsamples"),
@@ -171,3 +171,63 @@ def test_build_hands_the_plugin_library_and_engine_folder_to_verify(tmp_path):
     assert stages["verify"].engine_dir == str(tmp_path / "engine")
     verify_args = parser.parse_args(["verify", "x", "--engine", "e", "--plugin-library", "p.so"])
     assert (verify_args.engine_dir, verify_args.plugin_library) == ("e", "p.so")
+
+
+# every count a user can type, far out of range; the model or folder named does not exist, so
+# a check that came after the work started would fail differently
+OUT_OF_RANGE = [
+    ("generate", ["nowhere", "--prompt", "hi", "--threads", "100000"], "threads", "--threads"),
+    ("generate", ["nowhere", "--prompt", "hi", "--max-new-tokens", "100000000"],
+     "max_new_tokens", "--max-new-tokens"),
+    ("generate", ["nowhere", "--prompt", "hi", "--seed", "-1"], "seed", "--seed"),
+    ("prune", ["--model", "nowhere", "--workers", "100000"], "workers", "--workers"),
+    ("prune", ["--model", "nowhere", "--calib-seqlen", "100000000"], "calibration.seqlen",
+     "--calib-seqlen"),
+    ("prune", ["--model", "nowhere", "--calib-samples", "100000000"], "calibration.n_samples",
+     "--calib-samples"),
+    ("prune", ["--model", "nowhere", "--iterations", "100000000"], "armor.iterations",
+     "--iterations"),
+    ("prune", ["--model", "nowhere", "--seed", "-1"], "calibration.seed", "--seed"),
+    ("plan", ["--model", "nowhere", "--ranks", "100000"], "ranks", "--ranks"),
+    ("plan", ["--model", "nowhere", "--workers", "100000"], "workers", "--workers"),
+    ("eval", ["nowhere", "--windows", "100000000"], "eval.n_windows", "--windows"),
+    ("eval", ["nowhere", "--seqlen", "100000000"], "eval.seqlen", "--seqlen"),
+    ("eval", ["nowhere", "--batch-size", "100000"], "eval.batch_size", "--batch-size"),
+    ("export", ["nowhere", "--max-batch", "100000"], "limits.max_batch", "--max-batch"),
+    ("export", ["nowhere", "--max-context", "100000000"], "limits.max_context",
+     "--max-context"),
+    ("engine", ["nowhere", "--max-prompt", "100000000"], "max_prompt", "--max-prompt"),
+    ("verify", ["nowhere", "--decode-steps", "100000"], "decode_steps", "--decode-steps"),
+    ("build", ["--model", "nowhere", "--calib-samples", "100000000"],
+     "prune.calibration.n_samples", "--calib-samples"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("verb, argv, key, flag", OUT_OF_RANGE)
+@pytest.mark.fault(
+    "config",
+    "a count out of range on any verb (generate --threads 100000, --workers 100000, "
+    "--calib-seqlen 1e8, --seed -1, --ranks 100000, --decode-steps 100000...)",
+    "one line naming the key, the allowed range, the value and the flag, before any model "
+    "or export is opened; threads and workers at most 4 per CPU",
+)
+def test_every_count_is_bounded_before_work_starts(verb, argv, key, flag, capsys):
+    from armor_export.cli.main import main
+
+    assert main([verb, *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    value = argv[argv.index(flag) + 1]
+    line = next(line for line in err.splitlines() if line.startswith(f"armor-export {verb}"))
+    assert f"{key} must be in " in line and f", got {value} ({flag}" in line, line
+    if flag in ("--threads", "--workers"):
+        assert f"..{4 * config.os.cpu_count()} (4 per CPU" in line, line
+
+
+def test_counts_in_range_and_defaults_pass():
+    """The bounds leave every default, and the largest values the tests and recipes use."""
+    for cfg in (config.PruneConfig(workers=config.max_parallel()), config.EvalConfig(),
+                config.ExportConfig(), config.EngineConfig(), config.VerifyConfig(),
+                config.GenerationConfig()):  # fmt: skip
+        cfg.validate()
+    config.check_count("threads", 0, 0, config.max_parallel)

@@ -138,3 +138,46 @@ def test_a_truncated_weights_file_is_one_line_for_every_verb(verb, tiny_model_di
     assert f"armor-export {verb}: error: " in run.stderr
     assert "corrupt or truncated" in run.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.fault(
+    "load",
+    "a missing local path shaped like a hub id (models/nope, where ./models is a folder)",
+    "one line: model folder not found, read as a path because models/ is a folder here, and "
+    "what to do for the hub id; nope/nope (no such folder here) is still tried as a hub id",
+)
+def test_a_missing_path_whose_first_folder_exists_is_not_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UserError) as info:
+        resolve_model_path("models/nope")
+    message = str(info.value)
+    assert message.startswith("model folder not found: models/nope (models/ is a folder here")
+    assert "for the hub id models/nope" in message and "\n" not in message
+    assert resolve_model_path("nope/nope") == "nope/nope"  # org/name: the hub's shape
+
+
+@pytest.mark.fault(
+    "load",
+    "a pruned checkpoint copied without armor_manifest.json, loaded by a real `eval` process",
+    "our one error line; none of transformers' ~40-line load report (LOAD REPORT, UNEXPECTED, "
+    "MISSING) on stderr",
+)
+def test_the_loaders_print_no_load_report_before_the_error(tiny_checkpoint, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_checkpoint, copy, ignore=shutil.ignore_patterns("armor_manifest.json"))
+    (tmp_path / "text.txt").write_text("some text to evaluate on, " * 50)
+    run = subprocess.run(
+        [sys.executable, "-m", "armor_export", "eval", str(copy), "--text",
+         str(tmp_path / "text.txt"), "--windows", "1", "--seqlen", "16"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    for noise in ("LOAD REPORT", "UNEXPECTED", "MISSING", "Traceback"):
+        assert noise not in run.stderr, run.stderr
+    errors = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "no armor_manifest.json" in errors[0], run.stderr

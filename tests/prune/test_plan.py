@@ -124,7 +124,7 @@ def test_cli_plan_prints_and_writes_json(tiny_model_dir, text_file, tmp_path, ca
 
     code = main(["plan", "--config", str(config), "--ranks", "0"])
     _, err = capsys.readouterr()
-    assert code == 1 and "--ranks must be at least 1" in err
+    assert code == 1 and "ranks must be in 1..1024, got 0 (--ranks)" in err
 
 
 def test_plan_says_when_the_workers_do_not_fit_this_machine(
