@@ -149,7 +149,7 @@ def export_onnx(
                 manifest,
                 counts={**manifest.counts, **report.to_dict()},
                 sha256={f: sha256_file(out / f) for f in manifest.files},
-            )
+            ).sealed()  # its own digest: an edited manifest is refused by its readers
             write_json(out / MANIFEST, manifest.to_dict())
         task.advance(1, stage="written")
     return ExportResult(
