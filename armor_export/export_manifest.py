@@ -14,7 +14,9 @@ out (a step's presents are the next step's pasts), and ``logits`` out.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,30 @@ EXTERNAL_DATA_FILE = ONNX_FILE + ".data"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # what ONNX Runtime GenAI's tokenizer reads
 GENAI_CONFIG_FILE = "genai_config.json"  # loads the folder in ONNX Runtime GenAI
+SELF_DIGEST = "manifest_sha256"  # the manifest's own hash, kept in it (``seal``)
 FORMAT = "armor-export-onnx"
 FORMAT_VERSION = 1
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")  # int64 [batch, seq | total]
 LOGITS = "logits"
 KV = ("key", "value")
+
+
+def manifest_digest(data: dict) -> str:
+    """The sha256 of a manifest's JSON form without its own digest (keys sorted, compact):
+    the same for any spelling of the same JSON."""
+    body = {key: value for key, value in data.items() if key != SELF_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(data: dict) -> dict:
+    """``data`` (a manifest's JSON form) with its ``manifest_sha256`` recomputed: what the
+    exporter writes, and what a tool that changes an export on purpose must write back."""
+    return {
+        **{k: v for k, v in data.items() if k != SELF_DIGEST},
+        SELF_DIGEST: manifest_digest(data),
+    }
 
 
 def past_name(layer: int, kv: str) -> str:
@@ -217,6 +237,8 @@ class ExportManifest:
     attention: str | None = None  # None: an export older than the record (revision < 4)
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back as read
+    # the digest of the rest as read (``seal``); None: an export older than the record
+    manifest_sha256: str | None = None
 
     # ------------------------------------------------------------ the graph signature
 
@@ -257,7 +279,9 @@ class ExportManifest:
         """The manifest of a finished export, or a one-line CorruptFileError saying why not.
 
         Every file it lists must exist and still have the sha256 recorded at export, so a
-        damaged or edited graph is never used (the check reads about a GB a second).
+        damaged or edited graph is never used (the check reads about a GB a second), and the
+        manifest itself must still match the digest it was written with (``seal``): limits
+        or tokens edited by hand are refused, not trusted.
         """
         from armor_export.io import read_json, sha256_file
 
@@ -270,7 +294,15 @@ class ExportManifest:
                 f"{folder}: no {MANIFEST} (not an export, or the export did not finish; "
                 "run armor-export export again)"
             )
-        manifest = cls.from_dict(read_json(path), where=path)
+        data = read_json(path)
+        manifest = cls.from_dict(data, where=path)
+        if manifest.manifest_sha256 is not None and manifest.manifest_sha256 != manifest_digest(
+            data
+        ):
+            raise CorruptFileError(
+                f"{path} is not the manifest this export wrote (its content no longer matches "
+                f"its {SELF_DIGEST}): it was edited or damaged; export again"
+            )
         for name in manifest.files:
             if not (folder / name).is_file():
                 raise CorruptFileError(f"{folder}: missing file {name} listed in {MANIFEST}")
@@ -339,6 +371,7 @@ class ExportManifest:
             attention=data.get("attention"),
             format_version=data["format_version"],
             extra={k: v for k, v in data.items() if k not in _KEYS},
+            manifest_sha256=data.get(SELF_DIGEST),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -377,7 +410,13 @@ class ExportManifest:
             }
         )
         data.update(self.extra)
+        if self.manifest_sha256 is not None:
+            data[SELF_DIGEST] = self.manifest_sha256
         return data
+
+    def sealed(self) -> ExportManifest:
+        """This manifest with the digest of its current content (what the exporter writes)."""
+        return replace(self, manifest_sha256=manifest_digest(self.to_dict()))
 
 
 # every key of the JSON form (anything else is kept in ``extra``)
@@ -386,6 +425,6 @@ _KEYS = frozenset(
         "format format_version versions config source family onnx external_data tokenizer "
         "tokenizer_config genai_config "
         "dtype lowering graph_revision attention plugin decoder input_names output_names "
-        "limits tokens counts sha256"
+        "limits tokens counts sha256 manifest_sha256"
     ).split()
 )

@@ -248,7 +248,7 @@ def damaged_export(export_dir, out, initializer: str, edit):
     import numpy as np
     from onnx import load, numpy_helper, save
 
-    from armor_export.export_manifest import MANIFEST
+    from armor_export.export_manifest import MANIFEST, seal
     from armor_export.io import read_json, sha256_file, write_json
 
     shutil.copytree(export_dir, out)
@@ -259,7 +259,7 @@ def damaged_export(export_dir, out, initializer: str, edit):
     save(model, str(out / "model.onnx"))
     manifest = read_json(out / MANIFEST)
     manifest["sha256"]["model.onnx"] = sha256_file(out / "model.onnx")
-    write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, seal(manifest))
     return out
 
 

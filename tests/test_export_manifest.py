@@ -15,12 +15,15 @@ import pytest
 from armor_export.errors import CorruptFileError
 from armor_export.export_manifest import (
     MANIFEST,
+    SELF_DIGEST,
     DecoderSpec,
     ExportManifest,
     LayerCache,
     Limits,
     Source,
     Tokens,
+    manifest_digest,
+    seal,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +150,23 @@ def test_an_older_manifest_loads_and_is_written_back_as_it_was(tmp_path):
     manifest = ExportManifest.read(written(tmp_path / "e", data))
     assert manifest.graph_revision is None and manifest.attention is None
     assert manifest.to_dict() == data
+
+
+def test_a_manifest_carries_its_own_digest(tmp_path):
+    """``seal`` adds the digest of the rest; a change to any field is refused, the same JSON
+    in another spelling is not, and a tool that changes an export on purpose reseals it."""
+    data = seal(small_manifest().to_dict())
+    assert data[SELF_DIGEST] == manifest_digest(data)
+    assert ExportManifest.read(written(tmp_path / "a", data)).to_dict() == data
+    assert small_manifest().sealed().to_dict() == data
+    spelled = tmp_path / "b"
+    written(spelled, data)
+    (spelled / MANIFEST).write_text(json.dumps(data, sort_keys=True))
+    assert ExportManifest.read(spelled).manifest_sha256 == data[SELF_DIGEST]
+    edited = {**data, "tokens": {**data["tokens"], "pad_token_id": 5}}
+    with pytest.raises(CorruptFileError, match="is not the manifest this export wrote"):
+        ExportManifest.read(written(tmp_path / "c", edited))
+    assert ExportManifest.read(written(tmp_path / "d", seal(edited))).tokens.pad_token_id == 5
 
 
 def test_source_of_a_pruned_checkpoint_records_how_it_was_pruned():

@@ -98,7 +98,7 @@ def without_wrapper_transposes(folder: Path, dest: Path) -> int:
             changed += 1
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(dest / "model.onnx"))
-    from armor_export.export_manifest import MANIFEST, ExportManifest
+    from armor_export.export_manifest import MANIFEST, ExportManifest, seal
     from armor_export.io import sha256_file
 
     manifest = ExportManifest.read(folder)
@@ -108,7 +108,7 @@ def without_wrapper_transposes(folder: Path, dest: Path) -> int:
     # the copy's manifest describes the copy: its graph is this edited one
     data = json.loads((dest / MANIFEST).read_text())
     data["sha256"]["model.onnx"] = sha256_file(dest / "model.onnx")
-    (dest / MANIFEST).write_text(json.dumps(data, indent=2))
+    (dest / MANIFEST).write_text(json.dumps(seal(data), indent=2))
     return changed
 
 

@@ -136,11 +136,20 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
+_FINITE_CHUNK = 4 * 1024 * 1024  # elements checked at a time by ``check_finite``
+
+
 def check_finite(model: torch.nn.Module, where: str | Path) -> None:
     """Refuse a model with NaN/Inf in any parameter or buffer (a broken norm weight makes
-    every output NaN, and the text that follows blank), naming the first such tensor."""
+    every output NaN, and the text that follows blank), naming the first such tensor.
+
+    Each tensor is checked a slice at a time: ``torch.isfinite`` makes a full-size
+    temporary (its ``abs``), which for the embedding of a large vocabulary was a copy of
+    most of the model on top of it (``prune/plan.py`` models the load's peak without it)."""
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not all(
+            bool(torch.isfinite(part).all()) for part in tensor.reshape(-1).split(_FINITE_CHUNK)
+        ):
             # a model loaded in a narrower type: a float32 value too large for it is Inf
             as_type = "" if tensor.dtype == torch.float32 else f" (as {_dtype_name(tensor)})"
             raise CorruptFileError(f"{where}: tensor {name} contains NaN or Inf values{as_type}")

@@ -139,6 +139,14 @@ def check_engine_belongs(engine_dir: Path, export_dir: Path, manifest: ExportMan
             f"(onnx sha256 {str(report.get('onnx_sha256'))[:12]} vs {str(onnx_sha)[:12]}): "
             "rebuild it from this export"
         )
+    # the limits and tokens it was built for: a manifest rewritten since (another export of
+    # the same graph) is another export (an edited one fails ExportManifest.read already)
+    recorded = report.get("export_manifest_sha256")
+    if recorded is not None and recorded != _sha256(export_dir / MANIFEST):
+        raise EngineMismatchError(
+            f"{engine} was built from another {MANIFEST} than {export_dir / MANIFEST} "
+            "(its sha256 differs: limits or tokens may differ): rebuild it from this export"
+        )
     return report
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from armor_export import locks
 from armor_export.config import ExportConfig
-from armor_export.errors import ConfigError, CorruptFileError, UserError
+from armor_export.errors import ConfigError, CorruptFileError, GraphCheckError, UserError
 from armor_export.export_manifest import (
     EXTERNAL_DATA_FILE,
     GENAI_CONFIG_FILE,
@@ -127,32 +127,32 @@ def export_onnx(
             tempfile.TemporaryDirectory(dir=_without_leftovers(out), prefix=TMP_PREFIX) as tmp,
         ):
             tmp_dir = Path(tmp)
-            external, counts["merged_transposes"] = _trace_and_save(
+            counts["merged_transposes"] = _trace_and_save(
                 DecoderWithCache(model).eval(), spec, cfg, tmp_dir / ONNX_FILE
             )
+            # what the writer wrote, not what we asked for: torch's writer moves the weights
+            # to a data file on its own above its own threshold (1.5 GiB), below ours
+            external = _external_data_written(tmp_dir / ONNX_FILE)
             task.advance(1, stage="traced")
+            _save_tokenizer(tokenizer, tmp_dir)
+            manifest = _manifest(
+                cfg, model, tokenizer, spec, limits, counts, checkpoint_manifest, external
+            )
+            _write_genai_config(manifest, tmp_dir)
+            _move_in(tmp_dir, out, manifest)
+            # what ships is what is checked: the published graph, its external data read
+            # from beside it there; the manifest, written last, vouches for these bytes
             report = checks.check_graph(
-                tmp_dir / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
+                out / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
             )
             log_memory(log, "checking the graph")
             task.advance(1, stage="checked")
-            _save_tokenizer(tokenizer, tmp_dir)
-            manifest = _manifest(
-                cfg,
-                model,
-                tokenizer,
-                spec,
-                limits,
-                counts,
-                report,
-                checkpoint_manifest,
-                external,
-            )
-            _write_genai_config(manifest, tmp_dir)
             manifest = replace(
-                manifest, sha256={f: sha256_file(tmp_dir / f) for f in manifest.files}
-            )
-            _publish(tmp_dir, out, manifest)
+                manifest,
+                counts={**manifest.counts, **report.to_dict()},
+                sha256={f: sha256_file(out / f) for f in manifest.files},
+            ).sealed()  # its own digest: an edited manifest is refused by its readers
+            write_json(out / MANIFEST, manifest.to_dict())
         task.advance(1, stage="written")
     return ExportResult(
         out, out / ONNX_FILE, manifest.to_dict(), time.perf_counter() - start, counts
@@ -175,9 +175,10 @@ def _resolve_limits(cfg: ExportConfig, config) -> Limits:
     return Limits(max_batch=cfg.limits.max_batch, max_prompt=max_prompt, max_context=max_context)
 
 
-def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool, int]:
-    """torch.export → ONNX (dynamo exporter); returns whether weights went to external data
-    and how many transpose chains the layout pass merged."""
+def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> int:
+    """torch.export → ONNX (dynamo exporter); returns how many transpose chains the layout
+    pass merged. Where the weights went is read back from the file (``_external_data_written``):
+    the writer also moves them to external data on its own, above its own threshold."""
     import torch
 
     from armor_export.export.wrapper import dynamic_shapes, example_inputs
@@ -218,7 +219,24 @@ def _trace_and_save(wrapper, spec, cfg: ExportConfig, path: Path) -> tuple[bool,
     )
     program.save(path, external_data=external)
     log_memory(log, "saving the graph")
-    return external, merged
+    return merged
+
+
+def _external_data_written(path: Path) -> str | None:
+    """The one data file the graph at ``path`` keeps tensors in (a name beside it), or None.
+
+    Read from the written graph: ``program.save`` also externalises on its own once the
+    initializers pass its threshold (1.5 GiB), whatever ``external_data`` said.
+    """
+    from armor_export.export import checks
+
+    files = checks.external_data_files(path)
+    if len(files) > 1 or any(Path(name).name != name for name in files):
+        raise GraphCheckError(
+            f"{path.name}: the writer put tensors in {files}, expected one file beside the "
+            f"graph ({EXTERNAL_DATA_FILE})"
+        )
+    return files[0] if files else None
 
 
 def _optimize(model) -> int:
@@ -326,10 +344,9 @@ def _token_ids(model, tokenizer) -> Tokens:
     )
 
 
-def _manifest(
-    cfg, model, tokenizer, spec, limits, counts, report, ckpt, external
-) -> ExportManifest:
-    """The manifest of the files in the export's temporary folder (``sha256`` still empty)."""
+def _manifest(cfg, model, tokenizer, spec, limits, counts, ckpt, external) -> ExportManifest:
+    """The manifest of the files in the export's temporary folder (``external``: the data
+    file the graph references, or None); the checks' counts and ``sha256`` still to come."""
     from armor_export.export import reference
     from armor_export.models.registry import adapter_for
 
@@ -350,7 +367,7 @@ def _manifest(
         config=cfg.to_dict(),
         source=source,
         family=adapter_for(model).family,
-        external_data=EXTERNAL_DATA_FILE if external else None,
+        external_data=external,
         tokenizer_config=TOKENIZER_CONFIG_FILE,
         # ORT GenAI runs the graph on ONNX Runtime: no genai_config.json for plugin graphs
         genai_config=None if plugin is not None else GENAI_CONFIG_FILE,
@@ -364,7 +381,7 @@ def _manifest(
         output_names=tuple(spec.output_names()),
         limits=limits,
         tokens=_token_ids(model, tokenizer),
-        counts={**counts, **report.to_dict()},
+        counts=dict(counts),
         sha256={},
     )
 
@@ -394,8 +411,9 @@ def _without_leftovers(out: Path) -> Path:
     return out
 
 
-def _publish(tmp_dir: Path, out: Path, manifest: ExportManifest) -> None:
-    """Move the checked files into ``out``; the old manifest goes first, the new one last.
+def _move_in(tmp_dir: Path, out: Path, manifest: ExportManifest) -> None:
+    """Move the export's files into ``out``; the old manifest goes first (the new one is
+    written after the checks), so the folder is no finished export in between.
 
     An optional file of an earlier export that this one lacks is removed, so that e.g. a
     plugin export does not keep a plain export's genai_config.json.
@@ -407,7 +425,6 @@ def _publish(tmp_dir: Path, out: Path, manifest: ExportManifest) -> None:
             (out / optional).unlink(missing_ok=True)
     for name in files:
         os.replace(tmp_dir / name, out / name)
-    write_json(out / MANIFEST, manifest.to_dict())
 
 
 def read_export_manifest(folder: str | Path) -> dict:

@@ -56,6 +56,39 @@ def initializer_array(init, base_dir: str | Path) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
+def _tensors(graph):
+    """Every tensor a graph holds: its initializers and the tensors of node attributes,
+    subgraphs included (where ONNX allows external data)."""
+    yield from graph.initializer
+    for node in graph.node:
+        yield from _attribute_tensors(node)
+
+
+def _attribute_tensors(node):
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("g"):
+            yield from _tensors(attr.g)
+        for sub in attr.graphs:
+            yield from _tensors(sub)
+
+
+def external_data_files(path: str | Path) -> list[str]:
+    """The files (as written, relative to the graph's folder) that the model at ``path``
+    keeps tensors in: what the writer actually did, read from the written graph."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = [*_tensors(model.graph)]
+    for function in model.functions:
+        for node in function.node:
+            tensors.extend(_attribute_tensors(node))
+    return sorted({ExternalDataInfo(t).location for t in tensors if uses_external_data(t)})
+
+
 def check_graph(path: str | Path, n_armor: int, n_sparse: int, plugin: bool) -> GraphReport:
     """Validate the exported model at ``path``; raise GraphCheckError naming every problem."""
     import onnx

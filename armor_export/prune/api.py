@@ -218,7 +218,9 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     adapter = adapter_for(model)
     targets, skipped = select_linears(model, adapter, cfg)
     if lazy is None:
-        _check_finite_weights(targets)  # low-memory runs check each weight as it is read
+        _check_finite_weights(targets)
+    else:  # what load_model_and_tokenizer's check_finite refuses, before anything is written
+        lazy.check_finite()
     # the calibration text is an input too: a bad one fails here, before anything is written
     batches = calibration_batches(tokenizer, cfg, model.config) if method.needs_statistics else []
     # the run is valid: from here on, its directory belongs to this config and this process

@@ -73,6 +73,26 @@ class SafetensorsSource:
         """Bytes of the largest stored tensor (what streaming a checkpoint holds at once)."""
         return max((entry[2] for entry in self._where.values()), default=0)
 
+    def all_finite(self, key: str) -> bool:
+        """Whether tensor ``key`` holds no NaN/Inf, read ``_CHECK_BYTES`` at a time (never
+        whole: the check adds a slice to the process's memory, not the tensor)."""
+        if key not in self._where:
+            raise CorruptFileError(f"{self.folder}: tensor {key!r} is missing")
+        path, offset, length, dtype, _ = self._where[key]
+        if not dtype.is_floating_point or not length:
+            return True
+        buf = bytearray(min(length, _CHECK_BYTES - _CHECK_BYTES % dtype.itemsize))
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            while length:
+                view = memoryview(buf)[: min(length, len(buf))]
+                if fh.readinto(view) != len(view):
+                    raise CorruptFileError(f"{path}: {key} is cut short (truncated file?)")
+                if not bool(torch.isfinite(torch.frombuffer(view, dtype=dtype)).all()):
+                    return False
+                length -= len(view)
+        return True
+
     def get(self, key: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """A copy of tensor ``key`` (converted to ``dtype`` when floating point)."""
         if key not in self._where:
@@ -82,6 +102,9 @@ class SafetensorsSource:
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         return tensor
+
+
+_CHECK_BYTES = 16 * 1024 * 1024  # read at a time by ``SafetensorsSource.all_finite``
 
 
 def _read_tensor(
@@ -244,6 +267,16 @@ class LazyModel:
 
     def weight(self, module_name: str) -> torch.Tensor:
         return self.source.get(f"{module_name}.weight")
+
+    def check_finite(self) -> None:
+        """Refuse NaN/Inf in any tensor of the model's files, naming the first one: what
+        ``data.models.check_finite`` does for a loaded model, here read from disk a slice at a
+        time (the tensors outside the pruned weights are copied into the checkpoint as read)."""
+        for key in self.model.state_dict():
+            if key in self.source and not self.source.all_finite(key):
+                raise CorruptFileError(
+                    f"{self.source.folder}: tensor {key} contains NaN or Inf values"
+                )
 
 
 def load_lazy_model(folder: str | Path) -> LazyModel:

@@ -123,6 +123,10 @@ JOB_WEIGHT_COPIES = 15
 # sympy, the compiled kernel): 234 MiB after the imports, 388 MiB after the first compiled
 # job with its temporaries freed (#19).
 COMPILE_RUNTIME_MIB = 155.0
+# What the in-memory load adds beyond the model and its converted file (transformers' model
+# modules, the tokenizer, allocator slack): 104-113 MiB measured on bf16 and fp32 Llama,
+# Qwen2 and Gemma2 checkpoints from 21 MiB to 1.7 GiB (fp32), transformers 5.25 (#24).
+LOAD_EXTRA_MIB = 150.0
 # What a fresh process imports, by role: a pool worker runs jobs; the main process also
 # loads the model and tokenizer (transformers).
 _WORKER_IMPORTS = "import torch, armor_export.prune.jobs, armor_export.prune.schedule"
@@ -160,6 +164,25 @@ def _resident_outside_layers(model, adapter) -> int:
     in_layers = {id(t) for t in (*layers.parameters(), *layers.buffers())}
     tensors = {id(t): t for t in (*base.parameters(), *base.buffers()) if id(t) not in in_layers}
     return sum(t.numel() * t.element_size() for t in tensors.values() if not t.is_meta)
+
+
+def load_bytes(lazy, state: dict) -> int:
+    """Peak bytes of loading the whole model in memory (``data.models.load_model_and_tokenizer``)
+    beyond the runtime: the fp32 model, plus the stored bytes of every tensor stored in
+    another dtype (transformers maps the file and converts tensor by tensor: the mapped pages
+    are resident beside the converted copies until the load ends; fp32 tensors use the mapped
+    pages themselves), plus ``LOAD_EXTRA_MIB``. Measured: a bf16 checkpoint peaks at the fp32
+    model + half of it, not the model alone (#24)."""
+    whole = sum(t.numel() for t in state.values()) * 4
+    source = lazy.source
+    converted = sum(
+        source.nbytes(key)
+        for key in state
+        if key in source
+        and source.stored_dtype(key).is_floating_point
+        and source.stored_dtype(key) != torch.float32
+    )
+    return whole + converted + int(LOAD_EXTRA_MIB * MIB)
 
 
 def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int,
@@ -211,10 +234,14 @@ def _memory(cfg: PruneConfig, lazy, adapter, targets, calib: dict, ranks: int,
     largest_stored = lazy.source.largest_nbytes()
     write = largest_stored + min(2 * largest_stored, 16 * MIB) if cfg.low_memory else 0
     main = stats + max(calibrating if pool else max(calibrating, in_process), write)
+    # in memory, loading the model comes first (no statistics yet) and may be the peak
+    loading = 0 if cfg.low_memory else load_bytes(lazy, state)
+    main = max(main, loading)
     memory = {
         "runtime_measured": main_runtime,
         "runtime_worker": worker_runtime if pool else 0.0,
         "model_resident": resident / MIB,
+        "model_load": loading / MIB,
         "outside_layers": (outside if cfg.low_memory else whole) / MIB,
         "calibration_activations": activations / MIB,
         "calibration_capture": capture / MIB,

@@ -152,6 +152,38 @@ def test_no_gpu_is_found_here_and_named():
     assert runtime.not_run_reason(report, ["sm80"], "") == ""
 
 
+@pytest.mark.fault(
+    "engine",
+    "an engine checked against a re-export of its graph whose manifest differs (other limits)",
+    "one line: built from another export_manifest.json, rebuild it",
+)
+def test_the_engine_is_bound_to_its_exports_manifest(tiny_export, tmp_path):
+    from armor_export.export_manifest import MANIFEST, ExportManifest, seal
+
+    export = tmp_path / "export"
+    shutil.copytree(tiny_export.output_dir, export)
+    manifest = ExportManifest.read(export)
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "model.engine").write_bytes(b"engine bytes")
+    report = {
+        "engine_sha256": runtime._sha256(engine / "model.engine"),
+        **runtime.export_binding(export, manifest),
+    }
+    (engine / "build_report.json").write_text(json.dumps(report))
+    assert runtime.check_engine_belongs(engine, export, manifest) == report
+
+    data = json.loads((export / MANIFEST).read_text())
+    data["limits"]["max_context"] //= 2  # the same graph, exported for other limits
+    (export / MANIFEST).write_text(json.dumps(seal(data), indent=2))
+    other = ExportManifest.read(export)
+    with pytest.raises(
+        runtime.EngineMismatchError, match=f"built from another {MANIFEST} than .*rebuild it"
+    ) as info:
+        runtime.check_engine_belongs(engine, export, other)
+    assert "\n" not in str(info.value)
+
+
 def test_build_report_json_names_the_log(tmp_path):
     with pytest.raises(Exception, match="no model.engine"):
         runtime.read_build_report(tmp_path)

@@ -250,6 +250,39 @@ def test_external_data_is_written_and_loads(external_export):
     ort.InferenceSession(str(result.onnx_path))  # loads the weights from beside the graph
 
 
+@pytest.mark.fault(
+    "export",
+    "torch's ONNX writer moves the weights to model.onnx.data on its own while our `auto` rule "
+    "says inline (weights between its 1.5 GiB threshold and our 1.8e9 bytes)",
+    "the manifest lists model.onnx.data, it is published with the graph, the checks ran on the "
+    "published folder, and it loads in ONNX Runtime",
+)
+def test_weights_the_writer_moved_out_on_its_own_are_published(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    from torch.onnx._internal.exporter import _onnx_program
+
+    from armor_export.export_manifest import ExportManifest
+
+    monkeypatch.setattr(_onnx_program, "_LARGE_MODEL_THRESHOLD", 0)  # the writer's own rule
+    checked = []
+    real = checks.check_graph
+
+    def spy(path, *args, **kwargs):
+        checked.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "check_graph", spy)
+    out = tmp_path / "out"
+    result = export_tiny(tiny_checkpoint, out)  # external_data "auto": our rule says inline
+    assert result.manifest["external_data"] == "model.onnx.data"
+    assert (out / "model.onnx.data").is_file()
+    assert "model.onnx.data" in ExportManifest.read(out).sha256
+    assert checked == [out / "model.onnx"]  # what ships is what is checked
+    assert not [p for p in out.iterdir() if p.name.startswith(".export-")]
+    ort.InferenceSession(str(out / "model.onnx"))
+
+
 def test_external_data_checks_read_one_core_at_a_time(external_export, monkeypatch):
     """The graph check reads the external bytes of the 2:4 cores only, one tensor at a time,
     never the whole model (which for a 7B+ model would not fit beside the export)."""

@@ -195,6 +195,42 @@ def test_source_reads_owned_copies_and_rejects_truncated_files(tmp_path, family_
         SafetensorsSource(folder)
 
 
+@pytest.mark.fault(
+    "prune",
+    "--low-memory with NaN/Inf in a tensor that is not pruned (the embedding, the final norm, "
+    "a layer norm of a bf16 model)",
+    "one line naming the tensor, before anything is written (as the in-memory prune)",
+)
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model.embed_tokens.weight", float("nan")),
+        ("model.norm.weight", float("nan")),
+        ("model.layers.1.post_attention_layernorm.weight", float("inf")),
+    ],
+)
+def test_low_memory_refuses_nan_in_an_unpruned_tensor(
+    key, value, family_dirs, text_file, tmp_path, monkeypatch
+):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from armor_export.prune import lazy
+
+    folder = tmp_path / "model"
+    shutil.copytree(family_dirs["llama"], folder)
+    state = {k: v.to(torch.bfloat16) for k, v in load_file(folder / "model.safetensors").items()}
+    state[key].view(-1)[-1] = value  # the last element: in the last slice the check reads
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    monkeypatch.setattr(lazy, "_CHECK_BYTES", 64)  # many slices, even in a tiny tensor
+    out = tmp_path / "out"
+    with pytest.raises(CorruptFileError, match=rf"tensor {key} contains NaN or Inf") as info:
+        api.prune(_config(folder, text_file, out, True, "magnitude"))
+    assert "\n" not in str(info.value)
+    assert not out.exists()  # refused before anything was written
+
+
 @pytest.fixture(scope="module")
 def bf16_dirs(tmp_path_factory):
     """Checkpoints stored in bf16, as most published ones are."""

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from armor_export.cli.main import main
+from armor_export.prune import plan as plan_
 from armor_export.prune.plan import make_plan
 from tests.conftest import tiny_prune_config
 
@@ -96,14 +97,59 @@ def test_in_memory_plan_counts_the_whole_model(tiny_model_dir, text_file, tmp_pa
     assert mem["worker_process"] == 0 == mem["runtime_worker"]
     calibrating = mem["model_resident"] + mem["calibration_activations"]
     solving = mem["whole_model_fp32"] + mem["largest_job"]
+    # the load comes first: the fp32 model (this one is stored in fp32) and what loading adds
+    assert mem["model_load"] == pytest.approx(
+        mem["whole_model_fp32"] + plan_.LOAD_EXTRA_MIB, abs=0.2
+    )
     assert mem["main_process"] == pytest.approx(
-        mem["runtime_measured"] + mem["statistics"] + max(calibrating, solving), abs=0.3
+        mem["runtime_measured"]
+        + max(mem["model_load"], mem["statistics"] + max(calibrating, solving)),
+        abs=0.3,
     )
     assert mem["total_per_worker"] == mem["peak_process"] == mem["main_process"]
     assert all(sp.probe_iterations == 0 for sp in plan.shapes)  # a whole baseline job timed
     assert len(plan.per_rank) == 1 and plan.per_rank[0]["jobs"] == 14
     # one worker: the prune solves in its main process, and so does the probe
     assert plan.probe["processes"] == 1 and plan.probe["worker_start_seconds"] == 0
+
+
+# the peak RSS of a fresh process loading a model (VmHWM: ru_maxrss would also count the
+# parent's size, which a forked child starts with)
+LOAD_PEAK = (
+    "import sys\n"
+    "import transformers, armor_export.prune.api, armor_export.data.models as models\n"
+    "models.load_model_and_tokenizer(sys.argv[1])\n"
+    "status = open('/proc/self/status').read().split('VmHWM:')[1].split()\n"
+    "print(int(status[0]) / 1024)\n"
+)
+
+
+@pytest.mark.fault(
+    "plan",
+    "an in-memory prune of a bf16 checkpoint, loaded as fp32",
+    "the planned main-process peak covers the load's measured peak (the fp32 model beside "
+    "the mapped bf16 file), not the fp32 model alone",
+)
+def test_in_memory_plan_covers_loading_a_bf16_checkpoint(tokenizer, text_file, tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    from tests.conftest import tiny_config, tiny_model
+
+    config = tiny_config("llama")
+    config.vocab_size, config.tie_word_embeddings = 32000, False  # 2 x 62.5 MiB in fp32
+    folder = tmp_path / "bf16"
+    tiny_model(config=config).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    mem = make_plan(_cfg(folder, text_file, tmp_path / "o", method="magnitude")).memory_mib
+    run = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(folder)], capture_output=True,
+                         text=True, timeout=300, check=True)  # fmt: skip
+    measured = float(run.stdout.split()[-1])  # MiB, the child's peak RSS
+    assert mem["main_process"] >= measured
+    assert mem["runtime_measured"] + mem["model_load"] >= measured  # the load alone covers it
+    assert mem["model_load"] >= 1.5 * mem["whole_model_fp32"]  # the model and its bf16 file
 
 
 def test_cli_plan_prints_and_writes_json(tiny_model_dir, text_file, tmp_path, capsys):

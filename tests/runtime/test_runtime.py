@@ -23,6 +23,7 @@ from armor_export.errors import (
     NonFiniteOutputError,
     ShapeError,
 )
+from armor_export.export_manifest import seal
 from armor_export.io import sha256_file
 from armor_export.runtime import GenerationConfig, Generator, Sampler, SamplingConfig
 from armor_export.runtime import session as session_module
@@ -70,7 +71,7 @@ def edited_export(export_dir, tmp_path):
         path = folder / "export_manifest.json"
         manifest = json.loads(path.read_text())
         manifest.update(fields)
-        path.write_text(json.dumps(manifest))
+        path.write_text(json.dumps(seal(manifest)))  # edited on purpose: resealed
         return folder
 
     return edit
@@ -243,7 +244,7 @@ def test_float16_export_feeds_float16_past(export_dir, tmp_path, monkeypatch):
     onnx.save(model, folder / "model.onnx")
     manifest = json.loads((folder / "export_manifest.json").read_text())
     manifest["sha256"]["model.onnx"] = sha256_file(folder / "model.onnx")  # converted on purpose
-    (folder / "export_manifest.json").write_text(json.dumps({**manifest, "dtype": "float16"}))
+    (folder / "export_manifest.json").write_text(json.dumps(seal({**manifest, "dtype": "float16"})))
 
     generator = Generator(folder, threads=1)
     recorder = recorded(generator, monkeypatch)

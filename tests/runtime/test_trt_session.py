@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from armor_export.errors import BackendUnavailableError, ConfigError
+from armor_export.export_manifest import seal
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
 
@@ -181,7 +182,7 @@ def test_an_engine_that_is_not_the_built_one_is_refused(export_with_engine, copy
 def test_a_bfloat16_export_is_refused_before_the_engine_is_read(export_with_engine, copy_of):
     export = copy_of(export_with_engine)
     manifest = export / "export_manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "dtype": "bfloat16"}))
+    manifest.write_text(json.dumps(seal({**json.loads(manifest.read_text()), "dtype": "bfloat16"})))
     message = refusal(export)
     assert "tensorrt runtime feeds numpy arrays, which have no bfloat16" in message
 

@@ -22,7 +22,7 @@ pytest.importorskip("polygraphy")
 from armor_export.cli.main import main  # noqa: E402
 from armor_export.config import VerifyConfig  # noqa: E402
 from armor_export.errors import BackendUnavailableError, CorruptFileError  # noqa: E402
-from armor_export.export_manifest import ExportManifest, Limits  # noqa: E402
+from armor_export.export_manifest import ExportManifest, Limits, seal  # noqa: E402
 from armor_export.verify import verify  # noqa: E402
 from armor_export.verify.inputs import prefill_feed, valid_positions  # noqa: E402
 
@@ -93,7 +93,7 @@ def test_tampered_graph_fails_and_keeps_its_report(tiny_export, tmp_path):
     # only the comparison with PyTorch can catch it
     manifest = json.loads((broken / "export_manifest.json").read_text())
     manifest["sha256"]["model.onnx"] = sha256_file(broken / "model.onnx")
-    (broken / "export_manifest.json").write_text(json.dumps(manifest))
+    (broken / "export_manifest.json").write_text(json.dumps(seal(manifest)))
     code = main(["verify", str(broken), "--report-dir", str(tmp_path / "report")])
     assert code == 1
     data = json.loads((tmp_path / "report" / "verify_report.json").read_text())
@@ -213,6 +213,31 @@ def test_an_edited_graph_is_refused_before_it_is_compared(tiny_export, tmp_path,
     assert data["passed"] is False and "sha256 differs" in data["error"]
 
 
+@pytest.mark.fault(
+    "verify",
+    "an export whose export_manifest.json was edited by hand (max_context raised)",
+    "one error line naming export_manifest.json, no traceback, exit 1",
+)
+def test_an_edited_manifest_is_refused(tiny_export, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_export.output_dir, edited)
+    manifest = json.loads((edited / "export_manifest.json").read_text())
+    manifest["limits"]["max_context"] *= 2
+    (edited / "export_manifest.json").write_text(json.dumps(manifest, indent=2))
+    code = main(["verify", str(edited), "--report-dir", str(tmp_path / "report")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("armor-export verify: error: ")
+    assert f"{edited / 'export_manifest.json'} is not the manifest this export wrote" in line
+    # the same content in another spelling (key order, indentation) is the same manifest
+    (edited / "export_manifest.json").write_text(
+        json.dumps(json.loads(json.dumps(tiny_export.manifest)), sort_keys=True)
+    )
+    assert ExportManifest.read(edited).limits == ExportManifest.read(tiny_export.output_dir).limits
+
+
 def truncated_copy(export_dir: Path, out: Path) -> Path:
     """A copy whose model.onnx lost its second half, with the manifest's sha256 rewritten
     so the hash check passes and loading the graph is what fails."""
@@ -221,7 +246,7 @@ def truncated_copy(export_dir: Path, out: Path) -> Path:
     onnx_path.write_bytes(onnx_path.read_bytes()[: onnx_path.stat().st_size // 2])
     manifest = json.loads((out / "export_manifest.json").read_text())
     manifest["sha256"]["model.onnx"] = sha256_file(onnx_path)
-    (out / "export_manifest.json").write_text(json.dumps(manifest))
+    (out / "export_manifest.json").write_text(json.dumps(seal(manifest)))
     return out
 
 
