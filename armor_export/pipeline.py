@@ -117,10 +117,13 @@ def _build(cfg: BuildConfig, reporter: Reporter | None, force: tuple) -> BuildRe
     result = BuildResult(out)
     try:
         _run_stages(cfg, reporter, force, result)
-    except UserError:
-        _write_report(cfg, result)  # a failed stage: the report shows what exists
+    except (UserError, KeyboardInterrupt) as exc:
+        # a failed or interrupted stage: the report shows what exists, and the exception
+        # carries the stages so far (the CLI prints their summary above the error line)
+        _write_report(cfg, result)
         if result.report is not None:
             log.info("build report: %s", result.report)
+        exc.build_result = result
         raise
     # passed: nothing failed and every selected stage was reached (a failure stops the loop)
     reached = {s.name for s in result.stages}

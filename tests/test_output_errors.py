@@ -110,7 +110,8 @@ def test_a_real_read_only_folder_is_one_line(tiny_model_dir, text_file, tmp_path
     "build",
     "no space left on device in the export stage (the ONNX writer failing with ENOSPC)",
     "one line naming the export folder; build_manifest.json records the stage as failed with "
-    "that line, and the build's report is still written (Build FAILED: export: ...)",
+    "that line, and the build's summary table and report are still written (Build FAILED: "
+    "export: ...)",
 )
 def test_a_full_disk_in_a_stage_is_a_recorded_failed_stage(
     tiny_checkpoint, tmp_path, capsys, monkeypatch
@@ -125,7 +126,11 @@ def test_a_full_disk_in_a_stage_is_a_recorded_failed_stage(
     toml = tmp_path / "build.toml"
     toml.write_text(f'model = "{tiny_checkpoint}"\noutput_dir = "{out}"\nstages = ["export"]\n')
     assert main(["build", "--config", str(toml)]) == 1
-    line = the_error_line(capsys.readouterr().err, "build")
+    captured = capsys.readouterr()
+    line = the_error_line(captured.err, "build")
+    # the summary comes before the error line: the stages so far and where the report is
+    assert "armor-export build:" in captured.out and "failed" in captured.out, captured.out
+    assert f"report: {out / 'report' / 'report.html'}" in captured.out, captured.out
     message = (
         f"no space left on device writing {out / 'onnx'}: free some space, or choose another "
         "output folder"

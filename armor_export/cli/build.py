@@ -75,13 +75,32 @@ def config_from_args(args):
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.table import Table
 
+    from armor_export.errors import UserError
     from armor_export.pipeline import build
     from armor_export.progress import RichReporter
 
     cfg, force = config_from_args(args)
-    result = build(cfg, RichReporter(), force)
+    console = Console(soft_wrap=True)
+    try:
+        result = build(cfg, RichReporter(), force)
+    except (UserError, KeyboardInterrupt) as exc:
+        # the stages so far and the report's path, then main's one error line
+        partial = getattr(exc, "build_result", None)
+        if partial is not None:
+            _print_summary(console, partial)
+        raise
+    _print_summary(console, result)
+    console.print(
+        result.verdict(), style="bold green" if result.passed else "bold red", markup=False
+    )
+    return 0 if result.passed else 1
+
+
+def _print_summary(console, result) -> None:
+    """The stage table and where the report is (or why there is none)."""
+    from rich.table import Table
+
     table = Table(title=f"armor-export build: {result.output_dir}")
     for col in ("stage", "status", "seconds", "detail"):
         table.add_column(col)
@@ -89,13 +108,8 @@ def run(args) -> int:
         color = {"done": "green", "failed": "red"}.get(stage.status, "dim")
         table.add_row(stage.name, f"[{color}]{stage.status}[/]",
                       f"{stage.seconds:.0f}" if stage.seconds else "", stage.detail)  # fmt: skip
-    console = Console(soft_wrap=True)
     console.print(table)
     if result.report is not None:
         console.print(f"report: {result.report}", markup=False, highlight=False)
     else:
         console.print(f"no report: {result.report_error}", style="yellow", markup=False)
-    console.print(
-        result.verdict(), style="bold green" if result.passed else "bold red", markup=False
-    )
-    return 0 if result.passed else 1
