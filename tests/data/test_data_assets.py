@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import json
 import subprocess
 from pathlib import Path
 
@@ -168,3 +169,85 @@ def test_wikipedia_text_real_fetch(tmp_cache):
     for junk in ("{{", "[[", "<ref", "thumb|"):
         assert junk not in text
     assert (tmp_cache / "text" / "wikipedia.txt").is_file()
+
+
+# --- prepared assets are keyed on their recipe (#24 item 8) ----------------------------------
+
+
+def _fake_registry(monkeypatch, raw: dict[str, bytes]):
+    """``fetch_registry_file`` writes the given bytes for each member (no registry)."""
+
+    def fetch(item, target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(raw[item.member])
+        return target
+
+    monkeypatch.setattr(assets, "fetch_registry_file", fetch)
+
+
+@pytest.mark.fault(
+    "assets",
+    "a cached Botchan text prepared by another version of the cleaning code (or by hand)",
+    "it is prepared again from the download, and the rerun reads the text this version makes",
+)
+def test_a_text_prepared_by_another_recipe_is_prepared_again(tmp_cache, monkeypatch):
+    _fake_registry(monkeypatch, {assets._BOTCHAN.member: GUTENBERG.encode()})
+    want = assets._clean_botchan(GUTENBERG)
+    clean = tmp_cache / "text" / "botchan.txt"
+    clean.parent.mkdir(parents=True)
+    clean.write_text("text an older cleaning rule made\n")  # a cache from before the stamps
+    assert assets.botchan_text() == want
+    recipe = json.loads((tmp_cache / "text" / "botchan.txt.recipe.json").read_text())
+    assert recipe["requirement"] == assets._BOTCHAN.requirement and recipe["code"]
+    # another recipe: the stamp names other code
+    clean.write_text("stale\n")
+    stamp = tmp_cache / "text" / "botchan.txt.recipe.json"
+    stamp.write_text(json.dumps({**recipe, "code": "0" * 16, "output_sha256": "x"}))
+    assert assets.botchan_text() == want
+    # an edited text under a current stamp: its bytes are not the ones the recipe made
+    clean.write_text("edited\n")
+    assert assets.botchan_text() == want
+
+
+def test_a_current_prepared_text_is_reused(tmp_cache, monkeypatch):
+    _fake_registry(monkeypatch, {assets._BOTCHAN.member: GUTENBERG.encode()})
+    first = assets.botchan_text()
+    calls = []
+    monkeypatch.setattr(assets, "_clean_botchan", lambda raw: calls.append(raw) or "x")
+    monkeypatch.setattr(assets, "_code_hash", lambda *fns: "same")  # the recipe is unchanged
+    stamp = tmp_cache / "text" / "botchan.txt.recipe.json"
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "code": "same"}))
+    assert assets.botchan_text() == first and calls == []
+
+
+@pytest.mark.fault(
+    "assets",
+    "a cached SmolLM2 folder converted by another version of the converter or of transformers",
+    "it is converted again from the GGUF; a folder converted by this recipe is reused as is",
+)
+def test_a_model_converted_by_another_recipe_is_converted_again(tmp_cache, monkeypatch):
+    _fake_registry(monkeypatch, {assets._SMOLLM2_GGUF.member: b"GGUF bytes"})
+    conversions = []
+
+    def convert(gguf, out_dir):
+        conversions.append(gguf)
+        for name in assets._MODEL_FILES:
+            (out_dir / name).write_text(f"converted {name}")
+
+    monkeypatch.setattr(assets, "_convert_gguf", convert)
+    target = tmp_cache / "models" / assets.MODEL_NAME
+    target.mkdir(parents=True)
+    for name in assets._MODEL_FILES:
+        (target / name).write_text(f"old {name}")  # converted before recipes were recorded
+    assert assets.default_model_dir() == target
+    assert len(conversions) == 1
+    assert (target / "model.safetensors").read_text() == "converted model.safetensors"
+    recipe = json.loads((target.parent / f"{assets.MODEL_NAME}.recipe.json").read_text())
+    assert set(recipe["libraries"]) == set(assets._CONVERTER_LIBRARIES)
+    assert assets.default_model_dir() == target and len(conversions) == 1  # current: reused
+    # another transformers (its GGUF dequantiser) is another recipe
+    monkeypatch.setattr(
+        assets, "_CONVERTER_LIBRARIES", (*assets._CONVERTER_LIBRARIES, "armor-export")
+    )
+    assert assets.default_model_dir() == target and len(conversions) == 2
+    assert not list(target.parent.glob(".*stale*"))  # the old folder is gone
