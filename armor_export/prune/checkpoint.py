@@ -22,7 +22,7 @@ from torch import nn
 
 from armor_export import __version__
 from armor_export.errors import CorruptFileError
-from armor_export.io import read_json, sha256_file, write_json, write_tensors
+from armor_export.io import read_json, sha256_file, write_json
 from armor_export.prune import masks
 from armor_export.prune.jobs import MatrixResult
 from armor_export.prune.linear import ArmorLinear, set_submodule
@@ -86,11 +86,17 @@ def save_checkpoint(
             state[f"{name}.b_blocks"] = res.b_blocks
         block = int(res.a_blocks.shape[-1]) if res.is_armor else None
         matrices[name] = _matrix_entry(list(res.core.shape), block, res.metrics)
-    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
     model.config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    write_tensors(out / WEIGHTS, state, {"format": FORMAT})
+    # written one tensor at a time from the model's own storage: a copy of the state (and
+    # safetensors' bytes of all of it) was the in-memory prune's peak, ~2x the model (#24)
+    from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
+
+    entries = [
+        TensorEntry(key, t.dtype, tuple(t.shape), (lambda t=t: t)) for key, t in state.items()
+    ]
+    write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
     _write_manifest(out, matrices, manifest_extra)
     return out
 

@@ -432,8 +432,9 @@ def test_windows_beyond_the_models_positions_are_refused(
 
 
 def full_disk(monkeypatch, when):
-    """safetensors' writer fails as it does on a full disk (its Rust writer reports the I/O
-    error as text) for the temporary files whose name ``when`` accepts."""
+    """safetensors' writer (job results) and the streaming writer (checkpoints) fail as they
+    do on a full disk (the Rust writer reports the I/O error as text) for the temporary files
+    whose name ``when`` accepts."""
     import safetensors.torch
     from safetensors import SafetensorError
 
@@ -447,6 +448,23 @@ def full_disk(monkeypatch, when):
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+
+    # the checkpoint is streamed by our own writer: its write fails as a full disk's does
+    import errno
+
+    from armor_export.prune import lazy
+
+    real_atomic = lazy.atomic_path
+
+    def atomic_path(path, write):
+        def failing(tmp):
+            if when(os.path.basename(tmp)):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return write(tmp)
+
+        return real_atomic(path, failing)
+
+    monkeypatch.setattr(lazy, "atomic_path", atomic_path)
 
 
 @pytest.mark.fault(
