@@ -43,6 +43,7 @@ def init(device: str) -> Ranks:
     """Join the process group (gloo on CPU, nccl on CUDA); long timeout for calibration."""
     import torch.distributed as dist
 
+    _die_with_launcher()
     if not dist.is_initialized():
         # calibration statistics stay on the CPU: gloo carries them even next to nccl
         backend = "cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo"
@@ -55,6 +56,24 @@ def init(device: str) -> Ranks:
     # share this machine's cores between its ranks (torch would give each rank all of them)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_world))
     return ranks
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun, a rank gets SIGTERM (handled as Ctrl-C: finished jobs are kept) when
+    the launcher dies, ``kill -9`` included; torchrun starts each rank in a session of its own,
+    so nothing else would stop it. The launcher's agent starts the ranks from its main thread,
+    which lives as long as torchrun does (the kernel's "parent" for PR_SET_PDEATHSIG). A
+    launcher that died before this call left the rank to init (pid 1)."""
+    import signal
+
+    from armor_export import lifetime
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # another launcher: its own rules
+        return
+    parent = os.getppid()
+    if parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    lifetime.die_with_parent(parent, signal.SIGTERM)
 
 
 def barrier() -> None:

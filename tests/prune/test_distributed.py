@@ -155,3 +155,38 @@ def test_relaunch_after_a_kill_redoes_no_finished_job(
     single.output_dir = str(tmp_path / "single")
     api.prune(single)
     assert_same_checkpoints(out, tmp_path / "single")
+
+
+@pytest.mark.fault(
+    "prune",
+    "the torchrun launcher of a prune killed with SIGKILL mid-run (its ranks run in sessions "
+    "of their own)",
+    "every rank stops within a minute (SIGTERM from the kernel, handled as Ctrl-C); no "
+    "checkpoint is written",
+)
+def test_ranks_die_with_a_killed_launcher(tiny_model_dir, text_file, tmp_path, one_torch_thread):
+    out = tmp_path / "dist"
+    config = write_config(tmp_path / "d.toml", tiny_model_dir, text_file, out, iterations=400)
+    jobs = out / "work" / "jobs"
+    proc = torchrun(config)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            if jobs.is_dir() and len(list(jobs.glob("*.safetensors"))) >= 1:
+                break
+            time.sleep(0.05)
+        ranks = [pid for pid in descendants(proc.pid) if _alive(pid)]
+        assert ranks and proc.poll() is None, "the kill should land mid-run"
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in ranks if _alive(pid)]
+        assert not left, f"ranks outlived their launcher: {left}"
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert not (out / "armor_manifest.json").exists()
