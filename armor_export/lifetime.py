@@ -80,9 +80,9 @@ def multiprocessing_parent() -> int | None:
     return None if parent is None else parent.pid
 
 
-def watch_parent(fd: int, folder: str | Path | None) -> None:
+def watch_parent(fd: int, *folders: str | Path) -> None:
     """In a child: when ``fd`` (the read end of a pipe only the parent writes to) reaches
-    end of file, i.e. the parent has exited, remove ``folder`` and exit at once.
+    end of file, i.e. the parent has exited, remove ``folders`` and exit at once.
 
     A thread, not a signal handler: the main thread may be inside a long native call (a
     TensorRT build releases the GIL), where a Python signal handler would wait for it.
@@ -94,7 +94,7 @@ def watch_parent(fd: int, folder: str | Path | None) -> None:
                 pass
         except OSError:
             pass
-        if folder is not None:
+        for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         os._exit(EXIT_ORPHANED)
 

@@ -65,6 +65,7 @@ class CollectingLogger:
     trt: object
     log_path: Path | None = None
     messages: list[tuple[str, str]] = field(default_factory=list)
+    log_error: OSError | None = None  # why the log file stopped being written
 
     def make(self):
         trt = self.trt
@@ -78,8 +79,12 @@ class CollectingLogger:
                 level = str(severity).rsplit(".", 1)[-1]
                 outer.messages.append((level, msg))
                 if outer.log_path is not None:
-                    with outer.log_path.open("a") as f:
-                        f.write(f"[{level}] {msg}\n")
+                    try:
+                        with outer.log_path.open("a") as f:
+                            f.write(f"[{level}] {msg}\n")
+                    except OSError as exc:  # a full disk: the build goes on, and its
+                        # own write then fails with the error that names the engine
+                        outer.log_error, outer.log_path = exc, None
 
         return _Logger()
 

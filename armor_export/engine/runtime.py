@@ -254,10 +254,12 @@ def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None,
 
     The child does not outlive this process: it reads a pipe whose only write end is here,
     and when this process exits (``kill -9`` included) it removes ``scratch`` (a folder of the
-    caller's that holds what the child writes; else the child's own temporary folder) and
+    caller's that holds what the child writes) and the request's temporary folder, and
     exits. An interrupt here (Ctrl-C, SIGTERM) kills the child before the folder goes.
     """
-    with tempfile.TemporaryDirectory(prefix="armor-child-", dir=scratch) as tmp:
+    # the request and reply live in the system's temporary folder, not in ``scratch``: an
+    # output folder on a full disk must not swallow the child's report of that very error
+    with tempfile.TemporaryDirectory(prefix="armor-child-") as tmp:
         request, reply = Path(tmp) / "request.pkl", Path(tmp) / "reply.pkl"
         request.write_bytes(pickle.dumps((stage, target.__module__, target.__qualname__, args)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -270,15 +272,16 @@ def run_in_child(stage: str, target, args: tuple, log_path: Path | None = None,
         try:
             child = subprocess.run(  # kills the child on any exception here, then waits
                 [sys.executable, "-m", "armor_export.engine.child", str(request), str(reply),
-                 str(watched), str(scratch or tmp)],
+                 str(watched), str(scratch or tmp), tmp],
                 env=env, pass_fds=(watched,), check=False,
             )  # fmt: skip
         finally:
             os.close(watched)
             os.close(alive)
-        if not reply.is_file():
-            raise NativeCrashError(crash_message(stage, child.returncode, log_path))
-        message = pickle.loads(reply.read_bytes())
+        try:
+            message = pickle.loads(reply.read_bytes())
+        except (OSError, EOFError, pickle.UnpicklingError):  # none, or cut short: it died
+            raise NativeCrashError(crash_message(stage, child.returncode, log_path)) from None
     if message[0] == "ok":
         return message[1]
     if message[0] == "user-error":

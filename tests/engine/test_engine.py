@@ -113,3 +113,25 @@ def test_cli_engine(tiny_export, tmp_path, capsys):
     assert "TensorRT-RTX" in out and "SPARSE_WEIGHTS | off" in out
     assert f"builder log: {tmp_path / 'builder.log'}" in out
     assert main(["engine", str(tmp_path / "none")]) == 1
+
+
+@pytest.mark.fault(
+    "engine",
+    "a real engine build into a 64 KiB tmpfs that fills up as the engine is written",
+    "exit 1 and one line: no space left on device writing <a file in the engine folder>: "
+    "free some space, or choose another output folder",
+)
+def test_a_real_full_disk_while_writing_the_engine_is_one_line(tiny_export, tmp_path):
+    import sys
+
+    from tests.test_output_errors import run_with_mounts, the_error_line
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    argv = [sys.executable, "-m", "armor_export", "engine", str(tiny_export.output_dir),
+            "-o", str(disk / "engine"), "--no-sparse"]  # fmt: skip
+    run = run_with_mounts(f"mount -t tmpfs -o size=64k tmpfs {disk}", argv)
+    assert run.returncode == 1, run.stderr
+    line = the_error_line(run.stderr, "engine")
+    assert f"no space left on device writing {disk / 'engine'}" in line, line
+    assert line.endswith(": free some space, or choose another output folder"), line
