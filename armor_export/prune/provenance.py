@@ -123,16 +123,17 @@ def inputs_key(cfg: PruneConfig) -> str:
     method = methods.get(cfg.method)
     batches: list[torch.Tensor] = []
     if method.needs_statistics:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         from armor_export.prune.api import calibration_batches
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolved)
+            model_config = AutoConfig.from_pretrained(resolved)
         except (OSError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{cfg.model}: cannot load its tokenizer ({first})") from None
-        batches = calibration_batches(tokenizer, cfg)
+            raise UserError(f"{cfg.model}: cannot load its tokenizer or config ({first})") from None
+        batches = calibration_batches(tokenizer, cfg, model_config)
     return statistics_key(model_digest(resolved), batches, method.needs_gram)
 
 
