@@ -15,7 +15,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
-AREAS = ("prune", "load", "config", "export", "build", "engine", "verify", "runtime", "report")
+AREAS = (
+    "prune",
+    "plan",
+    "load",
+    "assets",
+    "config",
+    "export",
+    "build",
+    "engine",
+    "verify",
+    "runtime",
+    "report",
+)
 
 
 @dataclass(frozen=True)
