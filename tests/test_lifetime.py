@@ -129,8 +129,13 @@ def workers_of(proc: subprocess.Popen, seen: dict[int, str]) -> list[int]:
 
 
 def slow_prune_args(model_dir, text_file, out) -> list[str]:
-    """Two workers and ARMOR jobs long enough to be stopped half way."""
-    return ["prune", "--model", str(model_dir), "--method", "armor", "--block-size", "16",
+    """Two workers and ARMOR jobs long enough to be stopped half way: no early stop (a job
+    that stalls would end after 20 iterations, and on a loaded machine the whole prune could
+    end before the test's signal)."""
+    recipe = Path(out).parent / "slow.toml"
+    recipe.write_text("[armor]\npatience = 100000\ncompile = false\n")
+    return ["prune", "--config", str(recipe), "--model", str(model_dir), "--method", "armor",
+            "--block-size", "16",
             "--iterations", "5000", "--calib-text", str(text_file), "--calib-samples", "4",
             "--calib-seqlen", "32", "--workers", "2", "--batch-same-shape", "off",
             "-o", str(out)]  # fmt: skip
