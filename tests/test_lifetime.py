@@ -89,6 +89,13 @@ def remember(seen: dict[int, str], pids: list[int]) -> list[int]:
     return pids
 
 
+def _default_sigint() -> None:
+    """Ctrl-C's default action in the command, as in a terminal: a suite started in the
+    background by a non-interactive shell runs with SIGINT ignored, which its children
+    inherit (the command then rightly ignores Ctrl-C, and the Ctrl-C test cannot test it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def command(args: list[str], tmp_path: Path, **env):
     """``python -m armor_export ARGS`` in a session of its own, stderr to a file (an orphan
@@ -99,6 +106,7 @@ def command(args: list[str], tmp_path: Path, **env):
             [sys.executable, "-m", "armor_export", *args],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env},
+            preexec_fn=_default_sigint,
         )  # fmt: skip
     seen: dict[int, str] = {}
     try:
