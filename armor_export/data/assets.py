@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO
 
 from armor_export.errors import AssetError, CorruptFileError
+from armor_export.io import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +145,6 @@ def _code_hash(*functions) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recipe(item: RegistryFile, source: Path, code: str, libraries: tuple[str, ...] = ()) -> dict:
     """What a prepared asset is made from: the registry file, its bytes, the preparing code
     and the versions of the libraries it calls."""
@@ -164,7 +157,7 @@ def _recipe(item: RegistryFile, source: Path, code: str, libraries: tuple[str, .
     return {
         "requirement": item.requirement,
         "member": item.member,
-        "source_sha256": _sha256(source),
+        "source_sha256": sha256_file(source),
         "code": code,
         "libraries": versions,
     }
@@ -186,7 +179,7 @@ def _is_current(prepared: Path, recipe: dict, output_sha256: bool) -> bool:
         return False
     if {k: recorded.get(k) for k in recipe} != recipe:
         return False
-    return not output_sha256 or recorded.get("output_sha256") == _sha256(prepared)
+    return not output_sha256 or recorded.get("output_sha256") == sha256_file(prepared)
 
 
 def _stamp(prepared: Path, recipe: dict, output_sha256: bool) -> None:
@@ -194,7 +187,7 @@ def _stamp(prepared: Path, recipe: dict, output_sha256: bool) -> None:
     without its stamp, e.g. after a kill, is prepared again)."""
     record = dict(recipe)
     if output_sha256:
-        record["output_sha256"] = _sha256(prepared)
+        record["output_sha256"] = sha256_file(prepared)
     _write_text_atomic(_recipe_path(prepared), json.dumps(record, indent=2, sort_keys=True))
 
 
