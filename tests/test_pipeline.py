@@ -68,7 +68,7 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
 
 def test_build_says_exactly_what_was_checked(tiny_checkpoint, tmp_path, capsys):
     """The final line and verify_report.json name the comparisons and the shipped engine."""
-    from armor_export.engine.runtime import cuda_gpus
+    from armor_export.runtime.trt_session import cuda_gpus
 
     gpus, no_gpu = cuda_gpus()
     if gpus:

@@ -21,7 +21,7 @@ JUNIT=${OUT:+--junitxml=$OUT/gpu_check.xml}
   "$PYTHON" - <<'PY'
 import importlib
 
-from armor_export.engine.runtime import cuda_gpus
+from armor_export.runtime.trt_session import cuda_gpus
 
 gpus, why = cuda_gpus()
 print("CUDA GPUs:", ", ".join(gpus) if gpus else why)

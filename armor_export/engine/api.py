@@ -56,7 +56,8 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     a child whose parent was killed publishes nothing, and removes its working folder.
     """
     from armor_export.engine.backends import backend_spec, load_backend
-    from armor_export.engine.runtime import BUILDER_LOG, run_in_child
+    from armor_export.engine.child import run_in_child
+    from armor_export.engine.folder import BUILDER_LOG
     from armor_export.locks import hold
 
     cfg.validate()
@@ -101,7 +102,7 @@ def _publish(built: Path, out: Path) -> None:
 
 
 def output_dir(cfg: EngineConfig) -> Path:
-    from armor_export.engine.runtime import DEFAULT_ENGINE_DIR
+    from armor_export.engine.folder import DEFAULT_ENGINE_DIR
 
     return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / DEFAULT_ENGINE_DIR
 
@@ -113,7 +114,7 @@ def build_engine_here(
     export manifest ``build_engine`` has read and checked. The engine and its reports are
     written to ``folder`` (default: the output folder), the builder log to the output folder."""
     from armor_export.engine.backends import backend_spec, load_backend
-    from armor_export.engine.runtime import BUILDER_LOG
+    from armor_export.engine.folder import BUILDER_LOG
 
     export_dir = Path(cfg.export_dir)
     out = output_dir(cfg)
@@ -184,7 +185,7 @@ def _parse(trt, cfg: EngineConfig, manifest: ExportManifest, export_dir: Path, l
 
 
 def _load_plugin(trt, cfg: EngineConfig, manifest: ExportManifest) -> dict | None:
-    from armor_export.engine.runtime import load_plugin_library
+    from armor_export.engine.backends import load_plugin_library
 
     plugin = manifest.plugin
     if manifest.lowering != "plugin":
@@ -368,7 +369,7 @@ NO_INSPECTOR = {
 
 def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out):
     from armor_export import __version__
-    from armor_export.engine.runtime import BUILDER_LOG, export_binding
+    from armor_export.engine.folder import BUILDER_LOG, export_binding
 
     sparsity = {
         **sparsity_from_log(logger.messages),

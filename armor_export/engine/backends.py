@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armor_export.config import ENGINE_BACKEND_ALIASES, TENSORRT, TENSORRT_RTX
-from armor_export.errors import BackendUnavailableError
+from armor_export.errors import BackendUnavailableError, UserError
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,35 @@ def _loaded_library_dir(stem: str) -> str | None:
     except OSError:
         return None
     return None
+
+
+class PluginLibraryError(UserError):
+    """The plugin library is missing or the backend's plugin registry refuses it."""
+
+
+# (backend module, resolved path) -> the registry's handle: a second load_library of the
+# same file fails in TensorRT ("creator exists already"), so each file is loaded once
+_LOADED_PLUGINS: dict[tuple[str, str], object] = {}
+
+
+def load_plugin_library(trt, path: str | Path) -> None:
+    """Load ``path`` into ``trt``'s plugin registry, once per process."""
+    library = Path(path)
+    if not library.is_file():
+        raise PluginLibraryError(
+            f"{library}: no such plugin library (build plugins/, see its README)"
+        )
+    key = (trt.__name__, str(library.resolve()))
+    if key in _LOADED_PLUGINS:
+        return
+    handle = trt.get_plugin_registry().load_library(str(library))
+    if handle is None:
+        raise PluginLibraryError(
+            f"{library}: {trt.__name__} {trt.__version__}'s plugin registry refused it "
+            "(not a TensorRT plugin library, or built against another TensorRT)"
+        )
+    _LOADED_PLUGINS[key] = handle
+
+
+def loaded_plugin_libraries() -> list[str]:
+    return [path for _, path in _LOADED_PLUGINS]

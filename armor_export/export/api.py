@@ -97,8 +97,8 @@ def export_onnx(
     """Export ``cfg.model`` (or the given ``model``) to ``cfg.output_dir``; checks included."""
     from armor_export.export import checks, lowering
     from armor_export.export.wrapper import DecoderSpec, DecoderWithCache
+    from armor_export.memory import trim_heap
     from armor_export.models.registry import adapter_for
-    from armor_export.prune.lazy import trim_heap
 
     cfg.validate()
     check_apart(cfg.output_dir, {"checkpoint": cfg.model}, "export")

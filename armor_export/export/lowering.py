@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from armor_export.export import reference
-from armor_export.prune.lazy import trim_heap
+from armor_export.memory import trim_heap
 from armor_export.prune.linear import ArmorLinear, set_submodule
 
 CORE_SUFFIX = "sparse_core"

@@ -205,7 +205,7 @@ def prune(cfg: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     lazy = None
     if cfg.low_memory:
         from armor_export.data.models import load_lazy_model_and_tokenizer
-        from armor_export.prune.lazy import bound_heap
+        from armor_export.memory import bound_heap
 
         bound_heap()  # calibration frees a layer's weights and activations after each layer
         lazy, tokenizer = load_lazy_model_and_tokenizer(cfg.model)

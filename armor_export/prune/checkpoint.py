@@ -191,7 +191,7 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     :class:`CorruptFileError` naming the file and the matrix.
     """
     from armor_export.data.models import check_finite
-    from armor_export.prune.lazy import trim_heap
+    from armor_export.memory import trim_heap
 
     path = Path(path)
     manifest = read_checkpoint_manifest(path)

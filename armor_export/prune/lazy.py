@@ -22,6 +22,7 @@ from torch import nn
 
 from armor_export.errors import CorruptFileError
 from armor_export.io import atomic_path
+from armor_export.memory import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -198,48 +199,6 @@ def release(root: nn.Module) -> None:
     """Drop the storage of every tensor under ``root`` (back to ``meta``)."""
     root.to("meta")
     trim_heap()
-
-
-def trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS only grows).
-
-    Calibration frees a layer's activations and weights after each layer; without this the
-    process's resident size creeps up by the allocator's leftovers. A no-op off glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-# glibc's mallopt parameter number for the mmap threshold (malloc.h)
-_M_MMAP_THRESHOLD = -3
-# Blocks from this size on get their own mapping, returned to the OS when freed. Measured on
-# one 8960x1536 ARMOR solve (#19): glibc's default (a threshold that grows to 32 MiB) let
-# the heap fragment, peak 1538 MiB; 4 MiB: 1195 MiB (64 KiB: the same peak, slower); the
-# solve took ~15 % longer (fresh pages are faulted in), so only low-memory runs use it.
-MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
-
-
-def bound_heap() -> None:
-    """Make freed large blocks go back to the OS at once (a no-op off glibc).
-
-    A process that allocates and frees many matrix-sized temporaries (calibration, ARMOR
-    solves) otherwise keeps the holes of a fragmented heap resident, and its peak RSS is
-    hundreds of MiB above what it ever holds at once.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass

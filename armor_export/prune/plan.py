@@ -115,7 +115,7 @@ def statistics_bytes(targets: dict, method: str) -> int:
 
 
 # Measured on one 8960x1536 fp32 ARMOR solve (block 64, #19, torch 2.13 CPU, glibc with
-# ``lazy.bound_heap``): the process peaks 772 MiB (eager) / 748 MiB (compiled) above its
+# ``memory.bound_heap``): the process peaks 772 MiB (eager) / 748 MiB (compiled) above its
 # runtime, the weight included: about 15 fp32 copies of the weight. The peak is in the
 # group step (eager) or the conjugate-gradient values step (compiled).
 JOB_WEIGHT_COPIES = 15

@@ -175,7 +175,7 @@ def probe_solves(cfg: PruneConfig, source, tasks: list, iterations: int, ranks: 
     if workers <= 1:
         threads = torch.get_num_threads()
         if cfg.low_memory:
-            from armor_export.prune.lazy import bound_heap
+            from armor_export.memory import bound_heap
 
             bound_heap()  # the prune's main process solves under it too
         run = probe_shapes(cfg, source, tasks, iterations)

@@ -39,7 +39,7 @@ def _init_worker(threads: int, method_modules: tuple[str, ...], low_memory: bool
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     if low_memory:
-        from armor_export.prune.lazy import bound_heap
+        from armor_export.memory import bound_heap
 
         bound_heap()
     # a method registered outside the built-ins (a user's module) registers in the worker too
@@ -54,7 +54,7 @@ def _method_modules() -> tuple[str, ...]:
 def _work(job: MatrixJob, cfg: PruneConfig) -> MatrixResult:
     result = run_job(job, cfg)
     if cfg.low_memory:  # the job's freed temporaries go back to the OS before the next one
-        from armor_export.prune.lazy import trim_heap
+        from armor_export.memory import trim_heap
 
         trim_heap()
     return result
@@ -102,7 +102,7 @@ def run_jobs(
                 on_result(result)
             del ready, results
             if cfg.low_memory:
-                from armor_export.prune.lazy import trim_heap
+                from armor_export.memory import trim_heap
 
                 trim_heap()
         return

@@ -3,7 +3,7 @@
 ``TensorRTSession(engine_path, backend, plugin_library)`` deserialises ``model.engine`` with
 the module that built it (``tensorrt`` or ``tensorrt_rtx``, same Python API), after loading
 the plugin library where the export has plugin nodes (once per process:
-``engine.runtime.load_plugin_library``). Each ``run`` sets the input shapes of the engine's
+``engine.backends.load_plugin_library``). Each ``run`` sets the input shapes of the engine's
 dynamic profile from the feeds (a prefill of any length on an empty KV cache, or one decode
 token on a cache of any length), copies the feeds into device buffers, runs
 ``execute_async_v3`` on its own CUDA stream and copies the outputs back as numpy arrays.
@@ -11,19 +11,41 @@ token on a cache of any length), copies the feeds into device buffers, runs
 Device memory and the stream come from cuda-python (``cuda.bindings.runtime``), NVIDIA's
 maintained CUDA binding: it links the CUDA runtime statically, so only the NVIDIA driver is
 needed beside it. This is the one engine-run path: ``generate --backend tensorrt`` opens it
-in-process, ``verify`` runs it in a child process (``engine.runtime.run_engine``).
+in-process, ``verify`` runs it in a child process (``run_engine`` through
+``engine.child.run_in_child``, so a native crash is an error).
 
-``open_engine_session`` refuses, in one line and before any CUDA call, an export without a
+Running an engine lives here and building one in ``engine/``: this module reads the engine
+folder's contract (``engine.folder``) and loads the backend and its plugin library
+(``engine.backends``); nothing in ``engine/`` imports the runtime.
+
+``runnable_engine`` (shared with ``verify``) and ``open_engine_session`` refuse, in one line
+and before any CUDA call, an export without a
 built engine, an engine of another export or TensorRT version, a missing plugin library or
 backend, a machine without a CUDA GPU of the engine's target, and a missing cuda-python.
 """
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from armor_export.engine.backends import (
+    CollectingLogger,
+    PluginLibraryError,
+    load_backend,
+    load_plugin_library,
+)
+from armor_export.engine.folder import (
+    DEFAULT_ENGINE_DIR,
+    ENGINE_FILE,
+    REPORT_JSON,
+    EngineMismatchError,
+    check_backend_version,
+    check_engine_belongs,
+)
 from armor_export.errors import BackendUnavailableError, CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest, Limits
 
@@ -94,9 +116,6 @@ class TensorRTSession:
     """One deserialised engine: named numpy inputs in, named numpy outputs out."""
 
     def __init__(self, engine_path: str | Path, backend: str, plugin_library: str = "") -> None:
-        from armor_export.engine.backends import CollectingLogger, load_backend
-        from armor_export.engine.runtime import EngineMismatchError, load_plugin_library
-
         trt = load_backend(backend)
         cudart = import_cudart()
         if plugin_library:
@@ -207,15 +226,8 @@ def open_engine_session(
     plugin_library: str = "",
 ) -> TensorRTSession:
     """The export's built engine (``<export>/engine`` unless ``engine_dir``), checked to belong
-    to it and to be runnable here (``engine.runtime.runnable_engine``), as a session whose
+    to it and to be runnable here (``runnable_engine``), as a session whose
     ``limits`` are the engine's own (never beyond the export's)."""
-    from armor_export.engine.runtime import (
-        DEFAULT_ENGINE_DIR,
-        ENGINE_FILE,
-        check_engine_belongs,
-        runnable_engine,
-    )
-
     export_dir = Path(export_dir)
     engine_dir = Path(engine_dir) if engine_dir else export_dir / DEFAULT_ENGINE_DIR
     if not (engine_dir / ENGINE_FILE).is_file():
@@ -234,8 +246,6 @@ def open_engine_session(
 
 def engine_limits(report: dict, manifest: ExportManifest, engine_dir: Path) -> Limits:
     """The limits the engine's profile was built for (its build report's), else the export's."""
-    from armor_export.engine.runtime import REPORT_JSON
-
     recorded = report.get("limits")
     if recorded is None:
         return manifest.limits
@@ -245,3 +255,84 @@ def engine_limits(report: dict, manifest: ExportManifest, engine_dir: Path) -> L
         raise CorruptFileError(
             f"{engine_dir / REPORT_JSON}: unreadable limits {recorded!r}: rebuild the engine"
         ) from None
+
+
+class EngineNotRun(BackendUnavailableError):
+    """The engine is there and belongs to the export, but cannot run on this machine."""
+
+
+def cuda_gpus() -> tuple[list[str], str]:
+    """The compute capabilities (``sm80``...) of the CUDA GPUs here, or ``([], reason)``.
+
+    Asks the driver (``libcuda``) directly: no CUDA Python package is needed to find out.
+    """
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return [], "no CUDA GPU (no NVIDIA driver: libcuda.so.1 not found)"
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or not count.value:
+        return [], "no CUDA GPU (the NVIDIA driver reports none)"
+    capabilities = []
+    for index in range(count.value):
+        major, minor = ctypes.c_int(0), ctypes.c_int(0)
+        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, index)  # COMPUTE_CAPABILITY_MAJOR
+        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, index)  # COMPUTE_CAPABILITY_MINOR
+        capabilities.append(f"sm{major.value}{minor.value}")
+    return capabilities, ""
+
+
+def not_run_reason(report: dict, gpus: list[str], gpu_reason: str) -> str:
+    """Why this engine cannot run here ("" when it can)."""
+    target = report.get("compute_capability", "")
+    if not gpus:
+        return gpu_reason or "no CUDA GPU"
+    if target.startswith("sm") and target not in gpus:
+        return f"built for {target}, this GPU is {', '.join(gpus)}"
+    return ""
+
+
+@dataclass(frozen=True)
+class RunnableEngine:
+    """An engine that passed ``runnable_engine``: what a session needs to load it."""
+
+    path: str
+    backend: str  # an engine backend name (config.ENGINE_BACKENDS)
+    plugin_library: str
+
+
+def runnable_engine(
+    engine_dir: Path, report: dict, manifest: ExportManifest, plugin_library: str = ""
+) -> RunnableEngine:
+    """The checks before an engine is loaded, shared by ``verify`` and the runtime: its plugin
+    library (``plugin_library``, else the one its build recorded) where the export has plugin
+    nodes, the backend that built it, importable and of the same version, and a CUDA GPU of
+    its target here; a one-line error naming what is missing otherwise."""
+    library = ""
+    if manifest.lowering == "plugin":
+        library = plugin_library or (report.get("plugin") or {}).get("library", "")
+        if not library or not Path(library).is_file():
+            raise PluginLibraryError(
+                f"the engine needs the {manifest.plugin.name} plugin library "
+                f"({library or 'none recorded'} is not a file): pass --plugin-library"
+            )
+    backend = report.get("config", {}).get("backend", "tensorrt-rtx")
+    trt = load_backend(backend)
+    check_backend_version(trt, report)
+    gpus, reason = cuda_gpus()
+    why = not_run_reason(report, gpus, reason)
+    if why:
+        built_for = report.get("compute_capability", "?")
+        raise EngineNotRun(f"engine built for {built_for}, not run: {why}")
+    return RunnableEngine(str(Path(engine_dir) / ENGINE_FILE), backend, library)
+
+
+def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) -> dict:
+    """Float32 outputs of the engine at ``engine_path`` for one feed, through the runtime's
+    ``TensorRTSession`` (the one engine-run path). Needs a CUDA GPU; run it in a child
+    (``run_in_child``) so a native crash is an error."""
+    import numpy as np
+
+    with TensorRTSession(engine_path, backend, plugin_library) as session:
+        outputs = session.run(feed)
+    return {name: np.asarray(value).astype(np.float32) for name, value in outputs.items()}

@@ -161,7 +161,7 @@ def load_reference(name: str, dtype: str):
 def engine_target(cfg: VerifyConfig, export_dir: Path, manifest: ExportManifest):
     """The engine to check (``cfg.engine_dir``, else ``<export>/engine`` when it holds one),
     after checking it belongs to this export; None when there is none."""
-    from armor_export.engine.runtime import DEFAULT_ENGINE_DIR, ENGINE_FILE, check_engine_belongs
+    from armor_export.engine.folder import DEFAULT_ENGINE_DIR, ENGINE_FILE, check_engine_belongs
     from armor_export.verify.runners import EngineTarget
 
     if cfg.engine_dir:

@@ -21,10 +21,10 @@ import numpy as np
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from armor_export.engine.runtime import EngineNotRun  # noqa: F401 (verify's name for it)
 from armor_export.errors import BackendUnavailableError
 from armor_export.export_manifest import ExportManifest
 from armor_export.memory import log_memory
+from armor_export.runtime.trt_session import EngineNotRun  # noqa: F401 (verify's name for it)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _ort_session(onnx_path: Path, providers: list[str], optimize: bool = True):
 def release_freed_memory() -> None:
     """Hand what a released model, session or graph freed back to the OS before the next
     runner (collected first: the objects may sit in reference cycles)."""
-    from armor_export.prune.lazy import trim_heap
+    from armor_export.memory import trim_heap
 
     gc.collect()
     trim_heap()
@@ -220,7 +220,7 @@ class EngineTarget:
 
 class EngineRunner(BaseRunner):
     """The shipped ``model.engine``, run with the backend that built it, one feed per child
-    process (``engine.runtime.run_in_child``): a TensorRT abort fails verify with a message."""
+    process (``engine.child.run_in_child``): a TensorRT abort fails verify with a message."""
 
     def __init__(self, engine: EngineTarget, manifest: ExportManifest, plugin_library: str):
         super().__init__(name=engine.name)
@@ -234,7 +234,9 @@ class EngineRunner(BaseRunner):
         return _metadata(self.manifest)  # the comparator checks every feed against it
 
     def infer_impl(self, feed_dict):
-        from armor_export.engine.runtime import ENGINE_FILE, run_engine, run_in_child
+        from armor_export.engine.child import run_in_child
+        from armor_export.engine.folder import ENGINE_FILE
+        from armor_export.runtime.trt_session import run_engine
 
         args = (str(self.engine.engine_dir / ENGINE_FILE), self.backend, self.plugin_library,
                 dict(feed_dict))  # fmt: skip
@@ -251,8 +253,8 @@ def engine_runner(onnx_path: Path, manifest: ExportManifest, engine: EngineTarge
     """The built engine, loaded with the runtime that built it (TensorRT-RTX or TensorRT)
     and the plugin library where the export has plugin nodes; EngineNotRun says why it
     cannot run here (no CUDA GPU, another compute capability). The checks are the runtime's
-    (``engine.runtime.runnable_engine``): ``generate --backend tensorrt`` refuses the same."""
-    from armor_export.engine.runtime import runnable_engine
+    (``runtime.trt_session.runnable_engine``): ``generate --backend tensorrt`` refuses the same."""
+    from armor_export.runtime.trt_session import runnable_engine
 
     if engine is None:
         raise BackendUnavailableError(

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from armor_export.engine.runtime import cuda_gpus
+from armor_export.runtime.trt_session import cuda_gpus
 
 GPUS, NO_GPU = cuda_gpus()
 pytestmark = pytest.mark.skipif(not GPUS, reason=f"needs a CUDA GPU to run an engine: {NO_GPU}")

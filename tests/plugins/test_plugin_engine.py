@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from armor_export.engine.runtime import NO_LIBRARY_LINKS
+from armor_export.engine.child import NO_LIBRARY_LINKS
 from tests.plugins.plugin_build import env_with_library_path
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")

@@ -17,11 +17,11 @@ from armor_export.export_manifest import seal
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
 
-from armor_export.engine import runtime  # noqa: E402
+from armor_export.engine import folder  # noqa: E402
 from armor_export.runtime import Generator, trt_session  # noqa: E402
 from tests.runtime.torch_free import assert_runs_without_torch  # noqa: E402
 
-GPUS, NO_GPU = runtime.cuda_gpus()
+GPUS, NO_GPU = trt_session.cuda_gpus()
 needs_no_gpu = pytest.mark.skipif(bool(GPUS), reason=f"a CUDA GPU is here ({GPUS})")
 
 
@@ -110,7 +110,7 @@ def test_the_cli_refuses_in_one_line_with_exit_1(export_with_engine, capsys):
 def test_a_gpu_of_another_compute_capability_is_refused(export_with_engine, monkeypatch):
     """The refusal happens before any CUDA call, so the GPU list is the only thing simulated
     (as in tests/verify: this machine has no GPU)."""
-    monkeypatch.setattr(runtime, "cuda_gpus", lambda: (["sm89"], ""))
+    monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm89"], ""))
     message = refusal(export_with_engine)
     assert message == "engine built for sm80, not run: built for sm80, this GPU is sm89"
 
@@ -147,7 +147,7 @@ def test_a_missing_tensorrt_module_gives_the_install_hint(export_with_engine, co
 )
 def test_missing_cuda_python_gives_the_install_hint(export_with_engine, monkeypatch):
     """On a GPU of the engine's target (simulated: the refusal comes before any CUDA call)."""
-    monkeypatch.setattr(runtime, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
     for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, module, None)
     message = refusal(export_with_engine)
@@ -162,7 +162,7 @@ def test_missing_cuda_python_gives_the_install_hint(export_with_engine, monkeypa
 )
 def test_an_engine_of_another_tensorrt_version_is_refused(export_with_engine, copy_of):
     export = copy_of(export_with_engine, versions={"tensorrt_rtx": "1.0.0.1"})
-    with pytest.raises(runtime.EngineMismatchError, match=r"built with TensorRT-RTX 1\.0\.0\.1"):
+    with pytest.raises(folder.EngineMismatchError, match=r"built with TensorRT-RTX 1\.0\.0\.1"):
         Generator(export, backend="tensorrt")
 
 
@@ -175,7 +175,7 @@ def test_an_engine_that_is_not_the_built_one_is_refused(export_with_engine, copy
     export = copy_of(export_with_engine)
     with (export / "engine" / "model.engine").open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(runtime.EngineMismatchError, match="sha256 differs"):
+    with pytest.raises(folder.EngineMismatchError, match="sha256 differs"):
         Generator(export, backend="tensorrt")
 
 

@@ -17,10 +17,11 @@ trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip inst
 
 from armor_export.cli.main import main  # noqa: E402
 from armor_export.config import EngineConfig, VerifyConfig  # noqa: E402
-from armor_export.engine import build_engine, runtime  # noqa: E402
+from armor_export.engine import backends, build_engine, child, folder  # noqa: E402
+from armor_export.runtime import trt_session  # noqa: E402
 from armor_export.verify import verify  # noqa: E402
 
-GPUS, NO_GPU = runtime.cuda_gpus()
+GPUS, NO_GPU = trt_session.cuda_gpus()
 needs_no_gpu = pytest.mark.skipif(bool(GPUS), reason=f"a CUDA GPU is here ({GPUS})")
 
 
@@ -76,7 +77,7 @@ def test_an_engine_of_another_export_is_refused(export_with_engine, tiny_fp16_ex
         engine_dir=str(export_with_engine / "engine"),
         report_dir=str(tmp_path),
     )
-    with pytest.raises(runtime.EngineMismatchError, match="built from another graph"):
+    with pytest.raises(folder.EngineMismatchError, match="built from another graph"):
         verify(cfg)
     assert (
         "built from another graph"
@@ -98,7 +99,7 @@ def test_an_engine_of_another_tensorrt_version_is_refused(export_with_engine, tm
     cfg = VerifyConfig(
         export_dir=str(export_with_engine), engine_dir=str(engine), report_dir=str(tmp_path)
     )
-    with pytest.raises(runtime.EngineMismatchError, match=r"built with TensorRT-RTX 1\.0\.0\.1"):
+    with pytest.raises(folder.EngineMismatchError, match=r"built with TensorRT-RTX 1\.0\.0\.1"):
         verify(cfg)
 
 
@@ -153,11 +154,11 @@ def test_a_plugin_engine_needs_its_library(tiny_plugin_export, tmp_path):
         "compute_capability": "sm80",
         "config": {"backend": "tensorrt-rtx"},
         "plugin": {"library": str(tmp_path / "gone.so")},
-        "engine_sha256": runtime._sha256(engine / "model.engine"),
-        **runtime.export_binding(export, manifest),
+        "engine_sha256": folder._sha256(engine / "model.engine"),
+        **folder.export_binding(export, manifest),
     }
     (engine / "build_report.json").write_text(json.dumps(report))
-    with pytest.raises(runtime.PluginLibraryError, match="gone.so is not a file"):
+    with pytest.raises(backends.PluginLibraryError, match="gone.so is not a file"):
         verify(VerifyConfig(export_dir=str(export), backends=["tensorrt"]))
 
 
@@ -190,8 +191,8 @@ def test_a_crash_while_running_the_engine_is_a_failed_check_not_a_dead_process(
     manifest = ExportManifest.read(export_with_engine)
     runner = EngineRunner(EngineTarget(export_with_engine / "engine", report), manifest, "")
     assert list(runner.get_input_metadata_impl()) == list(manifest.input_names)  # feeds checked
-    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")  # the child calls os.abort()
-    with pytest.raises(runtime.NativeCrashError, match=re.escape("(signal 6: SIGABRT)")):
+    monkeypatch.setenv(child.CRASH_HOOK, "engine run (verify)")  # the child calls os.abort()
+    with pytest.raises(child.NativeCrashError, match=re.escape("(signal 6: SIGABRT)")):
         runner.infer_impl({"input_ids": [[1]]})
 
 
@@ -207,10 +208,10 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
 ):
     """The whole verify path up to the engine child: a GPU of the engine's target is
     simulated (here there is none), the child really aborts through the runner's test hook."""
-    monkeypatch.setattr(runtime, "cuda_gpus", lambda: (["sm80"], ""))
-    monkeypatch.setenv(runtime.CRASH_HOOK, "engine run (verify)")
+    monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setenv(child.CRASH_HOOK, "engine run (verify)")
     cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path))
-    with pytest.raises(runtime.NativeCrashError, match=re.escape("engine run (verify) crashed")):
+    with pytest.raises(child.NativeCrashError, match=re.escape("engine run (verify) crashed")):
         verify(cfg)
     data = json.loads((tmp_path / "verify_report.json").read_text())
     assert data["passed"] is False and data["engine_executed"] is True
@@ -231,8 +232,8 @@ def test_loading_the_real_engine_without_a_gpu_fails_in_one_line(export_with_eng
 
     engine = export_with_engine / "engine" / "model.engine"
     feed = {"input_ids": np.zeros((1, 1), np.int64)}
-    with pytest.raises(runtime.EngineMismatchError, match="could not deserialise it") as err:
-        runtime.run_in_child(
-            "engine run (verify)", runtime.run_engine, (str(engine), "tensorrt-rtx", "", feed)
+    with pytest.raises(folder.EngineMismatchError, match="could not deserialise it") as err:
+        child.run_in_child(
+            "engine run (verify)", trt_session.run_engine, (str(engine), "tensorrt-rtx", "", feed)
         )
     assert "\n" not in str(err.value) and "CUDA" in str(err.value)

@@ -14,8 +14,9 @@ from armor_export.errors import ConfigError
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX missing: pip install '.[rtx]'")
 
-from armor_export.engine import build_engine, runtime  # noqa: E402
+from armor_export.engine import backends, build_engine, child, folder  # noqa: E402
 from armor_export.engine.api import layers_from_log, sparsity_from_log, tactic_sparsity  # noqa: E402
+from armor_export.runtime import trt_session  # noqa: E402
 
 
 def read_log(path: Path) -> list[tuple[str, str]]:
@@ -37,9 +38,9 @@ def read_log(path: Path) -> list[tuple[str, str]]:
     "model.engine",
 )
 def test_a_crash_in_the_builder_child_is_a_one_line_error(tiny_export, tmp_path, monkeypatch):
-    monkeypatch.setenv(runtime.CRASH_HOOK, "engine build")  # the child calls os.abort()
+    monkeypatch.setenv(child.CRASH_HOOK, "engine build")  # the child calls os.abort()
     cfg = EngineConfig(export_dir=str(tiny_export.output_dir), output_dir=str(tmp_path))
-    with pytest.raises(runtime.NativeCrashError) as err:
+    with pytest.raises(child.NativeCrashError) as err:
         build_engine(cfg)
     assert str(err.value) == (
         f"engine build crashed (signal 6: SIGABRT); builder log: {tmp_path / 'builder.log'}"
@@ -90,24 +91,24 @@ def test_the_engine_is_bound_to_its_export(tiny_export, tiny_fp16_export, tmp_pa
     assert report["onnx_sha256"] == manifest.sha256[manifest.onnx]
     assert (
         report["export_manifest_sha256"]
-        == runtime.export_binding(export, manifest)["export_manifest_sha256"]
+        == folder.export_binding(export, manifest)["export_manifest_sha256"]
     )
-    assert runtime.check_engine_belongs(tmp_path, export, manifest)["engine_sha256"]
+    assert folder.check_engine_belongs(tmp_path, export, manifest)["engine_sha256"]
 
     other = Path(tiny_fp16_export.output_dir)
-    with pytest.raises(runtime.EngineMismatchError, match="built from another graph"):
-        runtime.check_engine_belongs(tmp_path, other, ExportManifest.read(other))
+    with pytest.raises(folder.EngineMismatchError, match="built from another graph"):
+        folder.check_engine_belongs(tmp_path, other, ExportManifest.read(other))
 
     stale = tmp_path / "stale"
     shutil.copytree(tmp_path, stale, ignore=shutil.ignore_patterns("stale"))
     with (stale / "model.engine").open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(runtime.EngineMismatchError, match="sha256 differs"):
-        runtime.check_engine_belongs(stale, export, manifest)
+    with pytest.raises(folder.EngineMismatchError, match="sha256 differs"):
+        folder.check_engine_belongs(stale, export, manifest)
 
     report["versions"]["tensorrt_rtx"] = "1.0.0.1"
-    with pytest.raises(runtime.EngineMismatchError, match=r"TensorRT-RTX 1\.0\.0\.1, this is"):
-        runtime.check_backend_version(trt, report)
+    with pytest.raises(folder.EngineMismatchError, match=r"TensorRT-RTX 1\.0\.0\.1, this is"):
+        folder.check_backend_version(trt, report)
 
 
 @pytest.mark.fault(
@@ -123,7 +124,7 @@ def test_a_wrong_plugin_library_is_one_line(tiny_plugin_export, tmp_path):
         output_dir=str(tmp_path / "engine"),
         plugin_library=str(not_a_library),
     )
-    with pytest.raises(runtime.PluginLibraryError, match="plugin registry refused it"):
+    with pytest.raises(backends.PluginLibraryError, match="plugin registry refused it"):
         build_engine(cfg)
     with pytest.raises(ConfigError, match="--plugin-library"):
         build_engine(EngineConfig(**{**cfg.to_dict(), "plugin_library": str(tmp_path / "no.so")}))
@@ -132,9 +133,9 @@ def test_a_wrong_plugin_library_is_one_line(tiny_plugin_export, tmp_path):
 def test_the_plugin_library_is_loaded_once_per_process(plugin_build):
     """A second ``load_library`` of the same file fails in TensorRT; ours does not call it."""
     library = str(plugin_build.library)
-    runtime.load_plugin_library(trt, library)
-    runtime.load_plugin_library(trt, library)  # no second registry call, no error
-    assert str(Path(library).resolve()) in runtime.loaded_plugin_libraries()
+    backends.load_plugin_library(trt, library)
+    backends.load_plugin_library(trt, library)  # no second registry call, no error
+    assert str(Path(library).resolve()) in backends.loaded_plugin_libraries()
     creators = [c.name for c in trt.get_plugin_registry().all_creators]
     assert "ArmorBlockDiagMatMul" in creators
     # the registry itself refuses a second load: the reason for the guard
@@ -142,14 +143,14 @@ def test_the_plugin_library_is_loaded_once_per_process(plugin_build):
 
 
 def test_no_gpu_is_found_here_and_named():
-    gpus, reason = runtime.cuda_gpus()
+    gpus, reason = trt_session.cuda_gpus()
     if gpus:
         pytest.skip(f"a CUDA GPU is here ({gpus})")
     assert reason.startswith("no CUDA GPU")
     report = {"compute_capability": "sm80"}
-    assert runtime.not_run_reason(report, gpus, reason) == reason
-    assert runtime.not_run_reason(report, ["sm89"], "") == "built for sm80, this GPU is sm89"
-    assert runtime.not_run_reason(report, ["sm80"], "") == ""
+    assert trt_session.not_run_reason(report, gpus, reason) == reason
+    assert trt_session.not_run_reason(report, ["sm89"], "") == "built for sm80, this GPU is sm89"
+    assert trt_session.not_run_reason(report, ["sm80"], "") == ""
 
 
 @pytest.mark.fault(
@@ -167,26 +168,26 @@ def test_the_engine_is_bound_to_its_exports_manifest(tiny_export, tmp_path):
     engine.mkdir()
     (engine / "model.engine").write_bytes(b"engine bytes")
     report = {
-        "engine_sha256": runtime._sha256(engine / "model.engine"),
-        **runtime.export_binding(export, manifest),
+        "engine_sha256": folder._sha256(engine / "model.engine"),
+        **folder.export_binding(export, manifest),
     }
     (engine / "build_report.json").write_text(json.dumps(report))
-    assert runtime.check_engine_belongs(engine, export, manifest) == report
+    assert folder.check_engine_belongs(engine, export, manifest) == report
 
     data = json.loads((export / MANIFEST).read_text())
     data["limits"]["max_context"] //= 2  # the same graph, exported for other limits
     (export / MANIFEST).write_text(json.dumps(seal(data), indent=2))
     other = ExportManifest.read(export)
     with pytest.raises(
-        runtime.EngineMismatchError, match=f"built from another {MANIFEST} than .*rebuild it"
+        folder.EngineMismatchError, match=f"built from another {MANIFEST} than .*rebuild it"
     ) as info:
-        runtime.check_engine_belongs(engine, export, other)
+        folder.check_engine_belongs(engine, export, other)
     assert "\n" not in str(info.value)
 
 
 def test_build_report_json_names_the_log(tmp_path):
     with pytest.raises(Exception, match="no model.engine"):
-        runtime.read_build_report(tmp_path)
+        folder.read_build_report(tmp_path)
     (tmp_path / "model.engine").write_bytes(b"x")
     (tmp_path / "build_report.json").write_text(json.dumps({}))
-    assert runtime.read_build_report(tmp_path) == {}
+    assert folder.read_build_report(tmp_path) == {}
