@@ -147,6 +147,13 @@ def test_no_doc_asks_the_user_for_the_libtensorrt_rtx_link():
     assert not stale, "paragraphs that ask for the link by hand:\n" + "\n".join(stale)
 
 
+@pytest.mark.fault(
+    "runtime",
+    "the docs named cuda-python<13 for a CUDA 12 driver, but [rtx] installs TensorRT-RTX's "
+    "CUDA 13 build",
+    "the README and docs/engines.md name the driver branch [rtx] needs and the CUDA 12 packages "
+    "(a doc test against the installed metadata)",
+)
 def test_the_docs_give_the_driver_the_rtx_extra_needs():
     """``[rtx]`` resolves ``tensorrt-rtx`` to one CUDA build (its metapackage requires it, read
     from the installed metadata) and cuda-python to its newest major: the docs name that CUDA
