@@ -8,6 +8,8 @@ the repository cannot see.
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
 SOURCES = ("armor_export", "tools", "tests")
@@ -83,3 +85,30 @@ def test_readme_links_point_into_the_repository():
     local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t)]
     missing = sorted({t for t in local if t and not (ROOT / t).exists()})
     assert not missing, f"README links to files that are not in the repository: {missing}"
+
+
+def sentences(text: str) -> list[str]:
+    return re.split(r"(?<=[.;])\s+(?=[A-Z`(])", " ".join(text.split()))
+
+
+@pytest.mark.fault(
+    "verify",
+    "the design notes said verify parses the ONNX file into a TensorRT network",
+    "they say verify builds no network or engine, and name the runners it has (a doc test)",
+)
+def test_the_design_notes_say_what_verify_runs():
+    """verify builds no engine: its runners are PyTorch, ONNX Runtime, the NumPy reference and
+    an engine that was already built (verify/backends.py)."""
+    from armor_export.verify.backends import RUNNERS
+
+    text = DESIGN.read_text(encoding="utf-8")
+    stale = [
+        s
+        for s in sentences(text)
+        if re.search(r"\bverify\b", s) and re.search(r"\bpars\w*\b", s) and "network" in s
+    ]
+    assert not stale, "verify creates no TensorRT network:\n" + "\n".join(stale)
+    section = text[text.index("### 7.6") : text.index("### 7.7")]
+    assert set(RUNNERS) == {"onnxruntime", "numpy-reference", "tensorrt"}, "update §7.6"
+    for says in ("ONNX Runtime", "NumPy reference", "never builds an engine", "child process"):
+        assert says in section
