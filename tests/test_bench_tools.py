@@ -163,3 +163,19 @@ def test_runtime_benchmark_runs_both_runtimes_and_says_what_it_did_not_run(
     markdown = (out / "runtime.md").read_text()
     assert "TensorRT engine: not run" in markdown
     assert "onnxruntime-genai on armor-b16" in markdown
+
+
+def test_the_trt_decode_benchmark_says_not_run_without_a_gpu(benchlib, tmp_path):
+    """tools/bench_trt_decode.py (run by tools/gpu_check.sh) writes its report either way:
+    here, with no GPU, one that says it was not run and why, and exits 1."""
+    import json
+
+    from armor_export.runtime.trt_session import cuda_gpus
+
+    gpus, why = cuda_gpus()
+    if gpus:
+        pytest.skip(f"a CUDA GPU is here ({gpus}): tools/gpu_check.sh runs the benchmark")
+    bench = importlib.import_module("bench_trt_decode")
+    assert bench.main(["--out", str(tmp_path)]) == 1
+    assert json.loads((tmp_path / "trt_decode.json").read_text())["not_run"] == why
+    assert f"**Not run**: {why}." in (tmp_path / "trt_decode.md").read_text()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, for a session lent a CUDA GPU: what this machine has (GPU, driver,
 # TensorRT-RTX / TensorRT, cuda-python, ONNX Runtime, torch), then tests/gpu/ with the reason of
-# every skip. Extra arguments go to pytest (e.g. tests/plugins, -k runtime, -x).
+# every skip, then tools/bench_trt_decode.py: decode tokens/s with the KV cache kept on the GPU
+# vs the old host round trip, and TensorRT-RTX's runtime cache (docs/benchmarks/trt_decode.md
+# and .json; copied to $OUT too). Extra arguments go to pytest (e.g. tests/plugins, -k runtime,
+# -x). GPU_CHECK_BENCH=0 skips the benchmark.
 #
 #   tools/gpu_check.sh                # tests/gpu/
 #   tools/gpu_check.sh tests/plugins  # and the plugin kernel tests
@@ -37,4 +40,11 @@ PY
 
 # -rs: every skipped test with the reason naming what is missing
 "$PYTHON" -m pytest -q -rs ${JUNIT:-} tests/gpu "$@" 2>&1 | tee -a ${LOG:-/dev/null}
-exit "${PIPESTATUS[0]}"
+status=${PIPESTATUS[0]}
+
+if [ "${GPU_CHECK_BENCH:-1}" != 0 ]; then
+  echo "== tools/bench_trt_decode.py" | tee -a ${LOG:-/dev/null}
+  "$PYTHON" tools/bench_trt_decode.py --out docs/benchmarks 2>&1 | tee -a ${LOG:-/dev/null}
+  [ -n "${OUT:-}" ] && cp docs/benchmarks/trt_decode.md docs/benchmarks/trt_decode.json "$OUT"/
+fi
+exit "$status"

@@ -5,7 +5,9 @@ cuda-python for a built engine) are imported: no torch, no transformers, nothing
 exporter. The graph contract is the export manifest's
 (``armor_export.export_manifest``): ``input_ids``/``attention_mask``/``position_ids`` plus
 ``past_key_values.{i}.{key,value}`` in, ``logits`` plus ``present.{i}.{key,value}`` out,
-the presents becoming the next step's past.
+the presents becoming the next step's past. A session that can keep the cache where it
+computes it (``run_keeping_cache``: the TensorRT session, on the GPU) is handed back its
+cache handle instead of the presents, so the cache does not cross the bus at every step.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +59,21 @@ class GenerationResult:
 @dataclass
 class DecodeState:
     """Where a batch stands after a prefill or a step: the graph's outputs (``logits`` and
-    the presents, i.e. the KV cache) and the attention mask of every position so far."""
+    the presents, i.e. the KV cache) and the attention mask of every position so far. Where
+    the session keeps the cache itself (on the GPU), ``outputs`` holds no presents and
+    ``cache`` is the session's handle to them (``present`` reads one either way)."""
 
     outputs: dict[str, np.ndarray]
     attention_mask: np.ndarray  # int64 [batch, positions]; 0 = left padding
+    cache: Any = None  # the session's KV cache handle (e.g. trt_session.DeviceCache), or None
+
+    def present(self, name: str) -> np.ndarray:
+        """The present output ``name`` (a host copy where the session keeps the cache)."""
+        if name in self.outputs or self.cache is None:
+            return self.outputs[name]
+        if self.cache.positions != self.attention_mask.shape[1]:
+            raise ValueError("this decode state's KV cache was stepped past already")
+        return self.cache.read(name)
 
     @property
     def next_logits(self) -> np.ndarray:
@@ -115,6 +129,8 @@ class Generator:
         self.dtype = past_dtype(self.manifest, backend)
         self.tokenizer = load_tokenizer(self.folder / self.manifest.tokenizer)
         self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs
+        # the cache stays where the session computes it (TensorRT: on the GPU) where it can
+        self.keeps_cache = callable(getattr(self.session, "run_keeping_cache", None))
         # an engine may be built for smaller limits than its export: its own then apply
         self.limits = getattr(self.session, "limits", None) or self.manifest.limits
         self.export_limits = None if self.limits == self.manifest.limits else self.manifest.limits
@@ -161,8 +177,10 @@ class Generator:
         check_limits(rows, 1, self.limits, export_limits=self.export_limits)
         batch = left_pad(rows, self.pad_id)
         past = self._empty_past(len(batch.input_ids))
-        outputs = self._run(batch.input_ids, batch.attention_mask, batch.position_ids, past)
-        return DecodeState(outputs, batch.attention_mask)
+        outputs, cache = self._run(
+            batch.input_ids, batch.attention_mask, batch.position_ids, past, None
+        )
+        return DecodeState(outputs, batch.attention_mask, cache)
 
     def step(self, state: DecodeState, token_ids: np.ndarray) -> DecodeState:
         """Append one token per row (``token_ids``, ``[batch]``) to the KV cache in ``state``."""
@@ -174,8 +192,9 @@ class Generator:
             )
         mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
         step_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1, 1)
-        outputs = self._run(step_ids, mask, position_ids(mask)[:, -1:], self._past(state.outputs))
-        return DecodeState(outputs, mask)
+        past = {} if state.cache is not None else self._past(state.outputs)
+        outputs, cache = self._run(step_ids, mask, position_ids(mask)[:, -1:], past, state.cache)
+        return DecodeState(outputs, mask, cache)
 
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
         """Zero-length past for the prefill step: ``[batch, kv_heads, 0, head_dim]``."""
@@ -185,14 +204,18 @@ class Generator:
     def _past(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {past: outputs[present] for past, present in self.cache}
 
-    def _run(self, input_ids, attention_mask, positions, past) -> dict[str, np.ndarray]:
+    def _run(self, input_ids, attention_mask, positions, past, cache):
+        """The outputs of one forward and the session's cache handle (None: the presents
+        are in the outputs)."""
         feeds = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": positions,
             **past,
         }
-        return self.session.run(feeds)
+        if self.keeps_cache:
+            return self.session.run_keeping_cache(feeds, cache, self.cache)
+        return self.session.run(feeds), None
 
     def _record(self, rows, next_ids, config: GenerationConfig, on_text) -> bool:
         """Append each unfinished row's token, stream its text; True once all rows are done."""

@@ -3,16 +3,22 @@
 ``TensorRTSession(engine_path, backend, plugin_library)`` deserialises ``model.engine`` with
 the module that built it (``tensorrt`` or ``tensorrt_rtx``, same Python API), after loading
 the plugin library where the export has plugin nodes (once per process:
-``engine.backends.load_plugin_library``). Each ``run`` sets the input shapes of the engine's
+``engine.backends.load_plugin_library``). Each call sets the input shapes of the engine's
 dynamic profile from the feeds (a prefill of any length on an empty KV cache, or one decode
-token on a cache of any length), copies the feeds into device buffers, runs
-``execute_async_v3`` on its own CUDA stream and copies the outputs back as numpy arrays.
+token on a cache of any length) and runs ``execute_async_v3`` on its own CUDA stream.
+``run`` copies every feed in and every output out as numpy arrays (verify's path);
+``run_keeping_cache`` leaves the KV cache on the device in a ``DeviceCache`` (the presents of
+one step are bound, by device pointer, as the pasts of the next), so a decode step copies
+only the token ids, attention mask and positions in and the logits out (``plan_copies``
+says which; ``generate`` takes this path). On TensorRT-RTX the engine's runtime cache of
+just-in-time compiled kernels is kept in a file keyed on the engine's sha256
+(``runtime_cache``).
 
 Device memory and the stream come from cuda-python (``cuda.bindings.runtime``), NVIDIA's
 maintained CUDA binding: it links the CUDA runtime statically, so only the NVIDIA driver is
 needed beside it. This is the one engine-run path: ``generate --backend tensorrt`` opens it
-in-process, ``verify`` runs it in a child process (``run_engine`` through
-``engine.child.run_in_child``, so a native crash is an error).
+in-process, ``verify`` runs it in one child process for all its feeds (``run_engine_feeds``
+through ``engine.child.run_in_child``, so a native crash is an error).
 
 Running an engine lives here and building one in ``engine/``: this module reads the engine
 folder's contract (``engine.folder``) and loads the backend and its plugin library
@@ -26,7 +32,9 @@ backend, a machine without a CUDA GPU of the engine's target, and a missing cuda
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,10 +120,95 @@ class _DeviceBuffer:
         self.ptr, self.nbytes = 0, 0
 
 
+@dataclass(frozen=True)
+class Copies:
+    """Which tensors one engine call moves across the bus (``plan_copies``)."""
+
+    to_device: tuple[str, ...]  # inputs copied host -> device
+    from_cache: tuple[str, ...]  # past inputs read where the last step's presents lie
+    to_host: tuple[str, ...]  # outputs copied device -> host
+    kept: tuple[str, ...]  # present outputs left on the device (the next step's pasts)
+
+
+def plan_copies(
+    input_names, output_names, feedback, cache_in: bool = False, keep: bool = False
+) -> Copies:
+    """The copies of one call: ``run`` (``keep`` False) copies every input in and every
+    output out, the KV cache included; ``run_keeping_cache`` (``keep``) leaves the presents on
+    the device, and with a cache there (``cache_in``) reads the pasts from it, so a decode step
+    copies only the token ids, the attention mask and the positions in and the logits out."""
+    pasts = {past for past, _ in feedback} if keep and cache_in else set()
+    presents = {present for _, present in feedback} if keep else set()
+    return Copies(
+        to_device=tuple(n for n in input_names if n not in pasts),
+        from_cache=tuple(n for n in input_names if n in pasts),
+        to_host=tuple(n for n in output_names if n not in presents),
+        kept=tuple(n for n in output_names if n in presents),
+    )
+
+
+class DeviceCache:
+    """A batch's KV cache left on the GPU between calls of ``run_keeping_cache``.
+
+    For each (past input, present output) pair two device buffers: the one holding the
+    latest present, bound as the next call's past, and a spare the next call writes its
+    present into; after the call they swap (an engine input and output never share memory).
+    ``positions`` is how many positions the cache holds (the last call's attention mask's
+    length): a call must extend exactly that cache, so a decode state already stepped from
+    is refused rather than run on a cache that moved on. ``read``/``to_host`` copy it back.
+    """
+
+    def __init__(self, session: TensorRTSession, feedback) -> None:
+        self.session = session
+        self.feedback = [(past, present) for past, present in feedback]
+        cudart = session._cudart
+        self._current = {present: _DeviceBuffer(cudart) for _, present in self.feedback}
+        self._spare = {present: _DeviceBuffer(cudart) for _, present in self.feedback}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.positions = 0
+
+    def bound(self, present: str) -> tuple[int, tuple[int, ...]]:
+        """Where the latest ``present`` lies and its shape (a past input's binding)."""
+        return self._current[present].ptr, self.shapes[present]
+
+    def swap(self, shapes: dict[str, tuple[int, ...]], positions: int) -> None:
+        """The spares now hold the presents of the call that just ran."""
+        self._current, self._spare = self._spare, self._current
+        self.shapes.update(shapes)
+        self.positions = positions
+
+    def read(self, present: str) -> np.ndarray:
+        """A host copy of ``present`` (for checks and tests: decoding never needs it)."""
+        return self.session._to_host(
+            self._current[present].ptr, self.shapes[present], self.session.dtypes[present]
+        )
+
+    def to_host(self) -> dict[str, np.ndarray]:
+        return {present: self.read(present) for _, present in self.feedback}
+
+    def free(self) -> None:
+        for buffer in (*self._current.values(), *self._spare.values()):
+            buffer.free()
+
+    def __del__(self) -> None:
+        try:
+            self.free()
+        except Exception:  # at interpreter exit CUDA may already be gone
+            pass
+
+
 class TensorRTSession:
-    """One deserialised engine: named numpy inputs in, named numpy outputs out."""
+    """One deserialised engine: named numpy inputs in, named numpy outputs out.
+
+    ``run`` moves every tensor across the bus (verify, one feed at a time);
+    ``run_keeping_cache`` keeps the KV cache on the device between decode steps (``generate``).
+    On TensorRT-RTX the engine's runtime cache is loaded from, and saved to, its file
+    (``runtime_cache``).
+    """
 
     def __init__(self, engine_path: str | Path, backend: str, plugin_library: str = "") -> None:
+        from armor_export.runtime.runtime_cache import RuntimeCache
+
         trt = load_backend(backend)
         cudart = import_cudart()
         if plugin_library:
@@ -123,7 +216,8 @@ class TensorRTSession:
         self._trt, self._cudart = trt, cudart
         self._logger = CollectingLogger(trt)
         self._runtime = trt.Runtime(self._logger.make())
-        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        engine_bytes = Path(engine_path).read_bytes()
+        self._engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if self._engine is None:
             said = self._logger.errors()[-1][:300] if self._logger.errors() else "no message"
             raise EngineMismatchError(
@@ -131,7 +225,13 @@ class TensorRTSession:
                 "(built by another version, for another GPU, or without its plugin library): "
                 f"{said}"
             )
-        self._context = self._engine.create_execution_context()
+        self.runtime_cache = RuntimeCache.attach(trt, self._engine, engine_bytes)
+        del engine_bytes
+        if self.runtime_cache is not None:
+            self._context = self._engine.create_execution_context(self.runtime_cache.config)
+            atexit.register(_save_at_exit, weakref.ref(self))
+        else:
+            self._context = self._engine.create_execution_context()
         if self._context is None:
             raise BackendUnavailableError(
                 f"{engine_path}: no execution context ({self._last_error()})"
@@ -146,12 +246,54 @@ class TensorRTSession:
         self._buffers = {name: _DeviceBuffer(cudart) for name in names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every input copied in, every output (the KV cache included) copied out."""
+        copies = plan_copies(self.input_names, self.output_names, ())
+        outputs, _ = self._execute(feeds, copies, None)
+        return outputs
+
+    def run_keeping_cache(
+        self, feeds: dict[str, np.ndarray], cache: DeviceCache | None, feedback
+    ) -> tuple[dict[str, np.ndarray], DeviceCache]:
+        """One call whose presents stay on the device: the outputs but the presents, and the
+        ``DeviceCache`` holding them. ``cache`` None (a prefill): the pasts come from
+        ``feeds``; else they are ``cache``'s, read in place, and ``feeds`` need none.
+        ``feedback``: the (past input, present output) pairs."""
+        if cache is None:
+            cache = DeviceCache(self, feedback)
+            copies = plan_copies(self.input_names, self.output_names, cache.feedback, keep=True)
+        else:
+            if cache.session is not self:
+                raise ValueError("this KV cache belongs to another engine session")
+            new = np.shape(feeds.get("input_ids", ()))[-1:] or (0,)
+            mask = np.shape(feeds.get("attention_mask", ()))[-1:] or (0,)
+            if mask[0] != cache.positions + new[0]:
+                raise ValueError(
+                    f"the attention mask covers {mask[0]} positions, the KV cache on the "
+                    f"device holds {cache.positions} and {new[0]} come now: a decode state "
+                    "can be stepped from only once"
+                )
+            copies = plan_copies(
+                self.input_names, self.output_names, cache.feedback, cache_in=True, keep=True
+            )
+        outputs, shapes = self._execute(feeds, copies, cache)
+        positions = np.shape(feeds.get("attention_mask", ()))[-1:] or (0,)
+        cache.swap({name: shapes[name] for name in copies.kept}, positions[0])
+        return outputs, cache
+
+    def _execute(self, feeds, copies: Copies, cache: DeviceCache | None):
+        """Bind, run and copy as ``copies`` says; the host outputs and every output's shape."""
         cudart, context = self._cudart, self._context
-        missing = [name for name in self.input_names if name not in feeds]
+        missing = [name for name in copies.to_device if name not in feeds]
         if missing:
             raise ValueError(f"the engine's inputs {missing[:3]} are not in the feeds")
-        hosts = {}
-        for name in self.input_names:
+        hosts, addresses = {}, {}
+        present_of = {past: present for past, present in (cache.feedback if cache else ())}
+        for name in copies.from_cache:
+            ptr, shape = cache.bound(present_of[name])
+            if not context.set_input_shape(name, shape):
+                raise ShapeError(self._profile_message(name, shape))
+            addresses[name] = ptr
+        for name in copies.to_device:
             host = np.ascontiguousarray(feeds[name])
             if host.dtype != self.dtypes[name]:
                 raise TypeError(f"{name}: the engine takes {self.dtypes[name]}, got {host.dtype}")
@@ -162,28 +304,41 @@ class TensorRTSession:
         unknown = [name for name, shape in shapes.items() if any(d < 0 for d in shape)]
         if unknown:
             raise ShapeError(f"the engine cannot tell the shapes of {unknown[:3]} from the feeds")
-        outputs = {name: np.empty(shape, self.dtypes[name]) for name, shape in shapes.items()}
+        outputs = {name: np.empty(shapes[name], self.dtypes[name]) for name in copies.to_host}
+        for name in copies.kept:
+            nbytes = int(np.prod(shapes[name])) * self.dtypes[name].itemsize
+            addresses[name] = cache._spare[name].reserve(nbytes)
         to_device = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, array in {**hosts, **outputs}.items():
-            ptr = self._buffers[name].reserve(array.nbytes)
-            context.set_tensor_address(name, ptr)
+            addresses[name] = self._buffers[name].reserve(array.nbytes)
             if name in hosts and array.nbytes:
                 result = cudart.cudaMemcpyAsync(
-                    ptr, array.ctypes.data, array.nbytes, to_device, self._stream
+                    addresses[name], array.ctypes.data, array.nbytes, to_device, self._stream
                 )
                 _check(cudart, result, f"copy of {name} to the GPU")
+        for name, ptr in addresses.items():
+            context.set_tensor_address(name, ptr)
         if not context.execute_async_v3(int(self._stream)):
             raise BackendUnavailableError(f"the engine failed to run: {self._last_error()}")
         for name, array in outputs.items():
-            if array.nbytes:
-                result = cudart.cudaMemcpyAsync(
-                    array.ctypes.data, self._buffers[name].ptr, array.nbytes, to_host,
-                    self._stream,
-                )  # fmt: skip
-                _check(cudart, result, f"copy of {name} from the GPU")
+            self._copy_to_host(array, self._buffers[name].ptr, name)
         _check(cudart, cudart.cudaStreamSynchronize(self._stream), "engine run")
-        return outputs
+        return outputs, shapes
+
+    def _copy_to_host(self, array: np.ndarray, ptr: int, name: str) -> None:
+        if array.nbytes:
+            cudart = self._cudart
+            to_host = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            result = cudart.cudaMemcpyAsync(
+                array.ctypes.data, ptr, array.nbytes, to_host, self._stream
+            )
+            _check(cudart, result, f"copy of {name} from the GPU")
+
+    def _to_host(self, ptr: int, shape, dtype) -> np.ndarray:
+        array = np.empty(shape, dtype)
+        self._copy_to_host(array, ptr, "the KV cache")
+        _check(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "copy")
+        return array
 
     def _profile_message(self, name: str, shape) -> str:
         low, _, high = self._engine.get_tensor_profile_shape(name, 0)
@@ -196,15 +351,27 @@ class TensorRTSession:
         errors = self._logger.errors()
         return errors[-1][:300] if errors else "no message from TensorRT"
 
+    def save_runtime_cache(self) -> bool:
+        """Write TensorRT-RTX's runtime cache to its file if it grew (also done on close and
+        at interpreter exit); False where nothing was written."""
+        if getattr(self, "runtime_cache", None) is None or getattr(self, "_context", None) is None:
+            return False
+        return self.runtime_cache.save()
+
     def close(self) -> None:
-        """Free the device buffers and the stream (also done when the session is collected)."""
-        for buffer in getattr(self, "_buffers", {}).values():
-            buffer.free()
-        if getattr(self, "_stream", None) is not None:
-            self._cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
-        self._context = None  # the context before the engine, the engine before the runtime
-        self._engine = None
+        """Save the runtime cache, free the device buffers and the stream (also done when the
+        session is collected)."""
+        try:
+            self.save_runtime_cache()
+        finally:
+            for buffer in getattr(self, "_buffers", {}).values():
+                buffer.free()
+            if getattr(self, "_stream", None) is not None:
+                self._cudart.cudaStreamDestroy(self._stream)
+                self._stream = None
+            self._context = None  # the context before the engine, the engine before the runtime
+            self.runtime_cache = None
+            self._engine = None
 
     def __enter__(self) -> TensorRTSession:
         return self
@@ -217,6 +384,31 @@ class TensorRTSession:
             self.close()
         except Exception:  # at interpreter exit CUDA may already be gone
             pass
+
+
+def _save_at_exit(ref) -> None:
+    """atexit: a session still open when the interpreter exits saves its runtime cache
+    (``generate`` never closes its session; CUDA is still up while atexit runs)."""
+    session = ref()
+    if session is not None:
+        try:
+            session.save_runtime_cache()
+        except Exception:  # a cache is an optimisation: never fail an exit over it
+            pass
+
+
+class HostCacheSession:
+    """A ``TensorRTSession`` seen through ``run`` only: the KV cache goes host -> device -> host
+    at every step, as before the cache stayed on the device. For comparisons (tests,
+    ``tools/bench_trt_decode.py``); ``generate`` never uses it."""
+
+    def __init__(self, session: TensorRTSession) -> None:
+        self.session = session
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.limits = session.limits
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(feeds)
 
 
 def open_engine_session(
@@ -328,11 +520,26 @@ def runnable_engine(
 
 
 def run_engine(engine_path: str, backend: str, plugin_library: str, feed: dict) -> dict:
-    """Float32 outputs of the engine at ``engine_path`` for one feed, through the runtime's
-    ``TensorRTSession`` (the one engine-run path). Needs a CUDA GPU; run it in a child
-    (``run_in_child``) so a native crash is an error."""
-    import numpy as np
+    """Float32 outputs of the engine at ``engine_path`` for one feed (``run_engine_feeds``)."""
+    return run_engine_feeds(engine_path, backend, plugin_library, [feed])[0][0]
 
+
+def run_engine_feeds(
+    engine_path: str, backend: str, plugin_library: str, feeds: list[dict]
+) -> list[tuple[dict, float]]:
+    """Float32 outputs of the engine at ``engine_path`` for each of ``feeds``, and the seconds
+    each took, through the runtime's ``TensorRTSession`` (the one engine-run path), the
+    engine deserialised once for all of them. Needs a CUDA GPU; ``verify`` runs it in one
+    child (``run_in_child``) so a native crash is an error."""
+    import time
+
+    results = []
     with TensorRTSession(engine_path, backend, plugin_library) as session:
-        outputs = session.run(feed)
-    return {name: np.asarray(value).astype(np.float32) for name, value in outputs.items()}
+        for feed in feeds:
+            start = time.perf_counter()
+            outputs = session.run(feed)
+            seconds = time.perf_counter() - start
+            results.append(
+                ({name: np.asarray(v).astype(np.float32) for name, v in outputs.items()}, seconds)
+            )
+    return results

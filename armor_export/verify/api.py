@@ -191,6 +191,8 @@ def _compare_runs(reference, runners, feeds):
     one after another, each opening the export when it activates and closing it after."""
     from polygraphy.comparator import Comparator, RunResults
 
+    for runner in runners:  # the engine runs all feeds in one child: it needs them first
+        getattr(runner, "take_feeds", lambda feeds: None)(feeds)
     with _quiet_polygraphy():
         ran = Comparator.run(runners, data_loader=feeds)
     results = RunResults()

@@ -1,6 +1,8 @@
 """GPU checks: ``generate --backend tensorrt`` runs the export's TensorRT-RTX engine (built for
 this GPU) through ``TensorRTSession``, and gives ONNX Runtime's greedy tokens on the same
-export, with prefill and decode logits and the KV cache within verify's tolerances. Skipped
+export, with prefill and decode logits and the KV cache within verify's tolerances; the KV
+cache kept on the GPU between steps gives the tokens of the old host round trip; TensorRT-RTX's
+runtime cache is written to its file and loaded by the next session. Skipped
 without a CUDA GPU, TensorRT-RTX, cuda-python or ONNX Runtime, naming which."""
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def test_tensorrt_session_matches_onnxruntime(fixture, request, tmp_path):
     real = want.attention_mask.astype(bool)
     assert_close(got.outputs["logits"], want.outputs["logits"], dtype, "logits", real)
     for _, present in engine.cache:
-        cache_mask = np.broadcast_to(real[:, None, :, None], want.outputs[present].shape)
-        assert_close(got.outputs[present], want.outputs[present], dtype, present, cache_mask)
+        cache_mask = np.broadcast_to(real[:, None, :, None], want.present(present).shape)
+        assert_close(got.present(present), want.present(present), dtype, present, cache_mask)
     # one decode step on each one's KV cache, fed the same token
     token = want.next_logits.astype(np.float32).argmax(-1)
     want, got = ort.step(want, token), engine.step(got, token)
@@ -100,3 +102,53 @@ def test_an_engine_built_for_smaller_limits_refuses_beyond_them(tiny_export, tmp
     assert len(engine.generate(["The quick"], config).token_ids[0]) == 4
     with pytest.raises(ShapeError, match="this engine's limits.max_batch 2: .*rebuild the engine"):
         engine.generate(["a", "b", "c"], config)
+
+
+def test_the_cache_on_the_device_gives_the_host_round_trips_tokens(tiny_export, tmp_path):
+    """generate keeps the KV cache on the GPU (run_keeping_cache); the old path copied it
+    host -> device -> host at every step (HostCacheSession runs it): same greedy tokens, and
+    both ONNX Runtime's."""
+    from armor_export.runtime import GenerationConfig, Generator
+    from armor_export.runtime.trt_session import DeviceCache, HostCacheSession
+
+    export = with_engine(tiny_export, tmp_path)
+    device = Generator(export, "tensorrt")
+    assert device.keeps_cache
+    host = Generator(export, session=HostCacheSession(device.session))
+    assert not host.keeps_cache
+    config = GenerationConfig(max_new_tokens=24, stop_at_eos=False)
+    tokens = device.generate(PROMPTS, config).token_ids
+    assert tokens == host.generate(PROMPTS, config).token_ids
+    assert tokens == Generator(export, "onnxruntime", threads=1).generate(PROMPTS, config).token_ids
+
+    state = device.prefill([[5, 6, 7]])
+    assert isinstance(state.cache, DeviceCache) and not set(state.outputs) - {"logits"}
+    state = device.step(state, np.array([8]))
+    present = device.cache[0][1]
+    assert state.present(present).shape[2] == 4  # read back where it is needed
+    stale = device.prefill([[5, 6]])
+    device.step(stale, np.array([7]))  # the device cache moves on from ``stale``
+    with pytest.raises(ValueError, match="stepped from only once"):
+        device.step(stale, np.array([9]))
+
+
+def test_the_runtime_cache_is_written_and_reused(tiny_export, tmp_path, monkeypatch):
+    from armor_export.runtime import GenerationConfig, Generator
+    from armor_export.runtime import runtime_cache as rc
+
+    monkeypatch.setenv(rc.ENV, str(tmp_path / "rtcache"))
+    export = with_engine(tiny_export, tmp_path)
+    config = GenerationConfig(max_new_tokens=8, stop_at_eos=False)
+
+    first = Generator(export, "tensorrt")
+    assert first.session.runtime_cache is not None and first.session.runtime_cache.loaded is None
+    want = first.generate(PROMPTS, config).token_ids
+    first.session.close()
+    files = list((tmp_path / "rtcache").glob("*" + rc.SUFFIX))
+    assert len(files) == 1 and files[0].stat().st_size > 0
+    engine_bytes = (export / "engine" / "model.engine").read_bytes()
+    assert files[0] == rc.cache_path(engine_bytes, trt.__version__, tmp_path / "rtcache")
+
+    again = Generator(export, "tensorrt")
+    assert again.session.runtime_cache.loaded == files[0].read_bytes()  # accepted by TRT-RTX
+    assert again.generate(PROMPTS, config).token_ids == want

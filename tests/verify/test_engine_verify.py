@@ -220,6 +220,35 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
 
 @pytest.mark.fault(
     "verify",
+    "a verify with a built engine and several feeds (the prefill and decode steps; a GPU of "
+    "the engine's target simulated)",
+    "the engine is deserialised once: every feed runs in one child process",
+)
+@needs_no_gpu
+def test_verify_runs_every_feed_in_one_engine_child(export_with_engine, tmp_path, monkeypatch):
+    """Before: one child, and one deserialisation of the engine, per feed. Here the real
+    child really starts, and fails where a real GPU would run the feeds (there is none)."""
+    calls = []
+    real = child.run_in_child
+
+    def counted(stage, target, args, *rest, **kwargs):
+        calls.append((target.__name__, args))
+        return real(stage, target, args, *rest, **kwargs)
+
+    monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setattr(child, "run_in_child", counted)
+    cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path), decode_steps=2)
+    with pytest.raises(folder.EngineMismatchError, match="could not deserialise it"):
+        verify(cfg)
+    assert len(calls) == 1
+    name, (engine, _backend, _library, feeds) = calls[0]
+    assert name == "run_engine_feeds" and engine.endswith("model.engine")
+    assert len(feeds) == 1 + cfg.decode_steps  # the prefill, then each decode step
+    assert [f["input_ids"].shape[1] for f in feeds][1:] == [1, 1]
+
+
+@pytest.mark.fault(
+    "verify",
     "the real engine loaded where there is no GPU",
     "one line quoting the backend's reason (could not deserialise it, CUDA)",
 )
