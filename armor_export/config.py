@@ -90,6 +90,21 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_targets(value: str) -> str:
+    """``compute_capability``: one of COMPUTE_CAPABILITY_SETS, or sm names of
+    COMPUTE_CAPABILITIES joined by commas; returned in one spelling (``sm86,sm89``)."""
+    names = [part.strip().lower() for part in str(value).split(",") if part.strip()]
+    if len(names) == 1 and names[0] in COMPUTE_CAPABILITY_SETS:
+        return names[0]
+    single = [n for n in COMPUTE_CAPABILITIES if n not in COMPUTE_CAPABILITY_SETS]
+    if not names or any(n not in single for n in names):
+        raise ConfigError(
+            f"compute_capability must be {' or '.join(COMPUTE_CAPABILITY_SETS)}, or one or more "
+            f"of {', '.join(single)} joined by commas; got {value!r}"
+        )
+    return ",".join(n for n in single if n in names)
+
+
 CONTINUOUS_STEPS = ("exact", "adam")  # block least squares | the authors' Adam step
 WEIGHTINGS = ("normalized", "output")  # the authors' NoWag loss | layer-output error
 BATCH_SAME_SHAPE = ("auto", "on", "off")  # prune/batching.py
@@ -306,7 +321,11 @@ TENSORRT = "tensorrt"  # datacenter TensorRT: builds for the local GPU
 ENGINE_BACKENDS = (TENSORRT_RTX, TENSORRT)
 # the names the engine verb used first; configs and commands with them keep working
 ENGINE_BACKEND_ALIASES = {"rtx": TENSORRT_RTX, "trt": TENSORRT}
-COMPUTE_CAPABILITIES = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121", "current")
+# TensorRT-RTX targets (engine/targets.py): "default" is TensorRT-RTX's own portable set (sm80,
+# sm86, sm89, sm120 and later), "current" the GPU here, else a comma-separated list of these sm
+# names (the members of TensorRT-RTX 1.7's ComputeCapability; Hopper sm90 is not one)
+COMPUTE_CAPABILITY_SETS = ("default", "current")
+COMPUTE_CAPABILITIES = COMPUTE_CAPABILITY_SETS + ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
 
 @dataclass
@@ -316,7 +335,7 @@ class EngineConfig:
     export_dir: str = "runs/onnx"
     output_dir: str = ""  # "" = <export_dir>/engine
     backend: str = TENSORRT_RTX  # one of ENGINE_BACKENDS ("rtx"/"trt" are read as aliases)
-    compute_capability: str = "sm80"  # TensorRT-RTX AOT target ("current": the local GPU)
+    compute_capability: str = "default"  # TensorRT-RTX targets: default, current, or sm86,sm89
     sparse_weights: bool = True
     max_batch: int = count(0, 0, MAX_BATCH, "--max-batch")  # 0 = the export's limits
     max_prompt: int = count(0, 0, MAX_TOKENS, "--max-prompt")
@@ -331,7 +350,7 @@ class EngineConfig:
             log.warning("engine backend %r is now called %r: reading it as that", self.backend, new)
             self.backend = new
         _check_choice("backend", self.backend, ENGINE_BACKENDS)
-        _check_choice("compute_capability", self.compute_capability, COMPUTE_CAPABILITIES)
+        self.compute_capability = _check_targets(self.compute_capability)
         check_counts("", self)
 
     def to_dict(self) -> dict[str, Any]:

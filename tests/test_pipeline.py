@@ -33,7 +33,7 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
         "verify": "done",
     }
     manifest = json.loads((tmp_path / MANIFEST).read_text())
-    assert manifest["stages"]["engine"]["detail"].startswith("TensorRT-RTX sm80")
+    assert manifest["stages"]["engine"]["detail"].startswith("TensorRT-RTX default")
     assert manifest["stages"]["engine"]["detail"].endswith(
         "sparse layers unknown (needs a GPU to inspect)"
     )
@@ -68,6 +68,7 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
 
 def test_build_says_exactly_what_was_checked(tiny_checkpoint, tmp_path, capsys):
     """The final line and verify_report.json name the comparisons and the shipped engine."""
+    from armor_export.engine.targets import describe
     from armor_export.runtime.trt_session import cuda_gpus
 
     gpus, no_gpu = cuda_gpus()
@@ -80,7 +81,10 @@ def test_build_says_exactly_what_was_checked(tiny_checkpoint, tmp_path, capsys):
     )
     assert main(["build", "--config", str(toml), "--plugin-library", ""]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    not_run = f"engine built for sm80, not run: {no_gpu}"
+    built = json.loads((tmp_path / "b" / "engine" / "build_report.json").read_text())
+    runs_on = describe(built["engine_targets"])  # 1.7: sm80, sm86, sm89, sm120, sm121 and newer
+    assert built["compute_capability"] == "default" and runs_on.startswith("sm80, sm86, sm89, ")
+    not_run = f"engine built for {runs_on}, not run: {no_gpu}"
     assert last.startswith("PASSED: PyTorch = ONNX Runtime (max abs err ")
     assert last.endswith(f"; {not_run}")
     report = json.loads((tmp_path / "b" / "verify" / "verify_report.json").read_text())

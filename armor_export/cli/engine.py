@@ -16,6 +16,7 @@ def add_target_arguments(p, defaults, unset_is_none: bool = False) -> None:
     """
     from armor_export.config import (
         COMPUTE_CAPABILITIES,
+        COMPUTE_CAPABILITY_SETS,
         ENGINE_BACKEND_ALIASES,
         ENGINE_BACKENDS,
         TENSORRT,
@@ -30,11 +31,15 @@ def add_target_arguments(p, defaults, unset_is_none: bool = False) -> None:
         help=f"{TENSORRT_RTX}: TensorRT-RTX (AOT, builds on a CPU too); {TENSORRT}: "
         f"datacenter TensorRT (needs a GPU); default {defaults.backend}",
     )
+    singles = [n for n in COMPUTE_CAPABILITIES if n not in COMPUTE_CAPABILITY_SETS]
     p.add_argument(
         "--compute-capability",
-        choices=COMPUTE_CAPABILITIES,
+        metavar="TARGETS",
         default=None if unset_is_none else defaults.compute_capability,
-        help=f"TensorRT-RTX target GPU architecture (default {defaults.compute_capability})",
+        help="TensorRT-RTX target GPUs: default (TensorRT-RTX's portable set: sm80, sm86, "
+        "sm89, sm120 and newer), current (the GPU here), or a comma-separated list of "
+        f"{', '.join(singles)} (default {defaults.compute_capability}; README: GPUs and "
+        "engine targets)",
     )
 
 

@@ -65,7 +65,8 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     export_dir = Path(cfg.export_dir)
     manifest = ExportManifest.read(export_dir)
     resolve_limits(cfg, manifest)  # bad limits fail here, before a child is started
-    load_backend(cfg.backend)  # the install hint without starting a child
+    trt = load_backend(cfg.backend)  # the install hint without starting a child
+    targets = build_targets(trt, cfg)  # current: the GPU here, or refused without one
     out = output_dir(cfg)
     with hold(out, "engine"):
         log_path = out / BUILDER_LOG
@@ -75,8 +76,9 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
             tempfile.TemporaryDirectory(dir=_without_leftovers(out), prefix=TMP_PREFIX) as tmp,
         ):
             # the manifest travels with the request: the child does not hash the export again
-            built = run_in_child("engine build", build_engine_here, (cfg, manifest, tmp),
-                                 log_path, scratch=Path(tmp))  # fmt: skip
+            built = run_in_child("engine build", build_engine_here,
+                                 (cfg, manifest, tmp, targets), log_path,
+                                 scratch=Path(tmp))  # fmt: skip
             _publish(Path(tmp), out)
             task.advance(1, stage="written")
     return EngineResult(out / ENGINE_FILE, out / REPORT_JSON, built.report, built.seconds)
@@ -107,12 +109,26 @@ def output_dir(cfg: EngineConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / DEFAULT_ENGINE_DIR
 
 
+def build_targets(trt, cfg: EngineConfig) -> list[str] | None:
+    """The compute capabilities a TensorRT-RTX build sets (``[]``: its default set), resolved
+    before the child starts (``current`` asks the driver here: engine/targets.py); None for
+    datacenter TensorRT, which builds for the GPU it runs on."""
+    from armor_export.engine.backends import backend_spec
+    from armor_export.engine.targets import resolve_targets
+
+    return resolve_targets(trt, cfg.compute_capability) if backend_spec(cfg.backend).aot else None
+
+
 def build_engine_here(
-    cfg: EngineConfig, manifest: ExportManifest, folder: str | Path | None = None
+    cfg: EngineConfig,
+    manifest: ExportManifest,
+    folder: str | Path | None = None,
+    targets: list[str] | None = None,
 ) -> EngineResult:
     """The build itself, in this process (``build_engine`` runs it in a child), from the
     export manifest ``build_engine`` has read and checked. The engine and its reports are
-    written to ``folder`` (default: the output folder), the builder log to the output folder."""
+    written to ``folder`` (default: the output folder), the builder log to the output folder.
+    ``targets``: ``build_targets``' (resolved here when not given)."""
     from armor_export.engine.backends import backend_spec, load_backend
     from armor_export.engine.folder import BUILDER_LOG
 
@@ -122,11 +138,13 @@ def build_engine_here(
     limits = resolve_limits(cfg, manifest)
     trt = load_backend(cfg.backend)
     spec = backend_spec(cfg.backend)
+    if targets is None:
+        targets = build_targets(trt, cfg)
     start = time.perf_counter()
     builder, network, _parser, logger, plugin = _parse(
         trt, cfg, manifest, export_dir, out / BUILDER_LOG
     )
-    config, profile = _builder_config(trt, builder, network, cfg, manifest, limits, out)
+    config, profile = _builder_config(trt, builder, network, cfg, manifest, limits, out, targets)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(
@@ -140,7 +158,7 @@ def build_engine_here(
     write_bytes(dest / ENGINE_FILE, engine)
     _save_timing_cache(config, cfg, out)
     report = _report(
-        trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out
+        trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out, targets
     )
     report_path = write_report(dest, report)
     return EngineResult(dest / ENGINE_FILE, report_path, report, seconds)
@@ -229,8 +247,8 @@ def profile_shapes(manifest: ExportManifest, limits: Limits) -> dict[str, tuple]
     return shapes
 
 
-def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
-    from armor_export.engine.backends import backend_spec, compute_capability
+def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path, targets=None):
+    from armor_export.engine.targets import set_targets
 
     config = builder.create_builder_config()
     if cfg.sparse_weights:
@@ -238,9 +256,8 @@ def _builder_config(trt, builder, network, cfg, manifest, limits, out: Path):
     config.builder_optimization_level = cfg.optimization_level
     if hasattr(trt, "ProfilingVerbosity"):
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for the inspector
-    if backend_spec(cfg.backend).aot and cfg.compute_capability != "current":
-        config.num_compute_capabilities = 1
-        config.set_compute_capability(compute_capability(trt, cfg.compute_capability), 0)
+    if targets:
+        set_targets(trt, config, targets)
     profile = builder.create_optimization_profile()
     shapes = profile_shapes(manifest, limits)
     for index in range(network.num_inputs):
@@ -367,7 +384,8 @@ NO_INSPECTOR = {
 }
 
 
-def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out):
+def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out,
+            targets=None):  # fmt: skip
     from armor_export import __version__
     from armor_export.engine.folder import BUILDER_LOG, export_binding
 
@@ -392,7 +410,7 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
         "backend": spec.name,
         "backend_module": spec.module,
         "versions": {"armor_export": __version__, spec.module: trt.__version__},
-        "compute_capability": cfg.compute_capability if spec.aot else "the local GPU",
+        **_target_fields(trt, spec, engine, targets),
         "precision": manifest.dtype,
         "strongly_typed": True,
         "sparse_weights_flag": cfg.sparse_weights,
@@ -420,6 +438,19 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
     }
 
 
+def _target_fields(trt, spec, engine: bytes, targets: list[str] | None) -> dict:
+    """``compute_capability``: what the build set (``default``, ``sm86,sm89``; ``current`` as
+    the GPU it resolved to); ``engine_targets``: what the built engine's header says it runs on
+    (engine/targets.py), None where it cannot be read. Datacenter TensorRT: the GPU here."""
+    from armor_export.engine.targets import cuda_gpus, engine_targets, spelled
+
+    if not spec.aot:
+        gpus, _ = cuda_gpus()
+        return {"compute_capability": gpus[0] if gpus else "the local GPU", "engine_targets": None}
+    return {"compute_capability": spelled(targets or []),
+            "engine_targets": engine_targets(trt, engine)}  # fmt: skip
+
+
 def write_report(out: Path, report: dict) -> Path:
     from armor_export.io import write_json, write_text
 
@@ -443,6 +474,15 @@ def _tactics_row(info: dict | None) -> str:
     return f"{found} of {info['gemm_layers']} GEMM layers"
 
 
+def _target_row(report: dict) -> str:
+    from armor_export.engine.targets import describe
+
+    built = report["compute_capability"]
+    if "engine_targets" not in report or report["engine_targets"] is None:
+        return built
+    return f"{built} (the engine's header: runs on {describe(report['engine_targets'])})"
+
+
 def report_markdown(report: dict) -> str:
     lines = ["# Engine build report", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report_rows(report)]
@@ -459,7 +499,7 @@ def report_rows(report: dict) -> list[tuple[str, str]]:
 
     return [
         ("backend", f"{report['backend']} {report['versions'][report['backend_module']]}"),
-        ("target", report["compute_capability"]),
+        ("target", _target_row(report)),
         ("precision", f"{report['precision']} (strongly typed)"),
         ("SPARSE_WEIGHTS", "on" if report["sparse_weights_flag"] else "off"),
         ("limits", ", ".join(f"{k} {v}" for k, v in report["limits"].items())),

@@ -98,18 +98,6 @@ def strongly_typed_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def compute_capability(trt, name: str):
-    """``sm80`` -> ``trt.ComputeCapability.SM80`` (TensorRT-RTX AOT targets)."""
-    members = getattr(trt, "ComputeCapability", None)
-    value = getattr(members, name.upper(), None) if members is not None else None
-    if value is None:
-        known = [n.lower() for n in dir(members) if n.startswith("SM")] if members else []
-        raise BackendUnavailableError(
-            f"this backend cannot target compute capability {name} (it knows {known or 'none'})"
-        )
-    return value
-
-
 RTX_PARSER_DLOPENS = "libtensorrt_rtx.so"  # the unversioned name TensorRT-RTX's parser asks for
 
 

@@ -33,7 +33,7 @@ backend, a machine without a CUDA GPU of the engine's target, and a missing cuda
 from __future__ import annotations
 
 import atexit
-import ctypes
+import logging
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +54,19 @@ from armor_export.engine.folder import (
     check_backend_version,
     check_engine_belongs,
 )
+from armor_export.engine.targets import (
+    built_for,
+    covers,
+    cuda_gpus,
+    describe,
+    engine_targets,
+    known_targets,
+)
+from armor_export.engine.targets import validity as engine_validity
 from armor_export.errors import BackendUnavailableError, CorruptFileError, ShapeError
 from armor_export.export_manifest import ExportManifest, Limits
+
+log = logging.getLogger(__name__)
 
 CUDA_INSTALL_HINT = (
     "pip install 'armor-export[rtx]' (or [trt]; cuda-python 12.x for a CUDA 12 driver)"
@@ -453,35 +464,48 @@ class EngineNotRun(BackendUnavailableError):
     """The engine is there and belongs to the export, but cannot run on this machine."""
 
 
-def cuda_gpus() -> tuple[list[str], str]:
-    """The compute capabilities (``sm80``...) of the CUDA GPUs here, or ``([], reason)``.
+def not_run_reason(
+    report: dict, gpus: list[str], gpu_reason: str, trt=None, engine: bytes | None = None
+) -> str:
+    """Why this engine cannot run here ("" when it can).
 
-    Asks the driver (``libcuda``) directly: no CUDA Python package is needed to find out.
+    A TensorRT-RTX engine (``engine``: its first bytes, ``trt``: the module) is asked, not our
+    report: the targets its header names (``engine.targets.engine_targets``) and then
+    TensorRT-RTX's own ``get_engine_validity`` for this GPU (``engine_validity``), which has the
+    last word. A datacenter TensorRT engine runs on the GPU it was built on: the report's.
     """
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return [], "no CUDA GPU (no NVIDIA driver: libcuda.so.1 not found)"
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or not count.value:
-        return [], "no CUDA GPU (the NVIDIA driver reports none)"
-    capabilities = []
-    for index in range(count.value):
-        major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, index)  # COMPUTE_CAPABILITY_MAJOR
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, index)  # COMPUTE_CAPABILITY_MINOR
-        capabilities.append(f"sm{major.value}{minor.value}")
-    return capabilities, ""
-
-
-def not_run_reason(report: dict, gpus: list[str], gpu_reason: str) -> str:
-    """Why this engine cannot run here ("" when it can)."""
-    target = report.get("compute_capability", "")
     if not gpus:
         return gpu_reason or "no CUDA GPU"
+    gpu = gpus[0]  # the device a session runs on (CUDA's first visible one)
+    if trt is not None and engine is not None and hasattr(trt, "ComputeCapability"):
+        targets = engine_targets(trt, engine)
+        if targets is not None and covers(targets, gpu, known_targets(trt)) is False:
+            return f"the engine runs on {describe(targets)}, this GPU is {gpu}"
+        answer, diagnostics = engine_validity(trt, engine)
+        if answer == "INVALID":
+            return (
+                f"{trt.__name__} {trt.__version__} says the engine is invalid on this GPU "
+                f"({gpu}): {'; '.join(diagnostics)}"
+            )
+        if answer == "SUBOPTIMAL":
+            log.warning("%s: the engine runs on %s, but may run slower (%s)", trt.__name__, gpu,
+                        "; ".join(diagnostics) or "no reason given")  # fmt: skip
+        return ""
+    target = report.get("compute_capability", "")
     if target.startswith("sm") and target not in gpus:
         return f"built for {target}, this GPU is {', '.join(gpus)}"
     return ""
+
+
+ENGINE_HEAD = 1 << 16  # bytes of model.engine read for its header (64 in TensorRT-RTX 1.7)
+
+
+def _engine_head(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as f:
+            return f.read(ENGINE_HEAD)
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -512,10 +536,10 @@ def runnable_engine(
     trt = load_backend(backend)
     check_backend_version(trt, report)
     gpus, reason = cuda_gpus()
-    why = not_run_reason(report, gpus, reason)
+    engine = _engine_head(Path(engine_dir) / ENGINE_FILE) if gpus else None
+    why = not_run_reason(report, gpus, reason, trt, engine)
     if why:
-        built_for = report.get("compute_capability", "?")
-        raise EngineNotRun(f"engine built for {built_for}, not run: {why}")
+        raise EngineNotRun(f"engine built for {built_for(report)}, not run: {why}")
     return RunnableEngine(str(Path(engine_dir) / ENGINE_FILE), backend, library)
 
 

@@ -215,7 +215,9 @@ class EngineTarget:
 
     @property
     def built_for(self) -> str:
-        return self.report.get("compute_capability", "?")
+        from armor_export.engine.targets import built_for
+
+        return built_for(self.report)
 
 
 class EngineRunner(BaseRunner):

@@ -26,8 +26,6 @@ def options(verb: str) -> dict:
         ("export", "--external-data", config.EXTERNAL_DATA),
         ("build", "--dtype", config.EXPORT_DTYPES),
         ("build", "--lowering", config.LOWERINGS),
-        ("build", "--compute-capability", config.COMPUTE_CAPABILITIES),
-        ("engine", "--compute-capability", config.COMPUTE_CAPABILITIES),
         ("verify", "--backend", config.VERIFY_BACKENDS),
         ("prune", "--continuous-step", config.CONTINUOUS_STEPS),
         ("prune", "--weighting", config.WEIGHTINGS),

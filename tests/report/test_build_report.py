@@ -102,7 +102,11 @@ def test_build_report_covers_every_stage_and_its_path_is_printed(tiny_checkpoint
         engine_bytes = (build_dir / "engine" / "model.engine").stat().st_size
         assert built["engine_bytes"] == engine_bytes
         assert f"| built | yes: `model.engine`, {size(engine_bytes)} |" in md
-        assert f"| target | {built['compute_capability']} |" in md
+        from armor_export.engine.api import report_rows
+
+        target = dict(report_rows(built))["target"]  # what was set, and what the engine says
+        assert target.startswith(f"{built['compute_capability']} (the engine's header: runs on")
+        assert f"| target | {target} |" in md
         module = built["backend_module"]
         assert f"| backend | {built['backend']} {built['versions'][module]} |" in md
         core = built["sparsity"]["core_matmuls_2_4"]

@@ -34,7 +34,7 @@ def export_with_engine(tiny_export, tmp_path_factory):
 
     export = tmp_path_factory.mktemp("trt-session") / "onnx"
     shutil.copytree(tiny_export.output_dir, export)
-    build_engine(EngineConfig(export_dir=str(export)))
+    build_engine(EngineConfig(export_dir=str(export), compute_capability="sm80"))
     return export
 
 
@@ -105,14 +105,15 @@ def test_the_cli_refuses_in_one_line_with_exit_1(export_with_engine, capsys):
 @pytest.mark.fault(
     "runtime",
     "--backend tensorrt with a GPU of another compute capability than the engine's",
-    "one line: engine built for sm80, not run: built for sm80, this GPU is sm89",
+    "one line: engine built for sm80, not run: the engine runs on sm80, this GPU is sm89 (the "
+    "engine's own header asked, not the report)",
 )
 def test_a_gpu_of_another_compute_capability_is_refused(export_with_engine, monkeypatch):
     """The refusal happens before any CUDA call, so the GPU list is the only thing simulated
     (as in tests/verify: this machine has no GPU)."""
     monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm89"], ""))
     message = refusal(export_with_engine)
-    assert message == "engine built for sm80, not run: built for sm80, this GPU is sm89"
+    assert message == "engine built for sm80, not run: the engine runs on sm80, this GPU is sm89"
 
 
 @pytest.mark.fault(
@@ -146,8 +147,10 @@ def test_a_missing_tensorrt_module_gives_the_install_hint(export_with_engine, co
     "one line: cuda-python is not installed, and the pip install to run",
 )
 def test_missing_cuda_python_gives_the_install_hint(export_with_engine, monkeypatch):
-    """On a GPU of the engine's target (simulated: the refusal comes before any CUDA call)."""
+    """On a GPU of the engine's target (simulated: the refusal comes before any CUDA call, and
+    TensorRT-RTX's validity check, which would read the GPU, answers as on that GPU)."""
     monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setattr(trt_session, "engine_validity", lambda trt, engine: ("VALID", []))
     for module in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, module, None)
     message = refusal(export_with_engine)

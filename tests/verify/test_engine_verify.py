@@ -30,7 +30,7 @@ def export_with_engine(tiny_export, tmp_path_factory):
     """A copy of the tiny export with its real TensorRT-RTX engine in <export>/engine."""
     export = tmp_path_factory.mktemp("verify-engine") / "onnx"
     shutil.copytree(tiny_export.output_dir, export)
-    build_engine(EngineConfig(export_dir=str(export)))
+    build_engine(EngineConfig(export_dir=str(export), compute_capability="sm80"))
     return export
 
 
@@ -116,6 +116,7 @@ def test_datacenter_tensorrt_without_a_gpu_is_skipped_by_auto(
     shutil.copytree(export_with_engine / "engine", engine)
     report = json.loads((engine / "build_report.json").read_text())
     report.update(backend="TensorRT", backend_module="tensorrt", compute_capability="the local GPU")
+    report["engine_targets"] = None  # what a datacenter TensorRT build report holds
     report["versions"] = {"tensorrt": trt.__version__}
     report["config"]["backend"] = "tensorrt"
     (engine / "build_report.json").write_text(json.dumps(report))
@@ -209,6 +210,7 @@ def test_an_engine_crash_during_verify_is_recorded_and_raised(
     """The whole verify path up to the engine child: a GPU of the engine's target is
     simulated (here there is none), the child really aborts through the runner's test hook."""
     monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setattr(trt_session, "engine_validity", lambda trt, engine: ("VALID", []))
     monkeypatch.setenv(child.CRASH_HOOK, "engine run (verify)")
     cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path))
     with pytest.raises(child.NativeCrashError, match=re.escape("engine run (verify) crashed")):
