@@ -238,6 +238,7 @@ def test_verify_runs_every_feed_in_one_engine_child(export_with_engine, tmp_path
         return real(stage, target, args, *rest, **kwargs)
 
     monkeypatch.setattr(trt_session, "cuda_gpus", lambda: (["sm80"], ""))
+    monkeypatch.setattr(trt_session, "engine_validity", lambda trt, engine: ("VALID", []))
     monkeypatch.setattr(child, "run_in_child", counted)
     cfg = VerifyConfig(export_dir=str(export_with_engine), report_dir=str(tmp_path), decode_steps=2)
     with pytest.raises(folder.EngineMismatchError, match="could not deserialise it"):
