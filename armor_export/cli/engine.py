@@ -120,7 +120,7 @@ def run(args) -> int:
     console.print(report_markdown(result.report))
     console.print(
         f"engine: {result.engine_path}\nreport: {result.report_path}\n"
-        f"builder log: {result.report['builder_log']}",
+        f"builder log: {result.engine_path.parent / result.report['builder_log']}",
         markup=False,
     )
     return 0
