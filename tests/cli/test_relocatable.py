@@ -171,3 +171,41 @@ def test_onnx_runtime_genai_runs_a_moved_export(moved_build, elsewhere, tmp_path
                           capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert proc.returncode == 0, output(proc)
     assert 1 <= int(proc.stdout.strip().splitlines()[-1]) <= 3
+
+
+@pytest.mark.fault(
+    "engine",
+    "a plugin engine built with --plugin-library as typed (relative), its folder and export "
+    "copied elsewhere and run from another working folder",
+    "the engine folder carries the library (sha256 checked): found without --plugin-library; "
+    "a changed copy is refused in one line; --plugin-library overrides it",
+)
+@needs_no_gpu
+def test_a_plugin_engine_folder_carries_its_library(tiny_fp16_plugin_export, plugin_build,
+                                                    elsewhere, tmp_path):  # fmt: skip
+    from tests.plugins.plugin_build import env_with_library_path
+
+    env = env_with_library_path(None)
+    library = plugin_build.library
+    cmd = [sys.executable, "-m", "armor_export", "engine", str(tiny_fp16_plugin_export.output_dir),
+           "-o", str(tmp_path / "built"), "--plugin-library", library.name]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=library.parent, capture_output=True, text=True,
+                          timeout=600, env=env)  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_fp16_plugin_export.output_dir, shipped / "export")
+    shutil.copytree(tmp_path / "built", shipped / "engine")
+    shutil.rmtree(tmp_path / "built")
+    report = json.loads((shipped / "engine" / "build_report.json").read_text())
+    assert report["plugin"]["library"] == library.name
+    assert (shipped / "engine" / library.name).read_bytes() == library.read_bytes()
+    run = ("generate", shipped / "export", "--backend", "tensorrt", "--prompt", "Once",
+           "--engine", shipped / "engine")  # fmt: skip
+    proc = cli(elsewhere, *run)
+    assert proc.returncode == 1 and f"error: {NOT_RUN}" in proc.stderr, output(proc)
+    (shipped / "engine" / library.name).write_bytes(b"not the library")
+    proc = cli(elsewhere, *run)
+    assert proc.returncode == 1, output(proc)
+    assert "is not the plugin library the engine was built with" in proc.stderr, output(proc)
+    proc = cli(elsewhere, *run, "--plugin-library", library)
+    assert proc.returncode == 1 and f"error: {NOT_RUN}" in proc.stderr, output(proc)
