@@ -48,7 +48,7 @@ def add_parser(sub):
         "-o",
         "--output-dir",
         default=defaults.output_dir,
-        help="engine folder (default EXPORT/engine)",
+        help="engine folder (default EXPORT/engine, or BUILD/engine for a build's BUILD/onnx)",
     )
     add_target_arguments(p, defaults)
     p.add_argument(
