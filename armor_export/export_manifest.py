@@ -189,19 +189,44 @@ class PluginInfo:
 
 @dataclass(frozen=True)
 class Source:
-    """What was exported: a model name or path, and for a pruned checkpoint how it was pruned."""
+    """What was exported: a model name or path, and for a pruned checkpoint how it was pruned.
+
+    ``model`` is the name or path as the export was given it (a record: relative to the folder
+    the command ran in). ``folder`` is where a local model folder is, relative to the export
+    folder (``../checkpoint`` for a build's export), so a copied build folder still finds its
+    model from any working folder; None for a hub id, or an export older than the record.
+    """
 
     model: str
     pruned: bool
     method: str | None = None
     block_sizes: tuple[int, ...] = ()
+    folder: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"model": self.model, "pruned": self.pruned}
+        if self.folder is not None:
+            data["folder"] = self.folder
         if self.pruned:  # only a pruned checkpoint records how it was pruned
             data["method"] = self.method
             data["block_sizes"] = list(self.block_sizes)
         return data
+
+    def locate(self, export_dir: str | Path) -> str:
+        """The model to load for the export in ``export_dir``: its local folder, found relative
+        to the export folder wherever that now is, else the name (a hub id); a one-line
+        UserError naming ``--model`` when the folder did not travel with the export."""
+        from armor_export.errors import UserError
+
+        if self.folder is None:
+            return self.model
+        path = Path(export_dir) / self.folder
+        if not path.is_dir():
+            raise UserError(
+                f"the export's source model ({self.model}) is not at {path}, where it was "
+                "beside the export: pass its folder with --model"
+            )
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -346,6 +371,7 @@ class ExportManifest:
                 pruned=bool(source["pruned"]),
                 method=source.get("method"),
                 block_sizes=tuple(source.get("block_sizes", ())),
+                folder=source.get("folder"),
             ),
             family=data["family"],
             dtype=data["dtype"],

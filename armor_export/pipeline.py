@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from armor_export.config import BuildConfig
+from armor_export.engine.folder import BUILD_MANIFEST
 from armor_export.errors import UserError
 from armor_export.io import read_json, sha256_file, user_os_error, write_json
 from armor_export.progress import NullReporter, Reporter
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "build_manifest.json"
+MANIFEST = BUILD_MANIFEST  # "build_manifest.json": engine.folder.engine_dir_of reads it too
 FORMAT = "armor-export-build"
 
 

@@ -53,7 +53,7 @@ def add_parser(sub):
         "-o",
         "--output-dir",
         default=defaults.output_dir,
-        help="engine folder (default EXPORT/engine)",
+        help="engine folder (default EXPORT/engine, or BUILD/engine for a build's BUILD/onnx)",
     )
     add_target_arguments(p, defaults)
     p.add_argument(
@@ -125,7 +125,7 @@ def run(args) -> int:
     console.print(report_markdown(result.report))
     console.print(
         f"engine: {result.engine_path}\nreport: {result.report_path}\n"
-        f"builder log: {result.report['builder_log']}",
+        f"builder log: {result.engine_path.parent / result.report['builder_log']}",
         markup=False,
     )
     return 0

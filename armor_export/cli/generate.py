@@ -45,8 +45,20 @@ def add_parser(sub) -> argparse.ArgumentParser:
         choices=RUNTIME_BACKENDS,
         default=RUNTIME_BACKENDS[0],
         help="onnxruntime (default): the export's ONNX graph, --lowering plain exports; "
-        "tensorrt: the export's built engine (EXPORT_DIR/engine, from armor-export engine) "
-        "with the TensorRT or TensorRT-RTX that built it, on a CUDA GPU of its target",
+        "tensorrt: the export's built engine (--engine, default EXPORT_DIR/engine, or "
+        "BUILD/engine for a build's BUILD/onnx) with the TensorRT or TensorRT-RTX that built "
+        "it, on a CUDA GPU of its target",
+    )
+    p.add_argument(
+        "--engine",
+        dest="engine_dir",
+        help="engine folder for --backend tensorrt (default: the export's engine, as above)",
+    )
+    p.add_argument(
+        "--plugin-library",
+        default="",
+        help="libarmor_blockdiag_plugin.so for a plugin engine (default: the copy in the "
+        "engine folder)",
     )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
@@ -80,7 +92,14 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     config.validate()  # bad flags fail before the model is loaded
-    generator = Generator(args.export_dir, args.backend, threads=args.threads)
+    if args.backend != "tensorrt" and (args.engine_dir or args.plugin_library):
+        from armor_export.errors import ConfigError
+
+        raise ConfigError("--engine and --plugin-library are for --backend tensorrt")
+    generator = Generator(
+        args.export_dir, args.backend, threads=args.threads,
+        engine_dir=args.engine_dir, plugin_library=args.plugin_library,
+    )  # fmt: skip
     single = len(args.prompt) == 1
     result = generator.generate(args.prompt, config, on_text=_stream if single else None)
     if single:

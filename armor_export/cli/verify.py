@@ -10,7 +10,9 @@ def add_parser(sub):
     p = sub.add_parser("verify", help="check an export against its PyTorch source")
     p.add_argument("export_dir", nargs="?", default=defaults.export_dir, help="export folder")
     p.add_argument(
-        "--model", default=defaults.model, help="PyTorch source (default: the one exported)"
+        "--model",
+        default=defaults.model,
+        help="PyTorch source (default: the one exported, found relative to the export folder)",
     )
     p.add_argument(
         "--backend",
@@ -35,12 +37,13 @@ def add_parser(sub):
         "--engine",
         dest="engine_dir",
         default=defaults.engine_dir,
-        help="engine folder to load and compare (default EXPORT_DIR/engine when it exists)",
+        help="engine folder to load and compare (default the export's engine when it exists: "
+        "EXPORT_DIR/engine, or BUILD/engine for a build's BUILD/onnx)",
     )
     p.add_argument(
         "--plugin-library",
         default=defaults.plugin_library,
-        help="libarmor_blockdiag_plugin.so (default: the one in the engine's build report)",
+        help="libarmor_blockdiag_plugin.so (default: the copy in the engine folder)",
     )
     p.add_argument(
         "--report-dir",

@@ -95,18 +95,21 @@ def _without_leftovers(out: Path) -> Path:
 
 
 def _publish(built: Path, out: Path) -> None:
-    """Move the engine and its reports from ``built`` into ``out``. The old JSON report goes
-    first and the new one comes last: a folder caught half way holds an engine without a
-    report (``read_build_report`` says to rebuild), never a report of another engine."""
+    """Move the engine, its plugin library copy (a plugin engine) and its reports from
+    ``built`` into ``out``. The old JSON report goes first and the new one comes last: a
+    folder caught half way holds an engine without a report (``read_build_report`` says to
+    rebuild), never a report of another engine."""
     (out / REPORT_JSON).unlink(missing_ok=True)
-    for name in (ENGINE_FILE, REPORT_MD, REPORT_JSON):
+    libraries = sorted(p.name for p in built.glob("*.so*") if p.is_file())
+    for name in (ENGINE_FILE, *libraries, REPORT_MD, REPORT_JSON):
         os.replace(built / name, out / name)
 
 
 def output_dir(cfg: EngineConfig) -> Path:
-    from armor_export.engine.folder import DEFAULT_ENGINE_DIR
+    """``-o``, else where every verb looks for the export's engine (``engine_dir_of``)."""
+    from armor_export.engine.folder import engine_dir_of
 
-    return Path(cfg.output_dir) if cfg.output_dir else Path(cfg.export_dir) / DEFAULT_ENGINE_DIR
+    return Path(cfg.output_dir) if cfg.output_dir else engine_dir_of(cfg.export_dir)
 
 
 def build_targets(trt, cfg: EngineConfig) -> list[str] | None:
@@ -156,6 +159,8 @@ def build_engine_here(
     from armor_export.io import write_bytes
 
     write_bytes(dest / ENGINE_FILE, engine)
+    if plugin is not None:  # the engine folder carries its plugin library (engine_dir_of)
+        plugin = carry_plugin_library(plugin, dest)
     _save_timing_cache(config, cfg, out)
     report = _report(
         trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, plugin, out, targets
@@ -223,6 +228,19 @@ def _load_plugin(trt, cfg: EngineConfig, manifest: ExportManifest) -> dict | Non
             raise BackendUnavailableError(problem)
     load_plugin_library(trt, library)
     return {**plugin.to_dict(), "library": str(library)}
+
+
+def carry_plugin_library(plugin: dict, folder: Path) -> dict:
+    """Copy the plugin library the engine was built with into its engine ``folder``; the
+    report then names the copy relative to the folder, with its sha256, which the runtime
+    checks before loading it (``engine.folder.plugin_library_of``): a shipped engine folder
+    needs nothing from the machine or the folder it was built in."""
+    from armor_export.io import sha256_file
+
+    source = Path(plugin["library"])
+    copy = Path(folder) / source.name
+    shutil.copyfile(source, copy)
+    return {**plugin, "library": copy.name, "library_sha256": sha256_file(copy)}
 
 
 def plugin_layer_names(trt, network) -> list[str]:
@@ -424,13 +442,13 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
             **sparsity,
             "inspector": inspector,
         },
-        "timing_cache": str(timing_cache_path(cfg, out))
+        "timing_cache": _in_folder(timing_cache_path(cfg, out), out)
         if uses_timing_cache(cfg)
         else "not used: timing-cache operations are no-ops in TensorRT-RTX",
         "engine_bytes": len(engine),
         "engine_sha256": hashlib.sha256(engine).hexdigest(),
         **export_binding(Path(cfg.export_dir), manifest),
-        "builder_log": str(out / BUILDER_LOG),
+        "builder_log": BUILDER_LOG,  # beside the report, as every file it names there
         "build_seconds": round(seconds, 2),
         "warnings": [m for s, m in logger.messages if s == "WARNING"][:20],
         "notes": notes,
@@ -449,6 +467,15 @@ def _target_fields(trt, spec, engine: bytes, targets: list[str] | None) -> dict:
         return {"compute_capability": gpus[0] if gpus else "the local GPU", "engine_targets": None}
     return {"compute_capability": spelled(targets or []),
             "engine_targets": engine_targets(trt, engine)}  # fmt: skip
+
+
+def _in_folder(path: Path, folder: Path) -> str:
+    """``path`` relative to the engine ``folder`` when it is inside it (the folder moves with
+    its files), else as given (a file of the user's outside the folder)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(folder).resolve()))
+    except ValueError:
+        return str(path)
 
 
 def write_report(out: Path, report: dict) -> Path:

@@ -167,7 +167,8 @@ def load_plugin_library(trt, path: str | Path) -> None:
     key = (trt.__name__, str(library.resolve()))
     if key in _LOADED_PLUGINS:
         return
-    handle = trt.get_plugin_registry().load_library(str(library))
+    # resolved: dlopen reads a bare file name as a library search, never the working folder
+    handle = trt.get_plugin_registry().load_library(str(library.resolve()))
     if handle is None:
         raise PluginLibraryError(
             f"{library}: {trt.__name__} {trt.__version__}'s plugin registry refused it "

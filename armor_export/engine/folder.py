@@ -5,6 +5,12 @@ folder; ``verify`` and the runtime (``runtime.trt_session``) read it back. What 
 records of the export it was built from (``export_binding``) and the checks that an engine
 belongs to the export beside it and to the installed backend live here, so both sides use
 one definition.
+
+Where an export's engine lives is one rule, ``engine_dir_of`` (design.md §7.5): every verb
+(``engine``'s default output, ``verify``, ``generate``, the build's report) asks it. The
+folder is self-contained: paths in its report are relative to it, and a plugin engine carries
+its plugin library, copied in at build with its sha256 (``plugin_library_of``), so an engine
+folder copied to another machine, or read from another working folder, still runs.
 """
 
 from __future__ import annotations
@@ -17,13 +23,59 @@ from armor_export.export_manifest import MANIFEST, ExportManifest
 from armor_export.io import sha256_file
 
 ENGINE_FILE = "model.engine"
-DEFAULT_ENGINE_DIR = "engine"  # <export>/engine: where the engine verb writes by default
+DEFAULT_ENGINE_DIR = "engine"  # <export>/engine, or <build>/engine (``engine_dir_of``)
 REPORT_JSON = "build_report.json"
 BUILDER_LOG = "builder.log"
+# a build folder (``armor-export build``): the export stage writes <build>/onnx and the engine
+# stage <build>/engine; ``build_manifest.json`` marks the folder (the stages read these names)
+BUILD_MANIFEST = "build_manifest.json"
+BUILD_EXPORT_DIR = "onnx"
 
 
 class EngineMismatchError(UserError):
     """The engine does not belong to the export beside it, or to the installed backend."""
+
+
+def engine_dir_of(export_dir: str | Path) -> Path:
+    """Where the engine of the export in ``export_dir`` lives: ``<build>/engine`` for the
+    export a build made (``<build>/onnx`` with ``build_manifest.json`` beside it), else
+    ``<export>/engine``. Relative to ``export_dir`` as given: a moved folder moves its engine.
+    """
+    export_dir = Path(export_dir)
+    build = export_dir.parent
+    if export_dir.name == BUILD_EXPORT_DIR and (build / BUILD_MANIFEST).is_file():
+        return build / DEFAULT_ENGINE_DIR
+    return export_dir / DEFAULT_ENGINE_DIR
+
+
+def plugin_library_of(engine_dir: str | Path, report: dict, override: str | Path = "") -> Path:
+    """The plugin library to load with the engine in ``engine_dir``: ``override`` (the user's
+    ``--plugin-library``) as given, else the copy the build put in the engine folder, checked
+    against the sha256 its report recorded. A report older than the copy named the library
+    by the path the build was given (absolute, or relative to where it ran): used as is."""
+    from armor_export.engine.backends import PluginLibraryError
+
+    if override:
+        return Path(override)
+    plugin = report.get("plugin") or {}
+    recorded = plugin.get("library") or ""
+    if not recorded:
+        raise PluginLibraryError(
+            f"{Path(engine_dir) / REPORT_JSON} records no plugin library: pass --plugin-library"
+        )
+    library = Path(engine_dir) / recorded  # an absolute recorded path stays itself
+    if not library.is_file():
+        raise PluginLibraryError(
+            f"the engine's plugin library {library} is not a file (copy the whole engine "
+            "folder, or pass --plugin-library)"
+        )
+    digest = plugin.get("library_sha256")
+    if digest is not None and sha256_file(library) != digest:
+        raise PluginLibraryError(
+            f"{library} is not the plugin library the engine was built with (its sha256 "
+            f"differs from {REPORT_JSON}): rebuild the engine, or pass --plugin-library"
+        )
+    return library
 
 
 def read_build_report(engine_dir: str | Path) -> dict:

@@ -344,13 +344,23 @@ def _token_ids(model, tokenizer) -> Tokens:
     )
 
 
+def model_folder(cfg) -> str | None:
+    """A local model's folder relative to the export folder (``Source.folder``); None for a
+    hub id or an alias of the cached default model (a name that resolves on any machine)."""
+    model = Path(cfg.model).expanduser()
+    if not model.is_dir():
+        return None
+    relative = os.path.relpath(model.resolve(), Path(cfg.output_dir).expanduser().resolve())
+    return Path(relative).as_posix()
+
+
 def _manifest(cfg, model, tokenizer, spec, limits, counts, ckpt, external) -> ExportManifest:
     """The manifest of the files in the export's temporary folder (``external``: the data
     file the graph references, or None); the checks' counts and ``sha256`` still to come."""
     from armor_export.export import reference
     from armor_export.models.registry import adapter_for
 
-    source = Source(model=cfg.model, pruned=ckpt is not None)
+    source = Source(model=cfg.model, pruned=ckpt is not None, folder=model_folder(cfg))
     if ckpt is not None:
         blocks = {m["block_size"] for m in ckpt["matrices"].values() if m.get("block_size")}
         source = replace(source, method=ckpt.get("method"), block_sizes=tuple(sorted(blocks)))

@@ -116,16 +116,20 @@ class Generator:
         providers: Sequence[str] | None = None,
         threads: int = 0,
         session: Session | None = None,
+        engine_dir: str | Path | None = None,
+        plugin_library: str = "",
     ) -> None:
         """``session``: one already open on this export (e.g. with profiling on) to run
-        instead of opening one on ``backend``."""
+        instead of opening one on ``backend``; ``engine_dir`` / ``plugin_library``: the
+        engine ``tensorrt`` runs (default the export's, ``engine.folder.engine_dir_of``)."""
         self.folder = Path(folder)
         self.manifest = ExportManifest.read(self.folder)
         if session is not None:
             check_session_matches(session, self.manifest)
         self.session: Session = session or open_session(
-            self.folder, self.manifest, backend, providers, threads
-        )
+            self.folder, self.manifest, backend, providers, threads,
+            engine_dir=engine_dir, plugin_library=plugin_library,
+        )  # fmt: skip
         self.dtype = past_dtype(self.manifest, backend)
         self.tokenizer = load_tokenizer(self.folder / self.manifest.tokenizer)
         self.cache = self.manifest.cache_feedback()  # (past input, present output) pairs

@@ -142,12 +142,17 @@ def _open_onnxruntime(
 
 
 def _open_tensorrt(
-    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
+    folder: Path,
+    manifest: ExportManifest,
+    providers: Sequence[str] | None,
+    threads: int,
+    engine_dir: str | Path | None = None,
+    plugin_library: str = "",
 ) -> Session:
     from armor_export.runtime.trt_session import open_engine_session
 
     past_dtype(manifest, "tensorrt")  # numpy feeds: no bfloat16, refused before any GPU work
-    return open_engine_session(folder, manifest)
+    return open_engine_session(folder, manifest, engine_dir, plugin_library)
 
 
 _OPENERS: dict[str, Callable[..., Session]] = {
@@ -162,10 +167,14 @@ def open_session(
     backend: str = "onnxruntime",
     providers: Sequence[str] | None = None,
     threads: int = 0,
+    **engine,
 ) -> Session:
-    """Load the export in ``folder`` on ``backend`` (checked against its manifest)."""
+    """Load the export in ``folder`` on ``backend`` (checked against its manifest); ``engine``:
+    ``engine_dir`` / ``plugin_library`` for ``tensorrt`` (``generate --engine``,
+    ``--plugin-library``; default the export's engine, ``engine.folder.engine_dir_of``)."""
     if backend not in _OPENERS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    session = _OPENERS[backend](Path(folder), manifest, providers, threads)
+    engine = {k: v for k, v in engine.items() if v} if backend == "tensorrt" else {}
+    session = _OPENERS[backend](Path(folder), manifest, providers, threads, **engine)
     check_session_matches(session, manifest)
     return session

@@ -47,12 +47,13 @@ from armor_export.engine.backends import (
     load_plugin_library,
 )
 from armor_export.engine.folder import (
-    DEFAULT_ENGINE_DIR,
     ENGINE_FILE,
     REPORT_JSON,
     EngineMismatchError,
     check_backend_version,
     check_engine_belongs,
+    engine_dir_of,
+    plugin_library_of,
 )
 from armor_export.engine.targets import (
     built_for,
@@ -428,15 +429,17 @@ def open_engine_session(
     engine_dir: str | Path | None = None,
     plugin_library: str = "",
 ) -> TensorRTSession:
-    """The export's built engine (``<export>/engine`` unless ``engine_dir``), checked to belong
-    to it and to be runnable here (``runnable_engine``), as a session whose
-    ``limits`` are the engine's own (never beyond the export's)."""
+    """The export's built engine (``engine_dir``, else where every verb looks for it:
+    ``engine.folder.engine_dir_of``), checked to belong to it and to be runnable here
+    (``runnable_engine``), as a session whose ``limits`` are the engine's own (never beyond
+    the export's)."""
     export_dir = Path(export_dir)
-    engine_dir = Path(engine_dir) if engine_dir else export_dir / DEFAULT_ENGINE_DIR
+    engine_dir = Path(engine_dir) if engine_dir else engine_dir_of(export_dir)
     if not (engine_dir / ENGINE_FILE).is_file():
         raise BackendUnavailableError(
             f"{export_dir} has no built engine ({engine_dir / ENGINE_FILE} is not a file): "
-            f"build one with 'armor-export engine {export_dir}', or use --backend onnxruntime"
+            f"build one with 'armor-export engine {export_dir}', pass --engine, "
+            "or use --backend onnxruntime"
         )
     report = check_engine_belongs(engine_dir, export_dir, manifest)
     limits = engine_limits(report, manifest, engine_dir)
@@ -521,16 +524,17 @@ def runnable_engine(
     engine_dir: Path, report: dict, manifest: ExportManifest, plugin_library: str = ""
 ) -> RunnableEngine:
     """The checks before an engine is loaded, shared by ``verify`` and the runtime: its plugin
-    library (``plugin_library``, else the one its build recorded) where the export has plugin
-    nodes, the backend that built it, importable and of the same version, and a CUDA GPU of
-    its target here; a one-line error naming what is missing otherwise."""
+    library (``plugin_library``, else the copy in the engine folder, checked against its
+    recorded sha256: ``engine.folder.plugin_library_of``) where the export has plugin nodes,
+    the backend that built it, importable and of the same version, and a CUDA GPU of its
+    target here; a one-line error naming what is missing otherwise."""
     library = ""
     if manifest.lowering == "plugin":
-        library = plugin_library or (report.get("plugin") or {}).get("library", "")
-        if not library or not Path(library).is_file():
+        library = str(plugin_library_of(engine_dir, report, plugin_library))
+        if not Path(library).is_file():
             raise PluginLibraryError(
                 f"the engine needs the {manifest.plugin.name} plugin library "
-                f"({library or 'none recorded'} is not a file): pass --plugin-library"
+                f"({library} is not a file): pass --plugin-library"
             )
     backend = report.get("config", {}).get("backend", "tensorrt-rtx")
     trt = load_backend(backend)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from armor_export.engine.folder import DEFAULT_ENGINE_DIR
 from armor_export.stages.base import Stage, stage_dir
 
 
 class EngineStage(Stage):
     name = "engine"
     section = "engine"
-    folder = "engine"
+    folder = DEFAULT_ENGINE_DIR  # <build>/engine: where engine.folder.engine_dir_of looks
 
     def configure(self, build):
         return replace(

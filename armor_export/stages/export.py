@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from armor_export.engine.folder import BUILD_EXPORT_DIR
 from armor_export.export_manifest import MANIFEST
 from armor_export.stages.base import Stage
 from armor_export.stages.prune import checkpoint_of
@@ -14,7 +15,7 @@ from armor_export.stages.prune import checkpoint_of
 class ExportStage(Stage):
     name = "export"
     section = "export"
-    folder = "onnx"
+    folder = BUILD_EXPORT_DIR  # its engine is <build>/engine (engine.folder.engine_dir_of)
 
     def configure(self, build):
         return replace(

@@ -58,6 +58,13 @@ def verify(cfg: VerifyConfig, reporter: Reporter | None = None, model=None) -> V
         lowering=manifest.lowering,
         versions=export_versions(),
     )
+    if not cfg.model:  # the source found relative to the export folder (Source.locate)
+        try:
+            report.model = manifest.source.locate(export_dir)
+        except UserError as exc:  # a moved export without its model: --model names it
+            report.error = str(exc)
+            report.write(report_dir)
+            raise
     start = time.perf_counter()
     try:
         with reporter.task("verify", total=3) as task:
@@ -159,15 +166,16 @@ def load_reference(name: str, dtype: str):
 
 
 def engine_target(cfg: VerifyConfig, export_dir: Path, manifest: ExportManifest):
-    """The engine to check (``cfg.engine_dir``, else ``<export>/engine`` when it holds one),
-    after checking it belongs to this export; None when there is none."""
-    from armor_export.engine.folder import DEFAULT_ENGINE_DIR, ENGINE_FILE, check_engine_belongs
+    """The engine to check (``cfg.engine_dir``, else the export's engine where every verb looks
+    for it, ``engine.folder.engine_dir_of``, when it holds one), after checking it belongs to
+    this export; None when there is none."""
+    from armor_export.engine.folder import ENGINE_FILE, check_engine_belongs, engine_dir_of
     from armor_export.verify.runners import EngineTarget
 
     if cfg.engine_dir:
         engine_dir = Path(cfg.engine_dir)
-    elif (export_dir / DEFAULT_ENGINE_DIR / ENGINE_FILE).is_file():
-        engine_dir = export_dir / DEFAULT_ENGINE_DIR
+    elif (engine_dir_of(export_dir) / ENGINE_FILE).is_file():
+        engine_dir = engine_dir_of(export_dir)
     else:
         return None
     report = check_engine_belongs(engine_dir, export_dir, manifest)

@@ -10,6 +10,7 @@ regression to the abort must not take pytest with it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -42,9 +43,12 @@ def test_plugin_engine_builds_on_cpu_and_the_report_names_the_plugin_layers(
     report = json.loads((tmp_path / "engine" / "build_report.json").read_text())
     manifest = tiny_fp16_plugin_export.manifest
     plugin = report["plugin"]
-    assert plugin["name"] == "ArmorBlockDiagMatMul" and plugin["library"] == str(
-        plugin_build.library
-    )
+    # the engine folder carries its plugin library: the report names the copy, relative to it
+    assert plugin["name"] == "ArmorBlockDiagMatMul"
+    assert plugin["library"] == plugin_build.library.name
+    copy = tmp_path / "engine" / plugin_build.library.name
+    assert copy.read_bytes() == plugin_build.library.read_bytes()
+    assert plugin["library_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
     assert len(plugin["layers"]) == manifest["counts"]["plugin_nodes"] == 28  # A and B of 14
     assert len(set(plugin["layers"])) == len(plugin["layers"])
     assert report["precision"] == "float16" and report["compute_capability"] == "default"
