@@ -3,7 +3,8 @@ works with every verb, run as a real process from another working folder, and ev
 finds an export's engine by one rule (``engine.folder.engine_dir_of``): ``<export>/engine``,
 or ``<build>/engine`` for the export a build made.
 
-The engines are real TensorRT-RTX engines built on the CPU for sm80; without a GPU they end
+The engines are real TensorRT-RTX engines built on the CPU for sm80 (named, so the message
+is exact; tests/engine/test_engine_targets.py covers the default set); without a GPU they end
 "not run: no CUDA GPU", which ``runnable_engine`` says only after it found the engine, checked
 that it belongs to the export and found its plugin library.
 """
@@ -51,7 +52,7 @@ def moved_build(tiny_checkpoint, tmp_path_factory):
     first = tmp_path_factory.mktemp("first-machine")
     shutil.copytree(tiny_checkpoint, first / "runs" / "build" / "checkpoint")
     proc = cli(first, "build", "--model", "runs/build/checkpoint", "-o", "runs/build",
-               "--stages", "export,engine")  # fmt: skip
+               "--stages", "export,engine", "--compute-capability", "sm80")  # fmt: skip
     assert proc.returncode == 0, output(proc)
     moved = tmp_path_factory.mktemp("second-machine") / "shipped-build"
     shutil.copytree(first / "runs" / "build", moved)
@@ -188,7 +189,8 @@ def test_a_plugin_engine_folder_carries_its_library(tiny_fp16_plugin_export, plu
     env = env_with_library_path(None)
     library = plugin_build.library
     cmd = [sys.executable, "-m", "armor_export", "engine", str(tiny_fp16_plugin_export.output_dir),
-           "-o", str(tmp_path / "built"), "--plugin-library", library.name]  # fmt: skip
+           "-o", str(tmp_path / "built"), "--plugin-library", library.name,
+           "--compute-capability", "sm80"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=library.parent, capture_output=True, text=True,
                           timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, output(proc)
