@@ -68,7 +68,8 @@ class GenaiGenerator:
 
         ORT GenAI always stops at the end-of-sequence ids of ``genai_config.json``; asking
         it not to (``stop_at_eos=False``) is refused rather than emulated with
-        ``min_length``, which would change the tokens.
+        ``min_length``, which would change the tokens. The eos that stopped a prompt ends its
+        ``token_ids`` and makes its finish reason ``eos``, as in our runtime.
         """
         config = config or GenerationConfig()
         config.validate()
