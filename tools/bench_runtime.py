@@ -41,7 +41,7 @@ log = logging.getLogger("bench_runtime")
 RUNTIMES = {"armor-export": ExportRunner, "onnxruntime-genai": GenaiRunner}
 NOT_RUN = {
     "tensorrt": "TensorRT engine: not run, no GPU on this machine (needs the engine stage "
-    "and a GPU; see README, 'GPU results and what still needs a GPU')",
+    "and a GPU; see docs/engines.md, 'GPU results and what still needs a GPU')",
     "tensorrt-rtx": "TensorRT-RTX engine: not run, no GPU on this machine",
 }
 
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         "onnxruntime_genai": onnxruntime_genai.__version__,
         "provider": "CPUExecutionProvider",
         "threads": args.threads
-        or "each runtime's default (ours: ORT's, one per core; ORT GenAI's: half the cores)",
+        or "each runtime's default (ours and ORT GenAI's: half the cores, at least one)",
         "prefill_tokens": args.prefill,
         "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",
         "rounds": args.rounds,

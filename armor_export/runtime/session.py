@@ -12,6 +12,7 @@ the backend is installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,22 @@ ORT_INSTALL_HINT = "pip install armor-export[onnx]"
 # not, ORT GenAI 23.5 (ORT GenAI runs one intra-op thread here: half the cores, its
 # default). docs/benchmarks/runtime.md has the benchmark run.
 ORT_CONFIG_ENTRIES = {"session.intra_op.allow_spinning": "0"}
+
+
+def default_decode_threads() -> int:
+    """The intra-op threads of the runtime's ONNX Runtime session when none are asked for: half
+    the cores this process may use (at least one), as ORT GenAI's default is (it ran one
+    thread on a 2-core machine: CPU time / wall time 1.00). A decode step is a chain of small
+    matrix-vector products, where more threads mostly wait for each other and for cores that
+    other processes hold: in one interleaved 5-round run on a 2-core EPYC under load ~3.7
+    (2026-12-07), ARMOR b=64 decoded at 0.89x ORT GenAI's tokens/s with two threads and 0.995x
+    with one; on the idle machine one thread gave 1.02x. A prompt's prefill is the cost: it
+    loses the other half of the cores (``generate --threads N`` gives them back)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 class Session(Protocol):
@@ -150,7 +167,7 @@ def _open_onnxruntime(
     providers = tuple(providers or DEFAULT_PROVIDERS)
     check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
     past_dtype(manifest)  # the runtime feeds numpy arrays: no bfloat16 on any provider
-    return OrtSession(folder / manifest.onnx, providers, threads)
+    return OrtSession(folder / manifest.onnx, providers, threads or default_decode_threads())
 
 
 def _open_tensorrt(
