@@ -48,7 +48,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "tensorrt: the export's built engine (EXPORT_DIR/engine, from armor-export engine) "
         "with the TensorRT or TensorRT-RTX that built it, on a CUDA GPU of its target",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: half the cores, as ORT GenAI)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (0: half the cores, as ORT GenAI)"
+    )
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     return p
 
