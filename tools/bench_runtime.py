@@ -41,7 +41,7 @@ log = logging.getLogger("bench_runtime")
 RUNTIMES = {"armor-export": ExportRunner, "onnxruntime-genai": GenaiRunner}
 NOT_RUN = {
     "tensorrt": "TensorRT engine: not run, no GPU on this machine (needs the engine stage "
-    "and a GPU; see README, 'GPU results and what still needs a GPU')",
+    "and a GPU; see docs/engines.md, 'GPU results and what still needs a GPU')",
     "tensorrt-rtx": "TensorRT-RTX engine: not run, no GPU on this machine",
 }
 
@@ -107,7 +107,8 @@ def main(argv=None) -> int:
         **ort_run_meta("bench_runtime.py", argv),
         "onnxruntime_genai": onnxruntime_genai.__version__,
         "provider": "CPUExecutionProvider",
-        "threads": args.threads or "ORT default (all cores)",
+        "threads": args.threads
+        or "each runtime's default (ours and ORT GenAI's: half the cores, at least one)",
         "prefill_tokens": args.prefill,
         "decode": f"{args.decode_tokens} greedy steps after a {args.decode_prompt}-token prompt",
         "rounds": args.rounds,
@@ -159,9 +160,10 @@ def write_outputs(out: Path, meta: dict, results: dict) -> None:
         "Not executed: " + "; ".join(meta["not_run"].values()),
         "",
         "Both runtimes run the same model.onnx on ONNX Runtime's CPU provider. They differ "
-        "in session options (ORT GenAI sets its own) and in how logits and the KV cache move "
-        "between steps (ours copies them into numpy arrays and feeds them back; ORT GenAI "
-        "keeps them as ORT values); this benchmark does not separate the two. "
+        "in session options (ours: threads that do not spin between operators, "
+        "`session.intra_op.allow_spinning` 0; ORT GenAI sets its own) and in how logits and "
+        "the KV cache move between steps (ours copies them into numpy arrays and feeds them "
+        "back; ORT GenAI keeps them as ORT values); this benchmark does not separate the two. "
         "Per-round figures are in runtime.json.",
         "",
     ]

@@ -331,7 +331,9 @@ def add_export_timing_arguments(p, work: str, armor_default: list[str]) -> None:
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed")
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median)")
     p.add_argument("--repeats", type=int, default=3, help="prefills per runner and round (best)")
-    p.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="ORT intra-op threads (0: each runtime's default)"
+    )
     p.add_argument("--reexport", action="store_true", help="export again even if present")
 
 

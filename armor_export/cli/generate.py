@@ -60,7 +60,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="libarmor_blockdiag_plugin.so for a plugin engine (default: the copy in the "
         "engine folder)",
     )
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (0: half the cores, as ORT GenAI)"
+    )
     p.add_argument("--json", dest="json_out", help="also write the result to this JSON file")
     return p
 

@@ -58,6 +58,7 @@ class GenaiGenerator:
                 config.append_provider(provider)
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
+        self.eos_ids = {int(i) for i in self.manifest.tokens.eos_token_ids}
         self._og = og
 
     def generate(
@@ -67,7 +68,8 @@ class GenaiGenerator:
 
         ORT GenAI always stops at the end-of-sequence ids of ``genai_config.json``; asking
         it not to (``stop_at_eos=False``) is refused rather than emulated with
-        ``min_length``, which would change the tokens.
+        ``min_length``, which would change the tokens. The eos that stopped a prompt ends its
+        ``token_ids`` and makes its finish reason ``eos``, as in our runtime.
         """
         config = config or GenerationConfig()
         config.validate()
@@ -79,14 +81,15 @@ class GenaiGenerator:
         token_ids = [row[1] for row in rows]
         prefill = sum(row[2] for row in rows)
         decode = sum(row[3] for row in rows)
-        eos = set(self.manifest.tokens.eos_token_ids)
         decoded = sum(len(ids) - 1 for ids in token_ids)
         return GenerationResult(
             prompts=prompts,
             prompt_token_ids=prompt_ids,
             token_ids=token_ids,
             texts=[self.tokenizer.decode(ids) for ids in token_ids],
-            finish_reasons=["eos" if ids and ids[-1] in eos else "length" for ids in token_ids],
+            finish_reasons=[
+                "eos" if ids and ids[-1] in self.eos_ids else "length" for ids in token_ids
+            ],
             new_tokens=sum(len(ids) for ids in token_ids),
             prefill_seconds=prefill,
             decode_seconds=decode,
@@ -123,5 +126,12 @@ class GenaiGenerator:
             check_finite(generator.get_logits(), "logits", f"decode step {step}")
             generator.generate_next_token()
         decode = time.perf_counter() - start
-        sequence = [int(i) for i in generator.get_sequence(0)]
-        return prompt_ids, sequence[len(prompt_ids) :], prefill, decode
+        new_ids = [int(i) for i in generator.get_sequence(0)][len(prompt_ids) :]
+        if len(new_ids) < config.max_new_tokens:
+            # stopped before max_length, i.e. at an eos: ORT GenAI's search ends the row
+            # without appending that token to the sequence (GreedySearch_Cpu::SelectTop,
+            # 0.18), but keeps it as the next token; ours keeps it in token_ids
+            last = int(generator.get_next_tokens()[0])
+            if last in self.eos_ids:
+                new_ids.append(last)
+        return prompt_ids, new_ids, prefill, decode

@@ -12,6 +12,7 @@ the backend is installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +28,31 @@ BACKENDS = RUNTIME_BACKENDS  # the names; _OPENERS below opens each
 DEFAULT_PROVIDERS = (CPU_PROVIDER,)
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 ORT_INSTALL_HINT = "pip install armor-export[onnx]"
+# ONNX Runtime session config entries of every session we open: threads that sleep between
+# operators instead of spinning. ORT's intra-op threads spin by default, which on a CPU whose
+# cores other processes share takes cores from the thread with work to do. SmolLM2-135M fp32
+# decode, 32 steps after 128 tokens, one interleaved 5-round run per line, 2-core Xeon,
+# 2026-12-07 (tokens/s, ORT default threads): with another process keeping one core busy,
+# 8.7 spinning, 15.5 not, ORT GenAI 11.4; on the otherwise idle machine 32.2 spinning, 26.2
+# not, ORT GenAI 23.5 (ORT GenAI runs one intra-op thread here: half the cores, its
+# default). docs/benchmarks/runtime.md has the benchmark run.
+ORT_CONFIG_ENTRIES = {"session.intra_op.allow_spinning": "0"}
+
+
+def default_decode_threads() -> int:
+    """The intra-op threads of the runtime's ONNX Runtime session when none are asked for: half
+    the cores this process may use (at least one), as ORT GenAI's default is (it ran one
+    thread on a 2-core machine: CPU time / wall time 1.00). A decode step is a chain of small
+    matrix-vector products, where more threads mostly wait for each other and for cores that
+    other processes hold: in one interleaved 5-round run on a 2-core EPYC under load ~3.7
+    (2026-12-07), ARMOR b=64 decoded at 0.89x ORT GenAI's tokens/s with two threads and 0.995x
+    with one; on the idle machine one thread gave 1.02x. A prompt's prefill is the cost: it
+    loses the other half of the cores (``generate --threads N`` gives them back)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 class Session(Protocol):
@@ -57,7 +83,8 @@ def inference_session(
 ):
     """An ``onnxruntime.InferenceSession`` on ``path`` (errors only in its log), or one line:
     CorruptFileError for a file that is not a readable model (truncated, not ONNX),
-    BackendUnavailableError for anything else ONNX Runtime refuses.
+    BackendUnavailableError for anything else ONNX Runtime refuses. Its threads do not
+    spin between operators (``ORT_CONFIG_ENTRIES``).
 
     ``optimize=False`` skips ORT's graph optimisations: a session that only checks that the
     file loads (parsing, external data, a kernel for every node), without the copies of the
@@ -68,6 +95,8 @@ def inference_session(
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
     options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
+    for key, value in ORT_CONFIG_ENTRIES.items():
+        options.add_session_config_entry(key, value)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -138,7 +167,7 @@ def _open_onnxruntime(
     providers = tuple(providers or DEFAULT_PROVIDERS)
     check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
     past_dtype(manifest)  # the runtime feeds numpy arrays: no bfloat16 on any provider
-    return OrtSession(folder / manifest.onnx, providers, threads)
+    return OrtSession(folder / manifest.onnx, providers, threads or default_decode_threads())
 
 
 def _open_tensorrt(

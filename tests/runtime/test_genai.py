@@ -112,6 +112,59 @@ def test_genai_greedy_tokens_match_pytorch_and_our_runtime(tiny_checkpoint, tiny
         assert tokens == pytorch_greedy(tiny_checkpoint, prompt_ids, 8, eos)
 
 
+def with_eos(export_dir, out, eos_id: int):
+    """A copy of an export whose end-of-sequence id is ``eos_id``, in its manifest and in
+    its ``genai_config.json`` alike, rehashed and sealed the way ``export`` writes them (a
+    model whose config names that eos)."""
+    import shutil
+
+    from armor_export.export_manifest import MANIFEST, seal
+    from armor_export.io import read_json, sha256_file, write_json
+
+    shutil.copytree(export_dir, out)
+    data = read_json(out / MANIFEST)
+    data["tokens"]["eos_token_ids"] = [eos_id]
+    manifest = ExportManifest.from_dict(data)
+    write_json(out / manifest.genai_config, genai_config(manifest))
+    data["sha256"][manifest.genai_config] = sha256_file(out / manifest.genai_config)
+    write_json(out / MANIFEST, seal(data))
+    return out
+
+
+@pytest.mark.fault(
+    "runtime",
+    "ORT GenAI's decode loop stops at end-of-sequence (GenAI leaves the eos out of its "
+    "sequence), mid-way or as the very first new token",
+    "the same token ids (eos included), finish reasons and token count as our runtime",
+)
+def test_genai_reports_a_stop_at_eos_like_our_runtime(tiny_export, tmp_path):
+    genai_or_skip()
+    from armor_export.runtime.genai import GenaiGenerator
+
+    config = GenerationConfig(max_new_tokens=8)
+    plain = Generator(tiny_export.output_dir, threads=1)
+    # the tiny model mostly repeats one token: find a prompt (a vocabulary entry as text)
+    # whose continuation changes token after a few decode steps; that token becomes eos
+    for prompt in sorted(plain.tokenizer.get_vocab()):
+        row = plain.generate(prompt, config).token_ids[0]
+        mid = next((i for i in range(2, len(row)) if row[i] not in row[:i]), None)
+        if mid is not None:
+            break
+    else:
+        pytest.fail("no prompt of the tiny model changes token mid-way")
+    prompts = [prompt, *PROMPTS]
+    for eos_id, stops in ((row[mid], mid + 1), (row[0], 1)):  # mid-way; at the prefill
+        folder = with_eos(tiny_export.output_dir, tmp_path / f"eos{eos_id}", eos_id)
+        ours = Generator(folder, threads=1).generate(prompts, config)
+        theirs = GenaiGenerator(folder).generate(prompts, config)
+        assert ours.token_ids[0] == row[:stops] and ours.finish_reasons[0] == "eos"
+        assert theirs.token_ids == ours.token_ids
+        assert theirs.finish_reasons == ours.finish_reasons
+        assert theirs.new_tokens == ours.new_tokens
+        # (not the texts: this prompt's tokens are partial UTF-8 bytes, which ORT GenAI's
+        # tokenizer and ``tokenizers`` render with different replacement characters)
+
+
 @pytest.mark.fault(
     "runtime",
     "ORT GenAI on a plugin export, or asked not to stop at eos",

@@ -367,6 +367,37 @@ def test_bad_sampling_values_are_refused(fields, words):
         Sampler(SamplingConfig(**fields))
 
 
+# ---------------------------------------------------------------- sessions
+
+
+@pytest.mark.fault(
+    "runtime",
+    "the decode loop on a CPU whose cores other processes share (ONNX Runtime's intra-op "
+    "threads spin between operators by default and take the cores the work needs)",
+    "the ORT sessions it opens say session.intra_op.allow_spinning = 0 in their own options",
+)
+def test_ort_sessions_do_not_spin_their_threads(export_dir):
+    key = "session.intra_op.allow_spinning"
+    sessions = [
+        Generator(export_dir).session._session,  # generate's, with its default threads
+        session_module.inference_session(export_dir / "model.onnx", ["CPUExecutionProvider"]),
+    ]
+    for session in sessions:
+        assert session.get_session_options().get_session_config_entry(key) == "0"
+
+
+def test_generate_runs_half_the_cores_unless_told(export_dir):
+    """The decode loop's default threads are ORT GenAI's (half the cores, at least one): read
+    back from the session's own options; --threads still sets any count."""
+    import os
+
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
+    options = Generator(export_dir).session._session.get_session_options()
+    assert options.intra_op_num_threads == half
+    options = Generator(export_dir, threads=3).session._session.get_session_options()
+    assert options.intra_op_num_threads == 3
+
+
 # ---------------------------------------------------------------- errors
 
 
