@@ -70,7 +70,8 @@ from armor_export.export_manifest import ExportManifest, Limits
 log = logging.getLogger(__name__)
 
 CUDA_INSTALL_HINT = (
-    "pip install 'armor-export[rtx]' (or [trt]; cuda-python 12.x for a CUDA 12 driver)"
+    "pip install 'armor-export[rtx]' (or [trt]); with a CUDA 12 driver: pip install "
+    "tensorrt-rtx-cu12 'cuda-python>=12,<13' (docs/engines.md)"
 )
 
 
