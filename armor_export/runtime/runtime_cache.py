@@ -44,10 +44,11 @@ def cache_folder(environ: dict[str, str] | None = None) -> Path | None:
     return Path(base).expanduser() / "armor-export" / "runtime-cache"
 
 
-def cache_path(engine: bytes, backend_version: str, folder: Path) -> Path:
+def cache_path(engine: bytes, backend_version: str, folder: Path, sha256: str = "") -> Path:
     """The runtime cache file of the engine whose bytes are ``engine``: keyed on its content
-    (sha256) and the backend's version, never on where the engine lies."""
-    digest = hashlib.sha256(engine).hexdigest()
+    (sha256; ``sha256`` where the caller has already checked it) and the backend's version,
+    never on where the engine lies."""
+    digest = sha256 or hashlib.sha256(engine).hexdigest()
     return Path(folder) / f"{digest}.{backend_version}{SUFFIX}"
 
 
@@ -78,9 +79,11 @@ def write_blob(path: Path, blob: bytes) -> bool:
 class RuntimeCache:
     """One engine's runtime cache: the TensorRT-RTX objects and the file they are saved to.
 
-    ``attach(trt, engine, engine_bytes)`` makes the runtime config that execution contexts are
-    created from (``config``), with the saved cache loaded where there is one; None where
-    the backend has no runtime cache (datacenter TensorRT) or it is turned off."""
+    ``attach(trt, engine, engine_bytes, sha256)`` makes the runtime config that execution
+    contexts are created from (``config``), with the saved cache loaded where there is one;
+    None where the backend has no runtime cache (datacenter TensorRT) or it is turned off.
+    ``sha256``: the engine's, where the caller has checked it against its build report (else
+    hashed here)."""
 
     def __init__(self, config, cache, path: Path, loaded: bytes | None) -> None:
         self.config, self.cache, self.path = config, cache, path
@@ -88,7 +91,7 @@ class RuntimeCache:
         self._saved_digest = hashlib.sha256(loaded).digest() if loaded else b""
 
     @classmethod
-    def attach(cls, trt, engine, engine_bytes: bytes) -> RuntimeCache | None:
+    def attach(cls, trt, engine, engine_bytes: bytes, sha256: str = "") -> RuntimeCache | None:
         folder = cache_folder()
         if folder is None or not hasattr(engine, "create_runtime_config"):
             return None
@@ -98,7 +101,7 @@ class RuntimeCache:
         cache = config.create_runtime_cache()
         if cache is None:
             return None
-        path = cache_path(engine_bytes, trt.__version__, folder)
+        path = cache_path(engine_bytes, trt.__version__, folder, sha256)
         blob = read_blob(path)
         if blob is not None and not cache.deserialize(blob):
             log.warning(

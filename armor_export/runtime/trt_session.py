@@ -219,7 +219,11 @@ class TensorRTSession:
     (``runtime_cache``).
     """
 
-    def __init__(self, engine_path: str | Path, backend: str, plugin_library: str = "") -> None:
+    def __init__(
+        self, engine_path: str | Path, backend: str, plugin_library: str = "", sha256: str = ""
+    ) -> None:
+        """``sha256``: the engine's, where the caller has checked it (``open_engine_session``:
+        ``check_engine_belongs``), so the runtime cache's key does not hash the engine again."""
         from armor_export.runtime.runtime_cache import RuntimeCache
 
         trt = load_backend(backend)
@@ -238,7 +242,7 @@ class TensorRTSession:
                 "(built by another version, for another GPU, or without its plugin library): "
                 f"{said}"
             )
-        self.runtime_cache = RuntimeCache.attach(trt, self._engine, engine_bytes)
+        self.runtime_cache = RuntimeCache.attach(trt, self._engine, engine_bytes, sha256)
         del engine_bytes
         if self.runtime_cache is not None:
             self._context = self._engine.create_execution_context(self.runtime_cache.config)
@@ -271,26 +275,25 @@ class TensorRTSession:
         ``DeviceCache`` holding them. ``cache`` None (a prefill): the pasts come from
         ``feeds``; else they are ``cache``'s, read in place, and ``feeds`` need none.
         ``feedback``: the (past input, present output) pairs."""
+        (positions,) = np.shape(feeds.get("attention_mask", ()))[-1:] or (0,)
         if cache is None:
             cache = DeviceCache(self, feedback)
             copies = plan_copies(self.input_names, self.output_names, cache.feedback, keep=True)
         else:
             if cache.session is not self:
                 raise ValueError("this KV cache belongs to another engine session")
-            new = np.shape(feeds.get("input_ids", ()))[-1:] or (0,)
-            mask = np.shape(feeds.get("attention_mask", ()))[-1:] or (0,)
-            if mask[0] != cache.positions + new[0]:
+            (new,) = np.shape(feeds.get("input_ids", ()))[-1:] or (0,)
+            if positions != cache.positions + new:
                 raise ValueError(
-                    f"the attention mask covers {mask[0]} positions, the KV cache on the "
-                    f"device holds {cache.positions} and {new[0]} come now: a decode state "
+                    f"the attention mask covers {positions} positions, the KV cache on the "
+                    f"device holds {cache.positions} and {new} come now: a decode state "
                     "can be stepped from only once"
                 )
             copies = plan_copies(
                 self.input_names, self.output_names, cache.feedback, cache_in=True, keep=True
             )
         outputs, shapes = self._execute(feeds, copies, cache)
-        positions = np.shape(feeds.get("attention_mask", ()))[-1:] or (0,)
-        cache.swap({name: shapes[name] for name in copies.kept}, positions[0])
+        cache.swap({name: shapes[name] for name in copies.kept}, positions)
         return outputs, cache
 
     def _execute(self, feeds, copies: Copies, cache: DeviceCache | None):
@@ -446,7 +449,9 @@ def open_engine_session(
     limits = engine_limits(report, manifest, engine_dir)
     engine = runnable_engine(engine_dir, report, manifest, plugin_library)
     import_cudart()  # the install hint before the engine is read
-    session = TensorRTSession(engine.path, engine.backend, engine.plugin_library)
+    session = TensorRTSession(
+        engine.path, engine.backend, engine.plugin_library, report["engine_sha256"]
+    )  # the sha256 check_engine_belongs has just compared with the engine's bytes
     session.limits = limits
     return session
 
