@@ -53,10 +53,9 @@ def cuda_python_rows() -> list[tuple[str, str]]:
                  "'armor-export[rtx]' or [trt])")]  # fmt: skip
     name, version = found
     try:
-        try:
-            from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-        except ImportError:
-            from cuda import cudart  # older cuda-python
+        from armor_export.runtime.trt_session import import_cudart
+
+        cudart = import_cudart()  # the module the engine session uses, found the same way
         _, runtime = cudart.cudaRuntimeGetVersion()
         _, driver = cudart.cudaDriverGetVersion()
     except Exception as exc:  # never crash the env report
