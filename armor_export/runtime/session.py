@@ -162,7 +162,12 @@ def check_session_matches(session: Session, manifest: ExportManifest) -> None:
 
 
 def _open_onnxruntime(
-    folder: Path, manifest: ExportManifest, providers: Sequence[str] | None, threads: int
+    folder: Path,
+    manifest: ExportManifest,
+    providers: Sequence[str] | None,
+    threads: int,
+    engine_dir: str | Path | None = None,  # an engine's: nothing for ONNX Runtime
+    plugin_library: str = "",
 ) -> Session:
     providers = tuple(providers or DEFAULT_PROVIDERS)
     check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
@@ -196,14 +201,16 @@ def open_session(
     backend: str = "onnxruntime",
     providers: Sequence[str] | None = None,
     threads: int = 0,
-    **engine,
+    engine_dir: str | Path | None = None,
+    plugin_library: str = "",
 ) -> Session:
-    """Load the export in ``folder`` on ``backend`` (checked against its manifest); ``engine``:
+    """Load the export in ``folder`` on ``backend`` (checked against its manifest);
     ``engine_dir`` / ``plugin_library`` for ``tensorrt`` (``generate --engine``,
     ``--plugin-library``; default the export's engine, ``engine.folder.engine_dir_of``)."""
     if backend not in _OPENERS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    engine = {k: v for k, v in engine.items() if v} if backend == "tensorrt" else {}
-    session = _OPENERS[backend](Path(folder), manifest, providers, threads, **engine)
+    session = _OPENERS[backend](
+        Path(folder), manifest, providers, threads, engine_dir, plugin_library
+    )
     check_session_matches(session, manifest)
     return session
