@@ -53,3 +53,7 @@ class NonFiniteOutputError(UserError):
 class OutputError(UserError):
     """A file or folder could not be written for a reason the user fixes: a full disk, a
     read-only folder, no permission, a file where a folder is needed (``io.user_os_error``)."""
+
+
+class QuantScaleError(UserError):
+    """A quantization scale is NaN, infinite, zero or negative (names the tensor)."""

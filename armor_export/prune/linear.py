@@ -32,6 +32,9 @@ class ArmorLinear(nn.Module):
         self.core = nn.Parameter(torch.zeros(out_features, in_features, dtype=dtype))
         self.register_buffer("mask", torch.zeros(out_features, in_features, dtype=torch.bool))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype)) if bias else None
+        # a QuantCore (quant/core.py) once the core is quantized: it then runs the core, and
+        # ``core`` holds its dequantized values (what dense_weight and the re-fit read)
+        self.quant = None
 
     @classmethod
     def from_factors(
@@ -55,7 +58,7 @@ class ArmorLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = blockdiag.apply_to_input(self.b_blocks, x)
-        x = F.linear(x, self.core)
+        x = F.linear(x, self.core) if self.quant is None else self.quant(x)
         x = blockdiag.apply_to_input(self.a_blocks, x)
         return x if self.bias is None else x + self.bias
 
@@ -63,11 +66,40 @@ class ArmorLinear(nn.Module):
         """The equivalent dense weight ``A S B`` (``[d_out, d_in]``)."""
         return blockdiag.left_mul(self.a_blocks, blockdiag.right_mul(self.core, self.b_blocks))
 
+    def set_quant(self, quant: nn.Module | None) -> None:
+        """Run the core through ``quant`` (a QuantCore), whose dequantized values become
+        ``core``; ``None`` goes back to the float core (which then keeps those values)."""
+        self.quant = quant
+        if quant is not None:
+            with torch.no_grad():
+                self.core.copy_(quant.weight(self.core.dtype) * self.mask)
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"block_size={self.block_size}, bias={self.bias is not None}"
         )
+
+
+class QuantLinear(nn.Module):
+    """A 2:4 ``nn.Linear`` of a baseline method whose weight is quantized: ``quant`` (a
+    QuantCore) runs it; ``weight`` holds the dequantized values and ``mask`` the 2:4 mask."""
+
+    def __init__(self, quant: nn.Module, mask: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = mask.shape
+        self.quant = quant
+        dtype = torch.float32 if bias is None else bias.dtype
+        self.weight = nn.Parameter(quant.weight(dtype) * mask)
+        self.register_buffer("mask", mask.clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant(x)
+        return x if self.bias is None else x + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

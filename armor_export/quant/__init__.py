@@ -1,0 +1,1 @@
+"""8-bit quantization of pruned checkpoints (docs/quant.md)."""

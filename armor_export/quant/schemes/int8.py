@@ -1,0 +1,28 @@
+"""INT8: symmetric, round half to even, saturated to [-128, 127] (weights use ±127)."""
+
+from __future__ import annotations
+
+import torch
+
+from armor_export.quant.schemes.base import QuantScheme, register
+
+
+def _to_int8(x: torch.Tensor) -> torch.Tensor:
+    # torch.round rounds half to even, as ONNX QuantizeLinear does
+    return torch.round(x.float()).clamp_(-128, 127).to(torch.int8)
+
+
+INT8 = register(
+    QuantScheme(
+        name="int8",
+        title="INT8",
+        summary="W8A8 integer: per-output-channel weight scales, per-tensor activation scales",
+        storage="int8",
+        qmax=127.0,
+        onnx_type="INT8",
+        to_storage=_to_int8,
+        engine_targets=("sm80", "sm86"),
+        min_compute_capability=(8, 0),
+        trt_type="Int8",
+    )
+)
