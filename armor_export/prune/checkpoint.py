@@ -50,6 +50,19 @@ def apply_result(model: nn.Module, result: MatrixResult) -> None:
             linear.weight.copy_(result.core.to(linear.weight.dtype))
 
 
+def _apply_quant(model: nn.Module, name: str, quant, mask: torch.Tensor) -> None:
+    """Run matrix ``name`` of ``model`` through ``quant`` (a QuantCore): an ArmorLinear's
+    core, or a baseline's masked linear replaced by a QuantLinear."""
+    from armor_export.prune.linear import QuantLinear
+
+    module = model.get_submodule(name)
+    if isinstance(module, ArmorLinear):
+        module.set_quant(quant)
+    else:
+        bias = module.bias.detach() if module.bias is not None else None
+        set_submodule(model, name, QuantLinear(quant, mask, bias))
+
+
 def versions() -> dict[str, str]:
     import transformers
 
@@ -93,6 +106,61 @@ def save_checkpoint(
     # safetensors' bytes of all of it) was the in-memory prune's peak, ~2x the model (#24)
     from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
 
+    entries = [
+        TensorEntry(key, t.dtype, tuple(t.shape), (lambda t=t: t)) for key, t in state.items()
+    ]
+    write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
+    _write_manifest(out, matrices, manifest_extra)
+    return out
+
+
+def save_quantized_checkpoint(
+    out_dir: str | Path,
+    model: nn.Module,
+    tokenizer,
+    source_manifest: dict,
+    results: dict,
+    act_scales: dict[str, torch.Tensor],
+    manifest_extra: dict,
+) -> Path:
+    """Write the 8-bit checkpoint: ``model`` holds the (re-fitted) wrappers and the rest of
+    the weights; ``results`` (``quant/api.MatrixQuant`` per matrix) the stored 8-bit values
+    and weight scales; ``act_scales`` each core's activation scale. The 8-bit values are
+    stored compactly like float cores (``core_values`` in the scheme's dtype, 2-bit
+    positions), the scales in float32."""
+    from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    matrices = {}
+    for name, q in results.items():
+        module = model.get_submodule(name)
+        for key in [k for k in state if k.startswith(f"{name}.")]:
+            if key.rpartition(".")[2] != "bias":
+                state.pop(key)
+        if isinstance(module, ArmorLinear):
+            mask = module.mask
+            state[f"{name}.a_blocks"] = q.a_blocks.to(module.a_blocks.dtype)
+            state[f"{name}.b_blocks"] = q.b_blocks.to(module.b_blocks.dtype)
+        else:  # a baseline's float weight: its kept entries (a 2:4 mask holding every non-zero)
+            mask = masks.mask_from_scores(module.weight.detach().abs())
+        if bool((q.values.float() != 0)[~mask].any()):
+            raise ValueError(f"{name}: quantized values outside the 2:4 mask")
+        bits = q.values.view(torch.uint8) if q.values.is_floating_point() else q.values
+        values, positions = masks.pack(bits, mask)
+        state[f"{name}.core_values"] = values.view(q.values.dtype)
+        state[f"{name}.core_positions"] = positions
+        state[f"{name}.weight_scale"] = q.weight_scale.float().contiguous()
+        state[f"{name}.act_scale"] = act_scales[name].float().reshape(())
+        entry = dict(source_manifest["matrices"][name])
+        entry["quant"] = {k: v for k, v in q.metrics.items()}
+        matrices[name] = entry
+    model.config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
     entries = [
         TensorEntry(key, t.dtype, tuple(t.shape), (lambda t=t: t)) for key, t in state.items()
     ]
@@ -199,11 +267,20 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     config = _read_config(path)
     with torch.device("meta"):
         model = _empty_model(path, config, torch.float32)
+    quant = _quant_scheme(path, manifest)
     for name, info in manifest["matrices"].items():
         try:
             _materialize_linear(model, name, tensors)
             result = _matrix_result(name, info, tensors, model, manifest.get("method", "?"))
+            if (quant is None) != (result.quant_values is None):
+                raise ValueError(
+                    "8-bit core values in a checkpoint whose manifest records no quantization"
+                    if quant is None
+                    else f"float core values in a {quant} checkpoint"
+                )
             apply_result(model, result)
+            if quant is not None:
+                _apply_quant(model, name, _quant_core(name, quant, tensors, result), result.mask)
             del result
             model.get_submodule(name).to(dtype)
             trim_heap()  # the matrix's float32 temporaries (heap fragments otherwise)
@@ -401,6 +478,32 @@ def _empty_model(path: Path, config, dtype: torch.dtype) -> nn.Module:
         ) from None
 
 
+def _quant_scheme(path: Path, manifest: dict) -> str | None:
+    """The scheme of a quantized checkpoint (``manifest["quant"]``), None for a float one."""
+    from armor_export.quant import schemes
+
+    quant = manifest.get("quant")
+    if quant is None:
+        return None
+    scheme = quant.get("scheme") if isinstance(quant, dict) else None
+    if scheme not in schemes.names():
+        raise CorruptFileError(
+            f"{path / MANIFEST}: unknown quantization scheme {scheme!r} "
+            f"(this armor-export knows {', '.join(schemes.names())})"
+        )
+    return scheme
+
+
+def _quant_core(name: str, scheme: str, tensors, result: MatrixResult):
+    """The QuantCore of matrix ``name``: its stored 8-bit values (``result.core`` as read)
+    and scales. Wrong dtypes and shapes are ValueErrors; bad scales QuantScaleError."""
+    from armor_export.quant.core import QuantCore
+
+    weight_scale = tensors.pop(f"{name}.weight_scale")
+    act_scale = tensors.pop(f"{name}.act_scale")
+    return QuantCore(scheme, result.quant_values, weight_scale.float(), act_scale.float(), name)
+
+
 def _matrix_result(
     name: str, info: dict, state: dict[str, torch.Tensor], model: nn.Module, method: str
 ) -> MatrixResult:
@@ -410,7 +513,11 @@ def _matrix_result(
     """
     values = state.pop(f"{name}.core_values")
     positions = state.pop(f"{name}.core_positions")
-    core, mask = masks.unpack(values, positions)
+    if values.dtype == torch.float8_e4m3fn:  # 8-bit cores: unpacked as raw bytes
+        core, mask = masks.unpack(values.view(torch.uint8), positions)
+        core = core.view(values.dtype)
+    else:
+        core, mask = masks.unpack(values, positions)
     linear = model.get_submodule(name)
     if list(core.shape) != list(info["shape"]) or tuple(core.shape) != (
         linear.out_features,
@@ -431,4 +538,9 @@ def _matrix_result(
                 raise ValueError(
                     f"{label} has shape {tuple(blocks.shape)}, expected {(dim // b, b, b)}"
                 )
-    return MatrixResult(name, method, core, mask, a_blocks, b_blocks)
+    result = MatrixResult(name, method, core, mask, a_blocks, b_blocks)
+    if not core.is_floating_point() or core.dtype.itemsize == 1:  # stored 8-bit values
+        # the float core is filled from the QuantCore; its 8-bit values wait for it
+        result.quant_values = core
+        result.core = torch.zeros(core.shape, dtype=torch.float32)
+    return result

@@ -53,6 +53,8 @@ class MatrixResult:
     a_blocks: torch.Tensor | None = None
     b_blocks: torch.Tensor | None = None
     metrics: dict = field(default_factory=dict)
+    # a quantized checkpoint's stored 8-bit core values (``core`` is then filled from them)
+    quant_values: torch.Tensor | None = None
 
     @property
     def is_armor(self) -> bool:
