@@ -37,7 +37,7 @@ from armor_export.errors import CorruptFileError, UserError
 from armor_export.io import read_metadata, read_tensors, write_tensors
 from armor_export.progress import NullReporter, Reporter
 from armor_export.quant import schemes
-from armor_export.quant.core import QuantCore, activation_scale, quantize, weight_scales
+from armor_export.quant.core import activation_scale, quantize, weight_scales
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,7 @@ class MatrixQuant:
     metrics: dict
 
 
-def smoothing_factors(
-    channel_amax: torch.Tensor, core: torch.Tensor, alpha: float
-) -> torch.Tensor:
+def smoothing_factors(channel_amax: torch.Tensor, core: torch.Tensor, alpha: float) -> torch.Tensor:
     """SmoothQuant's per-input-channel ``σ_j = amax(u_j)^α / amax(S[:, j])^(1-α)``; 1 where
     either side is zero (a dead channel or column stays as it is)."""
     w = core.abs().amax(dim=0).float()
@@ -139,13 +137,13 @@ class _Proxy:
         err = self.prob.error(a, s, b)
         best = self.prob.loss(err)
         best_ab, rounds = (a, b), 0
-        for rounds in range(1, iterations + 1):
+        for _ in range(iterations):
             a, err = a_step(self.prob, a, s, b, err)
             b, err = b_step(self.prob, a, s, b, err)
             loss = self.prob.loss(err)
             if not loss <= best:  # a NaN or a rise (cannot happen: both steps are monotone)
                 break
-            gain, best, best_ab = best - loss, loss, (a, b)
+            gain, best, best_ab, rounds = best - loss, loss, (a, b), rounds + 1
             if gain <= tolerance * max(best, 1e-30):
                 break
         a_out, b_out = self.fold(*best_ab)
@@ -419,8 +417,8 @@ def quantize_checkpoint(
         amax2 = second[0]
     spec = schemes.get(settings.scheme)
     act_scales = {name: activation_scale(float(amax2[name].max()), spec) for name in names}
-    extra = {k: v for k, v in manifest.items() if k not in ("sha256", "matrices", "format",
-                                                             "format_version", "versions")}  # fmt: skip
+    own = ("sha256", "matrices", "format", "format_version", "versions")
+    extra = {k: v for k, v in manifest.items() if k not in own}
     extra["quant"] = {
         "scheme": spec.name,
         "weights": "per-channel",
