@@ -277,6 +277,50 @@ class ExportConfig:
         return dataclasses.asdict(self)
 
 
+QUANT_NONE = "none"
+
+
+def quant_schemes() -> tuple[str, ...]:
+    """The registered quantization schemes (``quant/schemes``; torch-free)."""
+    from armor_export.quant import schemes
+
+    return schemes.names()
+
+
+@dataclass
+class QuantizeConfig:
+    """``armor-export quantize`` / the build's ``quantize`` stage: a pruned checkpoint's 2:4
+    cores to 8 bits (docs/quant.md). ``scheme = "none"`` leaves the cores in float."""
+
+    scheme: str = QUANT_NONE  # "none" or a registered scheme (int8, fp8)
+    model: str = "runs/armor"  # the pruned checkpoint
+    output_dir: str = "runs/armor-int8"
+    refit: bool = True  # ARMOR: re-fit A and B around the quantized core
+    refit_iterations: int = count(20, 0, 1000)
+    smoothing: float | None = None  # SmoothQuant alpha folded into B (ARMOR); None: off
+    dense_model: str | None = None  # default: the model the checkpoint was pruned from
+    version: int = CONFIG_VERSION
+
+    def validate(self) -> None:
+        check_counts("", self)
+        _check_choice("scheme", self.scheme, (QUANT_NONE, *quant_schemes()))
+        if self.smoothing is not None and not 0.0 <= float(self.smoothing) <= 1.0:
+            raise ConfigError(f"smoothing must lie in [0, 1], got {self.smoothing!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.scheme != QUANT_NONE
+
+    def settings(self):
+        """The ``quant.api.QuantSettings`` this config asks for (the result's key)."""
+        from armor_export.quant.api import QuantSettings
+
+        return QuantSettings(self.scheme, self.refit, self.refit_iterations, self.smoothing)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 DEFAULT_PROMPTS = [
     "The capital of France is",
     "Sparse matrices with two of every four weights kept can run faster on tensor cores",
@@ -377,6 +421,7 @@ class BuildConfig:
     output_dir: str = "runs/build"
     stages: list[str] = field(default_factory=lambda: list(_stage_names()))
     prune: PruneConfig = field(default_factory=PruneConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     export: ExportConfig = field(default_factory=lambda: ExportConfig(dtype="float16"))
     engine: EngineConfig = field(default_factory=EngineConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
@@ -387,7 +432,7 @@ class BuildConfig:
             _check_choice("stages", stage, _stage_names())
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is not supported")
-        for section in ("export", "engine", "verify"):
+        for section in ("quantize", "export", "engine", "verify"):
             validate_section(section, getattr(self, section))
 
     def to_dict(self) -> dict[str, Any]:

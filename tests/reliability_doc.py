@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
 AREAS = (
     "prune",
+    "quantize",
     "plan",
     "load",
     "assets",

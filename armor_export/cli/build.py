@@ -8,6 +8,7 @@ from __future__ import annotations
 def add_parser(sub):
     from armor_export.cli.engine import add_target_arguments
     from armor_export.cli.prune import method_argument
+    from armor_export.cli.quantize import add_quant_arguments
     from armor_export.config import EXPORT_DTYPES, LOWERINGS, BuildConfig
     from armor_export.stages import registered
 
@@ -25,6 +26,7 @@ def add_parser(sub):
     p.add_argument("--block-size", type=int, help="ARMOR block size")
     p.add_argument("--iterations", type=int, help="ARMOR iterations per matrix")
     p.add_argument("--calib-samples", type=int, help="calibration sequences")
+    add_quant_arguments(p, None)
     p.add_argument(
         "--dtype", choices=EXPORT_DTYPES, help=f"ONNX/engine type (default {defaults.export.dtype})"
     )
@@ -54,6 +56,9 @@ def config_from_args(args):
         "block_size": (cfg.prune.armor, "block_size"),
         "iterations": (cfg.prune.armor, "iterations"),
         "calib_samples": (cfg.prune.calibration, "n_samples"),
+        "quant": (cfg.quantize, "scheme"),
+        "refit": (cfg.quantize, "refit"),
+        "smoothing": (cfg.quantize, "smoothing"),
         "dtype": (cfg.export, "dtype"),
         "lowering": (cfg.export, "lowering"),
         "backend": (cfg.engine, "backend"),

@@ -20,6 +20,7 @@ VERBS = (
     "build",
     "plan",
     "prune",
+    "quantize",
     "evaluate",
     "export",
     "engine",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from armor_export import __version__
-from armor_export.errors import CorruptFileError
+from armor_export.errors import CorruptFileError, QuantScaleError
 from armor_export.io import read_json, sha256_file, write_json
 from armor_export.prune import masks
 from armor_export.prune.jobs import MatrixResult
@@ -286,6 +286,8 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
             trim_heap()  # the matrix's float32 temporaries (heap fragments otherwise)
         except (KeyError, ValueError, AttributeError, TypeError, RuntimeError) as exc:
             raise CorruptFileError(f"{path}: matrix {name}: {_one_line(exc)}") from None
+        except QuantScaleError as exc:
+            raise QuantScaleError(f"{path}: {exc}") from None
     tied = bool(getattr(config, "tie_word_embeddings", False))
     skip = set(manifest["matrices"]) | ({"lm_head"} if tied else set())
     missing = _load_remaining(model, tensors, skip, dtype, path / WEIGHTS)

@@ -42,6 +42,8 @@ from armor_export.quant.core import activation_scale, quantize, weight_scales
 log = logging.getLogger(__name__)
 
 WORK = Path("work") / "quant"
+# bumped when the same settings would give other results: a build's quantize stage redoes
+QUANT_REVISION = 1
 
 
 @dataclass
@@ -513,3 +515,21 @@ def _dense_hdiag(dense, prune_cfg, batches, names, source: Path, out: Path, repo
     (out / WORK).mkdir(parents=True, exist_ok=True)
     write_tensors(out / WORK / "stats.safetensors", collected, {"key": key})
     return {n: collected[f"{n}.hdiag"] for n in names}
+
+
+def summary_line(checkpoint: str | Path) -> str:
+    """One line on a quantized checkpoint: scheme, cores, mean proxy loss at each step."""
+    from armor_export.prune.checkpoint import read_checkpoint_manifest
+
+    manifest = read_checkpoint_manifest(Path(checkpoint))
+    quant = [m["quant"] for m in manifest["matrices"].values() if "quant" in m]
+    scheme = schemes.get(manifest["quant"]["scheme"]).title
+
+    def mean(key: str) -> float:
+        return sum(q.get(key, q["loss_quantized"]) for q in quant) / max(len(quant), 1)
+
+    line = f"{len(quant)} cores {scheme}: mean proxy loss {mean('loss_pruned'):.4g} pruned"
+    line += f" -> {mean('loss_quantized'):.4g} quantized"
+    if any("loss_refit" in q for q in quant):
+        line += f" -> {mean('loss_refit'):.4g} re-fitted"
+    return line

@@ -25,7 +25,7 @@ Adding a stage (say ``quantize``, between ``export`` and ``engine``):
    the package (a plugin, a test) calls ``register(stage, after="export")`` instead.
 """
 
-from armor_export.stages import engine, export, prune, verify
+from armor_export.stages import engine, export, prune, quantize, verify
 from armor_export.stages.base import (
     Provided,
     Stage,
@@ -41,6 +41,7 @@ from armor_export.stages.base import (
 
 # the built-in stages, in run order
 register(prune.PruneStage())
+register(quantize.QuantizeStage())
 register(export.ExportStage())
 register(engine.EngineStage())
 register(verify.VerifyStage())

@@ -9,7 +9,7 @@ from pathlib import Path
 from armor_export.engine.folder import BUILD_EXPORT_DIR
 from armor_export.export_manifest import MANIFEST
 from armor_export.stages.base import Stage
-from armor_export.stages.prune import checkpoint_of
+from armor_export.stages.quantize import final_checkpoint_of
 
 
 class ExportStage(Stage):
@@ -19,7 +19,9 @@ class ExportStage(Stage):
 
     def configure(self, build):
         return replace(
-            self.settings(build), model=checkpoint_of(build), output_dir=str(self.folder_in(build))
+            self.settings(build),
+            model=final_checkpoint_of(build),
+            output_dir=str(self.folder_in(build)),
         )
 
     def outputs(self, cfg) -> list[Path]:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from armor_export.stages.base import Stage, stage_dir
-from armor_export.stages.prune import checkpoint_of
+from armor_export.stages.quantize import final_checkpoint_of
 
 
 class VerifyStage(Stage):
@@ -20,7 +20,7 @@ class VerifyStage(Stage):
         cfg = replace(
             self.settings(build),
             export_dir=str(stage_dir(build, "export")),
-            model=checkpoint_of(build),
+            model=final_checkpoint_of(build),
             report_dir=str(self.folder_in(build)),
         )
         if "engine" in build.stages:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from armor_export.quant.schemes.base import QuantScheme, register
+
+if TYPE_CHECKING:
+    import torch
 
 E4M3_MAX = 448.0
 
 
 def _to_e4m3(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     # torch's float8 cast rounds to nearest even but turns out-of-range values into NaN:
     # saturate first, as ONNX QuantizeLinear (saturate=1) and TensorRT do
     return x.float().clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from armor_export.quant.schemes.base import QuantScheme, register
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _to_int8(x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     # torch.round rounds half to even, as ONNX QuantizeLinear does
     return torch.round(x.float()).clamp_(-128, 127).to(torch.int8)
 
