@@ -210,9 +210,7 @@ def eval_window_count(n_tokens: int, seqlen: int, n_windows: int | None) -> int:
         _check_positive(n_windows=n_windows)
     n_fit = n_tokens // seqlen
     if n_fit == 0:
-        raise UserError(
-            f"evaluation text has {n_tokens} tokens, fewer than one window of {seqlen}"
-        )
+        raise UserError(f"evaluation text has {n_tokens} tokens, fewer than one window of {seqlen}")
     if n_windows is None:
         return n_fit
     if n_fit < n_windows:
