@@ -204,7 +204,7 @@ def eval_window_count(n_tokens: int, seqlen: int, n_windows: int | None) -> int:
     """How many windows of ``seqlen`` tokens ``eval_windows`` takes from ``n_tokens`` tokens:
     ``n_windows``, or as many as fit when fewer do (warned) or ``n_windows`` is None; a
     UserError when not even one fits. The one rule for PyTorch's windows and those the
-    torch-free runtime cuts from the same token stream (``eval.onnx``)."""
+    torch-free runtime cuts from the same token stream (``eval.exported``)."""
     _check_positive(seqlen=seqlen)
     if n_windows is not None:
         _check_positive(n_windows=n_windows)

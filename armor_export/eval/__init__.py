@@ -1,6 +1,6 @@
-"""Perplexity: in PyTorch (``perplexity``), or torch-free through an export (``eval.onnx``).
+"""Perplexity: in PyTorch (``perplexity``), or torch-free through an export (``eval.exported``).
 
-``perplexity`` is imported on first use, so ``armor_export.eval.api`` and ``eval.onnx`` load
+``perplexity`` is imported on first use, so ``armor_export.eval.api`` and ``eval.exported`` load
 without torch (``eval`` of an export folder runs on numpy and ONNX Runtime only).
 """
 

@@ -1,5 +1,5 @@
 """The ``eval`` verb: perplexity of a dense model or a pruned checkpoint in PyTorch, or of an
-export folder through the torch-free runtime (``eval.runtime``: ONNX Runtime, no torch).
+export folder through the torch-free runtime (``eval.exported``: ONNX Runtime, no torch).
 
 Evaluating a pruned checkpoint by its path also records the result in
 ``<checkpoint>/eval_results.json`` (one entry per text, seqlen and window count; a
@@ -100,10 +100,10 @@ def evaluate(
     """Perplexity of ``name_or_path`` (or of an already loaded ``model``) on ``cfg.text``.
 
     An export folder (one with an export manifest) is measured through ONNX Runtime without
-    importing torch (``eval.runtime.evaluate_export``, on ``threads`` threads, 0 = every
+    importing torch (``eval.exported.evaluate_export``, on ``threads`` threads, 0 = every
     core); anything else is loaded into PyTorch.
     """
-    from armor_export.eval.runtime import evaluate_export, is_export_folder
+    from armor_export.eval.exported import evaluate_export, is_export_folder
 
     if model is None and is_export_folder(name_or_path):
         return evaluate_export(name_or_path, cfg, reporter, threads=threads)

@@ -17,7 +17,7 @@ import torch
 from armor_export.config import EvalConfig
 from armor_export.errors import CorruptFileError, NonFiniteOutputError, ShapeError
 from armor_export.eval.api import eval_windows_for, evaluate, load_any_model
-from armor_export.eval.runtime import next_token_nll, window_ids
+from armor_export.eval.exported import next_token_nll, window_ids
 from armor_export.runtime.generate import load_tokenizer
 from tests.conftest import nan_norm_export
 from tests.runtime.torch_free import REPO, assert_runs_without_torch
