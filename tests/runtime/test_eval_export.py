@@ -63,10 +63,20 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("windows, batch_size", [(4, 3), (3, 8)])
+# batch 3 leaves a last batch of 1; batch 16 is cut to the export's limits.max_batch 8 (8 + 2)
+@pytest.mark.parametrize("windows, batch_size", [(4, 3), (10, 16)])
 def test_export_perplexity_equals_pytorch_on_the_same_windows(
-    export_dir, tiny_checkpoint, checkpoint_model, text_file, windows, batch_size
+    export_dir, tiny_checkpoint, checkpoint_model, text_file, windows, batch_size, monkeypatch
 ):
+    from armor_export.runtime.session import OrtSession
+
+    batches, run = [], OrtSession.run
+
+    def recording_run(self, feeds):
+        batches.append(feeds["input_ids"].shape)
+        return run(self, feeds)
+
+    monkeypatch.setattr(OrtSession, "run", recording_run)
     model, hf_tokenizer = checkpoint_model
     cfg = EvalConfig(str(text_file), windows, 64, batch_size)
     # the same windows: the export's tokenizer.json cuts what the checkpoint's tokenizer cuts
@@ -77,6 +87,9 @@ def test_export_perplexity_equals_pytorch_on_the_same_windows(
 
     pytorch = evaluate(str(tiny_checkpoint), cfg, model=model, tokenizer=hf_tokenizer)
     onnx = evaluate(str(export_dir), cfg)
+    want = [min(batch_size, 8)] * (windows // min(batch_size, 8))
+    want += [windows % min(batch_size, 8)] if windows % min(batch_size, 8) else []
+    assert batches == [(n, 64) for n in want]  # one prefill per batch, none above max_batch
     assert (pytorch.runtime, onnx.runtime) == ("pytorch", "onnxruntime")
     assert onnx.providers == ["CPUExecutionProvider"] and onnx.dtype == "float32"
     assert (onnx.windows, onnx.tokens, onnx.seqlen) == (windows, windows * 64, 64)
