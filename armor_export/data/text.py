@@ -1,4 +1,8 @@
-"""Calibration and evaluation text: where it comes from and how it becomes token windows."""
+"""Calibration and evaluation text: where it comes from and how it becomes token windows.
+
+torch is imported by the functions that return tensors only: ``load_text`` and
+``eval_window_count`` serve the torch-free runtime too (``eval`` of an export folder).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from armor_export.data import assets
 from armor_export.errors import CorruptFileError, UserError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,8 @@ def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor
     boundaries never change how the text is split; ``verbose=False`` silences the
     "longer than the maximum sequence length" warning, which does not apply to a token stream.
     """
+    import torch
+
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
@@ -167,6 +172,8 @@ def calibration_samples(
     Window starts come from ``torch.Generator().manual_seed(seed)``, so the same seed gives
     the same samples on every machine. Windows may overlap.
     """
+    import torch
+
     _check_positive(n_samples=n_samples, seqlen=seqlen)
     tokens = tokenize_text(tokenizer, text)
     if tokens.numel() < seqlen + 1:
@@ -188,24 +195,31 @@ def eval_windows(
     Returns a LongTensor [n, seqlen] with n = ``n_windows`` or, if fewer fit (or
     ``n_windows`` is None), as many as fit. Raises UserError if not even one fits.
     """
+    tokens = tokenize_text(tokenizer, text)
+    n_windows = eval_window_count(tokens.numel(), seqlen, n_windows)
+    return tokens[: n_windows * seqlen].view(n_windows, seqlen)
+
+
+def eval_window_count(n_tokens: int, seqlen: int, n_windows: int | None) -> int:
+    """How many windows of ``seqlen`` tokens ``eval_windows`` takes from ``n_tokens`` tokens:
+    ``n_windows``, or as many as fit when fewer do (warned) or ``n_windows`` is None; a
+    UserError when not even one fits. The one rule for PyTorch's windows and those the
+    torch-free runtime cuts from the same token stream (``eval.exported``)."""
     _check_positive(seqlen=seqlen)
     if n_windows is not None:
         _check_positive(n_windows=n_windows)
-    tokens = tokenize_text(tokenizer, text)
-    n_fit = tokens.numel() // seqlen
+    n_fit = n_tokens // seqlen
     if n_fit == 0:
-        raise UserError(
-            f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}"
-        )
+        raise UserError(f"evaluation text has {n_tokens} tokens, fewer than one window of {seqlen}")
     if n_windows is None:
-        n_windows = n_fit
-    elif n_fit < n_windows:
+        return n_fit
+    if n_fit < n_windows:
         logger.warning(
             "evaluation text has %d tokens: using %d windows of %d instead of %d",
-            tokens.numel(),
+            n_tokens,
             n_fit,
             seqlen,
             n_windows,
         )
-        n_windows = n_fit
-    return tokens[: n_windows * seqlen].view(n_windows, seqlen)
+        return n_fit
+    return n_windows

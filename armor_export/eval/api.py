@@ -1,4 +1,5 @@
-"""The ``eval`` verb: perplexity of a dense model or a pruned checkpoint.
+"""The ``eval`` verb: perplexity of a dense model or a pruned checkpoint in PyTorch, or of an
+export folder through the torch-free runtime (``eval.exported``: ONNX Runtime, no torch).
 
 Evaluating a pruned checkpoint by its path also records the result in
 ``<checkpoint>/eval_results.json`` (one entry per text, seqlen and window count; a
@@ -10,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from armor_export.config import EvalConfig
@@ -23,10 +24,14 @@ log = logging.getLogger(__name__)
 EVAL_RESULTS = "eval_results.json"
 EVAL_FORMAT = "armor-export-eval-results"
 _KEY = ("text", "seqlen", "windows")
+RUNTIME_NAMES = {"pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 
 
 @dataclass
 class EvalResult:
+    """One perplexity and what produced it: ``runtime`` ``pytorch`` (a model or checkpoint,
+    in ``dtype``) or ``onnxruntime`` (an export folder, on ``providers``)."""
+
     model: str
     perplexity: float
     tokens: int
@@ -35,6 +40,20 @@ class EvalResult:
     text: str = ""
     seqlen: int = 0
     windows: int = 0
+    runtime: str = "pytorch"
+    providers: list[str] = field(default_factory=list)  # ONNX Runtime's, in its order
+    dtype: str = ""
+
+    def summary(self) -> str:
+        """``perplexity on wikipedia through ONNX Runtime (CPUExecutionProvider, export
+        runs/onnx): 34.10``: the number and what produced it, in one line."""
+        runtime = RUNTIME_NAMES.get(self.runtime, self.runtime)
+        if self.runtime == "pytorch":
+            what = f"{'checkpoint' if self.pruned else 'model'} {self.model}"
+            detail = f"{self.dtype}, {what}" if self.dtype else what
+        else:
+            detail = ", ".join([*self.providers, f"export {self.model}"])
+        return f"perplexity on {self.text} through {runtime} ({detail}): {self.perplexity:.2f}"
 
 
 def load_any_model(name_or_path: str, checkpoint_dtype=None):
@@ -71,9 +90,23 @@ def eval_windows_for(tokenizer, cfg: EvalConfig):
 
 
 def evaluate(
-    name_or_path: str, cfg: EvalConfig, reporter: Reporter | None = None, model=None, tokenizer=None
+    name_or_path: str,
+    cfg: EvalConfig,
+    reporter: Reporter | None = None,
+    model=None,
+    tokenizer=None,
+    threads: int = 0,
 ) -> EvalResult:
-    """Perplexity of ``name_or_path`` (or of an already loaded ``model``) on ``cfg.text``."""
+    """Perplexity of ``name_or_path`` (or of an already loaded ``model``) on ``cfg.text``.
+
+    An export folder (one with an export manifest) is measured through ONNX Runtime without
+    importing torch (``eval.exported.evaluate_export``, on ``threads`` threads, 0 = every
+    core); anything else is loaded into PyTorch.
+    """
+    from armor_export.eval.exported import evaluate_export, is_export_folder
+
+    if model is None and is_export_folder(name_or_path):
+        return evaluate_export(name_or_path, cfg, reporter, threads=threads)
     from armor_export.data.models import check_positions
     from armor_export.eval.perplexity import perplexity
 
@@ -95,6 +128,7 @@ def evaluate(
         cfg.text,
         cfg.seqlen,
         len(windows),
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
     if manifest is not None:
         record_result(name_or_path, result)

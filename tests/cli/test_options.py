@@ -191,6 +191,7 @@ OUT_OF_RANGE = [
     ("eval", ["nowhere", "--windows", "100000000"], "eval.n_windows", "--windows"),
     ("eval", ["nowhere", "--seqlen", "100000000"], "eval.seqlen", "--seqlen"),
     ("eval", ["nowhere", "--batch-size", "100000"], "eval.batch_size", "--batch-size"),
+    ("eval", ["nowhere", "--threads", "100000"], "threads", "--threads"),
     ("export", ["nowhere", "--max-batch", "100000"], "limits.max_batch", "--max-batch"),
     ("export", ["nowhere", "--max-context", "100000000"], "limits.max_context",
      "--max-context"),
