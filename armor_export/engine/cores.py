@@ -101,17 +101,20 @@ def _elements(dims: list[int]) -> int:
 
 
 def sparse_status(layer: dict | None, *, flag: bool, aot: bool, picked: list[str] | None,
-                  matmul: str) -> tuple[str, str]:  # fmt: skip
-    """(``chosen`` | ``not chosen`` | ``unknown ...``, why) for one core's layer."""
-    if layer is None:
-        return UNKNOWN, "no GEMM layer of the engine's layer table names this MatMul"
+                  matmul: str, table: bool = True) -> tuple[str, str]:  # fmt: skip
+    """(``chosen`` | ``not chosen`` | ``unknown ...``, why) for one core's layer (``table``:
+    whether there was a layer table to look in)."""
     if not flag:
         return NOT_CHOSEN, "built with SPARSE_WEIGHTS off (--no-sparse): no sparse kernel is tried"
-    name = layer.get("Name", "")
+    name = layer.get("Name", "") if layer is not None else None
     if picked is not None:
         if name in picked or matmul in picked:
             return CHOSEN, "the builder log lists it among the layers given sparse kernels"
         return NOT_CHOSEN, "the builder log's list of layers given sparse kernels omits it"
+    if layer is None:
+        if not table:
+            return UNKNOWN, "no layer table: neither the builder log nor an inspector gave one"
+        return UNKNOWN, "no GEMM layer of the engine's layer table names this MatMul"
     tactic = layer.get("TacticName", "")
     if tactic not in STUB_TACTICS:
         if "sparse" in tactic.lower():
@@ -138,7 +141,7 @@ def core_layers(cores: list[dict], layers: list[dict], *, flag: bool, aot: bool,
     for core in cores:
         layer = layer_of(core["matmul"], layers)
         status, reason = sparse_status(
-            layer, flag=flag, aot=aot, picked=picked, matmul=core["matmul"]
+            layer, flag=flag, aot=aot, picked=picked, matmul=core["matmul"], table=bool(layers)
         )
         found = {}
         if layer is not None:
