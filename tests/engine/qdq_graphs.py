@@ -1,4 +1,4 @@
-"""Small hand-built 8-bit Q/DQ export folders, in the ONNX form docs/QUANT (issue #26) fixes:
+"""Small hand-built 8-bit Q/DQ export folders, in the ONNX form issue #26's contract fixes:
 
 ``input_ids -> Gather(embedding) -> x``, then per core ``x -> QuantizeLinear(per-tensor) ->
 DequantizeLinear -> MatMul(B = DequantizeLinear(axis=1, per-N scale, zero point 0) of an 8-bit

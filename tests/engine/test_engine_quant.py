@@ -76,6 +76,18 @@ def test_datacenter_targets_refuse_the_local_gpu_below_the_scheme(tmp_path):
     assert build_targets(None, cfg, manifest, gpus=([], "no GPU")) is None  # TensorRT says
 
 
+def test_an_unknown_scheme_in_the_manifest_is_one_line(tmp_path):
+    from dataclasses import replace
+
+    from armor_export.errors import CorruptFileError
+    from armor_export.export_manifest import ExportManifest
+
+    manifest = ExportManifest.read(qdq_export(tmp_path / "int8", "int8", k=64, n=64))
+    manifest = replace(manifest, extra={"quant": {"scheme": "int3"}})
+    with pytest.raises(CorruptFileError, match="scheme 'int3'.*registered: int8, fp8"):
+        build_targets(fake_rtx(), EngineConfig(), manifest)
+
+
 def layer(name, kind, tactic="__myelin_CASK_STUB", onnx="/m/MatMul"):
     return {"Name": name, "LayerType": kind, "TacticName": tactic,
             "Metadata": f"[ONNX Layer: {onnx}][ONNX Layer: /m/DequantizeLinear_weight]",
