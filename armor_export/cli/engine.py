@@ -38,7 +38,8 @@ def add_target_arguments(p, defaults, unset_is_none: bool = False) -> None:
         default=None if unset_is_none else defaults.compute_capability,
         help="TensorRT-RTX target GPUs: default (TensorRT-RTX's portable set: sm80, sm86, "
         "sm89, sm120 and newer), current (the GPU here), or a comma-separated list of "
-        f"{', '.join(singles)} (default {defaults.compute_capability}; README: GPUs and "
+        f"{', '.join(singles)} (default {defaults.compute_capability}; an 8-bit export's "
+        "default is its scheme's: int8 sm80,sm86, fp8 sm89,sm120; README: GPUs and "
         "engine targets)",
     )
 

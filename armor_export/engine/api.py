@@ -66,7 +66,8 @@ def build_engine(cfg: EngineConfig, reporter: Reporter | None = None) -> EngineR
     manifest = ExportManifest.read(export_dir)
     resolve_limits(cfg, manifest)  # bad limits fail here, before a child is started
     trt = load_backend(cfg.backend)  # the install hint without starting a child
-    targets = build_targets(trt, cfg)  # current: the GPU here, or refused without one
+    # current: the GPU here, or refused without one; an 8-bit export: its scheme's targets
+    targets = build_targets(trt, cfg, manifest)
     out = output_dir(cfg)
     with hold(out, "engine"):
         log_path = out / BUILDER_LOG
@@ -112,14 +113,42 @@ def output_dir(cfg: EngineConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else engine_dir_of(cfg.export_dir)
 
 
-def build_targets(trt, cfg: EngineConfig) -> list[str] | None:
+def build_targets(
+    trt, cfg: EngineConfig, manifest: ExportManifest | None = None, gpus=None
+) -> list[str] | None:
     """The compute capabilities a TensorRT-RTX build sets (``[]``: its default set), resolved
-    before the child starts (``current`` asks the driver here: engine/targets.py); None for
-    datacenter TensorRT, which builds for the GPU it runs on."""
+    before the child starts (``current`` asks the driver here: engine/targets.py); for an
+    8-bit export, ``default`` is its scheme's targets and targets that cannot run its GEMMs are
+    refused (``targets.for_scheme``). None for datacenter TensorRT, which builds for the GPU it
+    runs on: that GPU is refused the same way. ``gpus``: ``targets.cuda_gpus()``' answer."""
     from armor_export.engine.backends import backend_spec
-    from armor_export.engine.targets import resolve_targets
+    from armor_export.engine.targets import check_scheme_targets, cuda_gpus, for_scheme
 
-    return resolve_targets(trt, cfg.compute_capability) if backend_spec(cfg.backend).aot else None
+    scheme = quant_scheme(manifest) if manifest is not None else None
+    if backend_spec(cfg.backend).aot:
+        return for_scheme(trt, cfg.compute_capability, scheme, gpus)
+    if scheme is not None:
+        found, _ = gpus if gpus is not None else cuda_gpus()
+        check_scheme_targets(scheme, found[:1])  # no GPU: TensorRT says so when it builds
+    return None
+
+
+def quant_scheme(manifest: ExportManifest):
+    """The ``QuantScheme`` of an 8-bit export (its manifest's top-level ``quant`` key, issue
+    #26), or None for a float export; an unknown scheme is a damaged or newer export."""
+    quant = getattr(manifest, "quant", None) or manifest.extra.get("quant")
+    if not quant:
+        return None
+    from armor_export.quant import schemes
+
+    name = quant.get("scheme") if isinstance(quant, dict) else getattr(quant, "scheme", None)
+    try:
+        return schemes.get(name)
+    except KeyError as exc:
+        raise CorruptFileError(
+            f"the export's manifest names quantization scheme {name!r}, which this "
+            f"armor-export does not know ({exc.args[0].split('; ')[-1]})"
+        ) from None
 
 
 def build_engine_here(
@@ -142,7 +171,7 @@ def build_engine_here(
     trt = load_backend(cfg.backend)
     spec = backend_spec(cfg.backend)
     if targets is None:
-        targets = build_targets(trt, cfg)
+        targets = build_targets(trt, cfg, manifest)
     start = time.perf_counter()
     builder, network, _parser, logger, plugin = _parse(
         trt, cfg, manifest, export_dir, out / BUILDER_LOG
@@ -321,13 +350,16 @@ def sparsity_from_log(messages: list[tuple[str, str]]) -> dict:
     return {"eligible_layers": eligible, "picked_layers": picked}
 
 
-def _inspect(trt, engine: bytes, logger) -> dict:
+def _inspect(trt, engine: bytes, logger) -> tuple[dict, list[dict]]:
     """Engine-inspector layer info (deserialising needs a GPU); a reason when unavailable.
+    With it, the inspector's layers in the layer table's form (``cores.inspector_layers``).
 
     A layer counts as sparse when the tactic TensorRT picked for it is a sparse kernel
     (the inspector's ``TacticName``), never from layer or weight names: every 2:4 core's
     initializer is named ``..._sparse...``.
     """
+    from armor_export.engine.cores import inspector_layers
+
     try:
         runtime = trt.Runtime(logger.make())
         deserialized = runtime.deserialize_cuda_engine(engine)
@@ -336,18 +368,17 @@ def _inspect(trt, engine: bytes, logger) -> dict:
             "available": False,
             "sparse_layers": "unknown",
             "reason": f"cannot deserialise here ({exc})"[:300],
-        }
+        }, []
     if deserialized is None:
         return {
             "available": False,
             "sparse_layers": "unknown",
             "reason": "deserialising needs a GPU of the target kind",
-        }
-    return inspector_sparsity(
-        deserialized.create_engine_inspector().get_engine_information(
-            trt.LayerInformationFormat.JSON
-        )
+        }, []
+    information = deserialized.create_engine_inspector().get_engine_information(
+        trt.LayerInformationFormat.JSON
     )
+    return inspector_sparsity(information), inspector_layers(information)
 
 
 def inspector_sparsity(information: str) -> dict:
@@ -366,13 +397,14 @@ def inspector_sparsity(information: str) -> dict:
 
 
 LAYER_FIELD = re.compile(r"(?:^|, )(Name|LayerType|TacticName|Metadata): ([^,]*)")
-# a placeholder tactic: the kernel is picked on the GPU when the engine first runs
-STUB_TACTICS = ("__myelin_CASK_STUB", "")
 
 
 def layers_from_log(messages: list[tuple[str, str]]) -> list[dict]:
     """The verbose builder log's layer table (the inspector's fields, printed at build time):
-    ``Name``, ``LayerType``, ``TacticName`` and ``Metadata`` of every layer."""
+    ``Name``, ``LayerType``, ``TacticName`` and ``Metadata`` of every layer, and the
+    ``(dims, Datatype)`` of its ``inputs``, ``constants`` and ``outputs`` (engine/cores.py)."""
+    from armor_export.engine.cores import tensor_types
+
     layers = []
     for _, msg in messages:
         if not msg.lstrip().startswith("Layers:"):
@@ -380,13 +412,20 @@ def layers_from_log(messages: list[tuple[str, str]]) -> list[dict]:
         for line in msg.splitlines():
             fields = dict(LAYER_FIELD.findall(line.strip()))
             if "Name" in fields and "LayerType" in fields:
-                layers.append(fields)
+                layers.append({**fields, **tensor_types(line.strip())})
     return layers
 
 
 def tactic_sparsity(layers: list[dict]) -> dict:
-    """Sparse GEMM layers by the tactic TensorRT chose (never by layer or weight names)."""
-    gemms = [layer for layer in layers if layer.get("LayerType") == "gemm"]
+    """Sparse GEMM layers by the tactic TensorRT chose (never by layer or weight names).
+
+    GEMM layers are ``engine.cores.is_gemm_layer``'s: ``gemm`` layers, whatever their input
+    types (8-bit ones after a Q/DQ pair), and the runtime fusions TensorRT-RTX makes of a
+    weight-only 8-bit MatMul (``__myl_CastMulCastFc``), which hold a core GEMM too.
+    """
+    from armor_export.engine.cores import STUB_TACTICS, is_gemm_layer
+
+    gemms = [layer for layer in layers if is_gemm_layer(layer)]
     chosen = [layer for layer in gemms if layer.get("TacticName", "") not in STUB_TACTICS]
     sparse = [layer["Name"] for layer in chosen if "sparse" in layer.get("TacticName", "").lower()]
     if gemms and not chosen:
@@ -407,12 +446,14 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
     from armor_export import __version__
     from armor_export.engine.folder import BUILDER_LOG, export_binding
 
+    layers = layers_from_log(logger.messages)
     sparsity = {
         **sparsity_from_log(logger.messages),
-        "build_log_layers": tactic_sparsity(layers_from_log(logger.messages)),
+        "build_log_layers": tactic_sparsity(layers),
     }
+    scheme = quant_scheme(manifest)
     notes = []
-    if manifest.dtype not in SPARSE_DTYPES:
+    if manifest.dtype not in SPARSE_DTYPES and scheme is None:
         notes.append(
             f"{manifest.dtype} engine: TensorRT's 2:4 kernels are for fp16/bf16 (and int8/"
             "fp8); export with --dtype float16 to run the cores on sparse tensor cores"
@@ -423,13 +464,23 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
             "log names no sparse layers; the 2:4 core MatMuls counted in this report are "
             "the candidates"
         )
-    inspector = _inspect(trt, engine, logger) if not spec.aot else dict(NO_INSPECTOR)
+    if spec.aot:
+        inspector, inspected = dict(NO_INSPECTOR), []
+    else:
+        inspector, inspected = _inspect(trt, engine, logger)
+    quant, core_records = {}, []
+    if scheme is not None:
+        quant, core_records, more = _quant_fields(
+            cfg, spec, manifest, scheme, layers or inspected, sparsity
+        )
+        notes += more
     return {
         "backend": spec.name,
         "backend_module": spec.module,
         "versions": {"armor_export": __version__, spec.module: trt.__version__},
         **_target_fields(trt, spec, engine, targets),
         "precision": manifest.dtype,
+        **quant,
         "strongly_typed": True,
         "sparse_weights_flag": cfg.sparse_weights,
         "optimization_level": cfg.optimization_level,
@@ -441,6 +492,7 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
             "armor_linears": manifest.counts["armor"],
             **sparsity,
             "inspector": inspector,
+            **({"core_layers": core_records} if scheme is not None else {}),
         },
         "timing_cache": _in_folder(timing_cache_path(cfg, out), out)
         if uses_timing_cache(cfg)
@@ -454,6 +506,45 @@ def _report(trt, cfg, spec, manifest, limits, profile, logger, engine, seconds, 
         "notes": notes,
         "config": cfg.to_dict(),
     }
+
+
+def _quant_fields(cfg, spec, manifest, scheme, layers, sparsity) -> tuple[dict, list, list]:
+    """An 8-bit export's report fields: ``quant`` (its scheme and how its targets were
+    chosen), the core layers (engine/cores.py: each core MatMul's engine layer, precision as
+    TensorRT typed it, and sparse kernel status) and notes."""
+    from armor_export.engine import cores
+    from armor_export.engine.targets import DEFAULT, split_targets
+
+    notes = []
+    by_scheme = spec.aot and split_targets(cfg.compute_capability) == [DEFAULT]
+    quant = {
+        "quant": {
+            "scheme": scheme.name,
+            "export": manifest.extra.get("quant") or getattr(manifest, "quant", None),
+            "targets": "the scheme's engine targets" if by_scheme else "as asked",
+        }
+    }
+    if by_scheme:
+        floor = "sm{}{}".format(*scheme.min_compute_capability)
+        notes.append(
+            f"{scheme.name} export: default targets are the scheme's "
+            f"({', '.join(scheme.engine_targets)}); {scheme.title} GEMMs need {floor}+"
+        )
+    try:
+        found = cores.core_matmuls(Path(cfg.export_dir) / manifest.onnx)
+    except ImportError as exc:
+        notes.append(f"core layers not listed: the onnx package is missing ({exc})")
+        return quant, [], notes
+    records = cores.core_layers(
+        found, layers, flag=cfg.sparse_weights, aot=spec.aot, picked=sparsity["picked_layers"]
+    )
+    if any(r["activation"] == "float" for r in found):
+        notes.append(
+            "weight-only cores (no Q/DQ on the activation): TensorRT dequantizes the 8-bit "
+            "weight inside the GEMM; a 2:4 weight keeps its sparse kernels only where it "
+            "feeds the GEMM itself, as in W8A8 (TensorRT issue 4694)"
+        )
+    return quant, records, notes
 
 
 def _target_fields(trt, spec, engine: bytes, targets: list[str] | None) -> dict:
@@ -510,9 +601,41 @@ def _target_row(report: dict) -> str:
     return f"{built} (the engine's header: runs on {describe(report['engine_targets'])})"
 
 
+def _precision_row(report: dict) -> str:
+    quant = report.get("quant")
+    if not quant:
+        return f"{report['precision']} (strongly typed)"
+    return f"{quant['scheme']} cores (Q/DQ), {report['precision']} elsewhere (strongly typed)"
+
+
+def _core_rows(sparsity: dict) -> list[tuple[str, str]]:
+    """An 8-bit engine's core layers in one row (``core_table`` lists them one by one)."""
+    from armor_export.engine.cores import summary
+
+    if "core_layers" not in sparsity:
+        return []
+    return [("core layers (TensorRT)", summary(sparsity["core_layers"]))]
+
+
+def core_table(report: dict) -> list[str]:
+    """build_report.md's table of an 8-bit engine's core layers: layer, precision, sparse."""
+    records = report["sparsity"].get("core_layers")
+    if records is None:
+        return []
+    lines = ["", "## Core layers", "",
+             "| core MatMul | engine layer | precision | sparse kernel | why |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        layer = f"{r['layer']} ({r['layer_type']})" if r["layer"] else "not found"
+        lines.append(f"| {r['matmul']} | {layer} | {r['precision'] or '?'} | "
+                     f"{r['sparse_tactic']} | {r['reason']} |")  # fmt: skip
+    return lines
+
+
 def report_markdown(report: dict) -> str:
     lines = ["# Engine build report", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report_rows(report)]
+    lines += core_table(report)
     lines += [""] + [f"- {note}" for note in report["notes"]] + [""]
     return "\n".join(lines)
 
@@ -527,7 +650,7 @@ def report_rows(report: dict) -> list[tuple[str, str]]:
     return [
         ("backend", f"{report['backend']} {report['versions'][report['backend_module']]}"),
         ("target", _target_row(report)),
-        ("precision", f"{report['precision']} (strongly typed)"),
+        ("precision", _precision_row(report)),
         ("SPARSE_WEIGHTS", "on" if report["sparse_weights_flag"] else "off"),
         ("limits", ", ".join(f"{k} {v}" for k, v in report["limits"].items())),
         ("plugin", plugin_summary(report["plugin"])),
@@ -539,6 +662,7 @@ def report_rows(report: dict) -> list[tuple[str, str]]:
             "engine inspector",
             "; ".join(f"{k}: {v}" for k, v in sp["inspector"].items() if k != "available"),
         ),  # fmt: skip
+        *_core_rows(sp),
         ("engine size", f"{report['engine_bytes'] / 2**20:.1f} MiB"),
         ("build time", f"{report['build_seconds']:.1f} s"),
     ]

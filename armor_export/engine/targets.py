@@ -10,6 +10,13 @@ driver and built for by name, so the report names what it resolved to; refused w
 is no GPU), or a comma-separated list of the targets the installed TensorRT-RTX names
 (``trt.ComputeCapability``: sm75, sm80, sm86, sm89, sm120, sm121 in 1.7).
 
+An 8-bit export (its manifest's ``quant`` key) changes what ``default`` means: its cores are
+INT8 or FP8 GEMMs, which run on tensor cores of some GPUs only, so ``default`` becomes the
+scheme's ``engine_targets`` (int8: sm80, sm86; fp8: sm89, sm120) and a target below the
+scheme's ``min_compute_capability`` is refused with one line (``for_scheme``), named or
+resolved from ``current``: TensorRT-RTX itself builds FP8 for its portable default set
+without complaint, and refuses a named sm80 only deep in its compiler.
+
 Whether an engine runs on the GPU here is the engine's answer, not our record: TensorRT-RTX's
 ``IRuntime::getEngineValidity`` (1.1+) reads the engine's header and says VALID, SUBOPTIMAL or
 INVALID with diagnostics (``UNSUPPORTED_CC``, ``VERSION_MISMATCH``, ...). It needs the GPU
@@ -96,6 +103,38 @@ def resolve_targets(trt, spec: str, gpus: tuple[list[str], str] | None = None) -
             f"it builds for {', '.join(known) or 'none'}, or default"
         )
     return names
+
+
+def capability(name: str) -> tuple[int, int]:
+    """``sm89`` -> ``(8, 9)``, ``sm120`` -> ``(12, 0)``: the last digit is the minor version."""
+    digits = name.lower().removeprefix("sm")
+    return int(digits[:-1]), int(digits[-1])
+
+
+def for_scheme(trt, spec: str, scheme, gpus: tuple[list[str], str] | None = None) -> list[str]:
+    """``resolve_targets`` for an export quantized by ``scheme`` (a ``QuantScheme``; None: a
+    float export, resolved as before): ``default`` is the scheme's own targets, and a target
+    whose tensor cores do not run the scheme's GEMMs is refused."""
+    if scheme is None:
+        return resolve_targets(trt, spec, gpus)
+    names = split_targets(spec)
+    default = names == [DEFAULT]
+    names = resolve_targets(trt, ",".join(scheme.engine_targets) if default else spec, gpus)
+    check_scheme_targets(scheme, names)
+    return names
+
+
+def check_scheme_targets(scheme, names: list[str]) -> None:
+    """Refuse the ``names`` below ``scheme.min_compute_capability``, saying why."""
+    floor = scheme.min_compute_capability
+    low = [name for name in names if capability(name) < floor]
+    if low:
+        need = f"sm{floor[0]}{floor[1]}"
+        raise TargetError(
+            f"an {scheme.name} export cannot be built for {', '.join(low)}: {scheme.title} GEMMs "
+            f"need {need}+ tensor cores; build for {','.join(scheme.engine_targets)} (its "
+            f"default) or another target from {need} up"
+        )
 
 
 def set_targets(trt, config, names: list[str]) -> None:
