@@ -28,6 +28,7 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
     assert result.passed
     assert statuses(result) == {
         "prune": "provided",
+        "quantize": "provided",
         "export": "done",
         "engine": "done",
         "verify": "done",
@@ -47,6 +48,7 @@ def test_build_from_a_checkpoint_skips_finished_stages(tiny_checkpoint, tmp_path
     changed = build(from_dict(BuildConfig, data))
     assert statuses(changed) == {
         "prune": "provided",
+        "quantize": "provided",
         "export": "skipped (up to date)",
         "engine": "done",
         "verify": "done",  # every stage after a changed one runs again
@@ -134,6 +136,7 @@ def test_build_prunes_a_dense_model_first(tiny_model_dir, text_file, tmp_path):
     result = build(from_dict(BuildConfig, data))
     assert statuses(result) == {
         "prune": "done",
+        "quantize": "provided",
         "export": "done",
         "engine": "not selected",
         "verify": "not selected",

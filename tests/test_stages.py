@@ -18,7 +18,7 @@ from armor_export.config import BuildConfig
 from armor_export.errors import ConfigError
 from armor_export.pipeline import MANIFEST, build
 
-BUILT_IN = ("prune", "export", "engine", "verify")
+BUILT_IN = ("prune", "quantize", "export", "engine", "verify")
 
 
 @dataclasses.dataclass
@@ -93,12 +93,13 @@ def test_a_registered_stage_runs_between_the_others(stamp, tmp_path):
     out = tmp_path / "b"
     export_manifest = fake_export(out)
     cfg = BuildConfig(model=str(tmp_path / "dense"), output_dir=str(out), stages=["stamp"])
-    assert BuildConfig().stages == ["prune", "export", "stamp", "engine", "verify"]
+    assert BuildConfig().stages == ["prune", "quantize", "export", "stamp", "engine", "verify"]
 
     result = build(cfg)
     assert result.passed
     assert statuses(result) == [
         ("prune", "not selected"),
+        ("quantize", "provided"),
         ("export", "not selected"),
         ("stamp", "done"),
         ("engine", "not selected"),
@@ -131,7 +132,7 @@ def test_a_failed_stage_stops_the_build(stamp, tmp_path):
 def test_the_cli_lists_registered_stages(stamp, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["build", "--help"])
-    assert "prune,export,stamp,engine,verify" in capsys.readouterr().out
+    assert "prune,quantize,export,stamp,engine,verify" in capsys.readouterr().out
     from armor_export.cli.build import config_from_args
 
     args = build_parser().parse_args(["build", "--stages", "stamp", "--force", "stamp"])
@@ -142,7 +143,7 @@ def test_the_cli_lists_registered_stages(stamp, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stages", "prune,deploy"], "stages must be one of prune, export, engine, verify"),
+        (["--stages", "prune,deploy"], "stages must be one of prune, quantize, export, engine, verify"),
         (["--force", "deploy"], "--force: unknown stage(s) deploy; registered stages: prune, "),
     ],
 )
@@ -155,7 +156,7 @@ def test_an_unknown_stage_names_the_registered_ones(argv, message):
 
 
 def test_build_refuses_an_unknown_forced_stage(tmp_path):
-    with pytest.raises(ConfigError, match="registered stages: prune, export, engine, verify"):
+    with pytest.raises(ConfigError, match="registered stages: prune, quantize, export, engine, verify"):
         build(BuildConfig(output_dir=str(tmp_path)), force=("deploy",))
 
 

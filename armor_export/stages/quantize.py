@@ -21,6 +21,10 @@ def final_checkpoint_of(build) -> str:
     return checkpoint_of(build)
 
 
+def _all_files(paths: list[Path]) -> bool:
+    return all(p.is_file() for p in paths)
+
+
 class QuantizeStage(Stage):
     name = "quantize"
     section = "quantize"
@@ -42,7 +46,9 @@ class QuantizeStage(Stage):
     def provided(self, build) -> Provided | None:
         if build.quantize.enabled:
             return None
-        return Provided("not quantized (float 2:4 cores)", checkpoint_files(checkpoint_of(build)))
+        files = checkpoint_files(checkpoint_of(build))
+        # the pruned checkpoint goes on as it is (nothing to hash before the prune ran)
+        return Provided("not quantized (float 2:4 cores)", files if _all_files(files) else [])
 
     def run(self, cfg, reporter) -> tuple[str, bool]:
         from armor_export.quant.api import quantize_checkpoint, summary_line
