@@ -26,13 +26,15 @@ DEFAULTS: dict[str, dict[str, tuple[float, float]]] = {
 # fp8's steps grow with the value (3 mantissa bits) so its flips are rarer. One flip moves
 # that activation by one step, s·Δ (Δ = 1 for int8, up to 32 near ±448 for E4M3), and core
 # output n by s·Δ·|W[k, n]|, then through A and every layer after it. That bound is far too
-# loose to be a tolerance (it sums over every flip of every layer), so the allowance is
-# measured: the largest error over the tiny test models and both export dtypes
-# (tests/verify/test_quant_verify.py), with margin, on top of the float default.
-# Float32: no flip was seen on those models (error 2e-7), so only a small allowance is made;
-# float16 flips a few activations per layer. A lowering bug (wrong scale, axis, layout)
-# moves logits by whole units and the top-1 token at most positions; top-1 agreement catches
-# what an absolute bound on the largest logit would let through.
+# loose to be a tolerance (it sums over every flip of every layer), so the allowance is set
+# from measurement. Measured on the tiny test models (2 layers, tests/verify/
+# test_quant_verify.py, ORT 1.32 CPU): float32 int8 and fp8 ≤ 3.6e-7 (no flip at all), float16
+# int8 0.011 and fp8 0.018 on logits, inside the float16 default alone. Those models have few
+# layers and small logits: the allowances below (float32 0.02, float16 0.5 on logits) are an
+# estimate for 30-layer models (SmolLM2: logits up to ~32, where flips compound over the
+# layers), not yet measured on one; a real-model run should re-derive them. A lowering
+# bug (wrong scale, axis, layout) moves logits by whole units and the top-1 token at most
+# positions; top-1 agreement catches what an absolute bound on the largest logit lets through.
 QUANT_ALLOWANCE: dict[str, dict[str, float]] = {
     # dtype -> extra atol per output kind
     "float32": {"logits": 2e-2, "present": 2e-2},
@@ -42,7 +44,7 @@ QUANT_ALLOWANCE: dict[str, dict[str, float]] = {
 # the fraction of real (not padded) positions whose top-1 token must agree with PyTorch's
 TOP1_AGREEMENT = {"float32": 1.0, "float16": 0.9, "bfloat16": 0.8}
 QUANT_DERIVATION = (
-    "8-bit: float default + a measured allowance for rounding-boundary flips of the "
+    "8-bit: float default + an allowance for rounding-boundary flips of the "
     "activation quantizer (one flip moves a core output by s_x·step·|W[k, n]|); "
     "top-1 agreement required (verify/tolerances.py)"
 )
