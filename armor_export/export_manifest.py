@@ -260,6 +260,9 @@ class ExportManifest:
     genai_config: str | None = None  # None: older, or a graph ONNX Runtime cannot run
     graph_revision: int | None = None  # None: an export older than the record (revision < 3)
     attention: str | None = None  # None: an export older than the record (revision < 4)
+    # an 8-bit export's Q/DQ form (``{"scheme", "weights", "activations", "wrappers"}``,
+    # docs/quant.md); None: a float export
+    quant: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, written back as read
     # the digest of the rest as read (``seal``); None: an export older than the record
@@ -395,6 +398,7 @@ class ExportManifest:
             genai_config=data.get("genai_config"),
             graph_revision=data.get("graph_revision"),
             attention=data.get("attention"),
+            quant=dict(data["quant"]) if data.get("quant") is not None else None,
             format_version=data["format_version"],
             extra={k: v for k, v in data.items() if k not in _KEYS},
             manifest_sha256=data.get(SELF_DIGEST),
@@ -423,6 +427,8 @@ class ExportManifest:
             data["graph_revision"] = self.graph_revision
         if self.attention is not None:
             data["attention"] = self.attention
+        if self.quant is not None:  # float exports have no key (contract of #26)
+            data["quant"] = dict(self.quant)
         data.update(
             {
                 "plugin": self.plugin.to_dict() if self.plugin is not None else None,
@@ -450,7 +456,7 @@ _KEYS = frozenset(
     (
         "format format_version versions config source family onnx external_data tokenizer "
         "tokenizer_config genai_config "
-        "dtype lowering graph_revision attention plugin decoder input_names output_names "
+        "dtype lowering graph_revision attention quant plugin decoder input_names output_names "
         "limits tokens counts sha256 manifest_sha256"
     ).split()
 )

@@ -60,7 +60,7 @@ def genai_config(manifest: ExportManifest) -> dict[str, Any]:
         **({} if decoder.num_attention_heads is None else heads),
         "num_key_value_heads": decoder.num_kv_heads,
         "num_hidden_layers": decoder.num_layers,
-        "session_options": {"log_id": "armor-export", "provider_options": []},
+        "session_options": _session_options(manifest),
         "inputs": {
             **{name: name for name in manifest.token_inputs},
             "past_key_names": _per_layer(past_name(0, key)),
@@ -85,3 +85,15 @@ def genai_config(manifest: ExportManifest) -> dict[str, Any]:
         "repetition_penalty": 1.0,
     }
     return {"model": model, "search": search}
+
+
+def _session_options(manifest: ExportManifest) -> dict[str, Any]:
+    """ORT GenAI's session options. An int8 export runs at ORT's basic optimisation level:
+    above it ORT fuses the int8 Q/DQ MatMuls into MatMulIntegerToFloat, whose kernel on x86
+    CPUs without VNNI saturates int16 sums (``runtime/compat.py``). ORT GenAI offers no
+    session config entry to turn off only that fusion, and this file is written once for
+    any machine, so the level is set whatever the CPU."""
+    options: dict[str, Any] = {"log_id": "armor-export", "provider_options": []}
+    if (manifest.quant or {}).get("scheme") == "int8":
+        options["graph_optimization_level"] = "ORT_ENABLE_BASIC"
+    return options

@@ -117,6 +117,11 @@ def export_onnx(
         model.set_attn_implementation(ATTENTION)
         matrices = (checkpoint_manifest or {}).get("matrices", {})
         sparse_names = [n for n, info in matrices.items() if info.get("kind") == "sparse"]
+        quant = quant_form(checkpoint_manifest, cfg)
+        if quant is not None and cfg.opset < lowering.QDQ_OPSET:
+            # Q/DQ of float8 types (and their ``saturate``) exist from opset 19 on
+            log.info("an 8-bit checkpoint: exporting at opset %d", lowering.QDQ_OPSET)
+            cfg = replace(cfg, opset=lowering.QDQ_OPSET)
         counts = lowering.lower_model_(model, sparse_names, plugin=cfg.lowering == "plugin")
         trim_heap()  # the replaced modules' memory, before tracing needs more
         log_memory(log, "lowering")
@@ -138,12 +143,17 @@ def export_onnx(
             manifest = _manifest(
                 cfg, model, tokenizer, spec, limits, counts, checkpoint_manifest, external
             )
+            manifest = replace(manifest, quant=quant)
             _write_genai_config(manifest, tmp_dir)
             _move_in(tmp_dir, out, manifest)
             # what ships is what is checked: the published graph, its external data read
             # from beside it there; the manifest, written last, vouches for these bytes
             report = checks.check_graph(
-                out / ONNX_FILE, counts["armor"], counts["sparse"], cfg.lowering == "plugin"
+                out / ONNX_FILE,
+                counts["armor"],
+                counts["sparse"],
+                cfg.lowering == "plugin",
+                quant=None if quant is None else quant["scheme"],
             )
             log_memory(log, "checking the graph")
             task.advance(1, stage="checked")
@@ -157,6 +167,20 @@ def export_onnx(
     return ExportResult(
         out, out / ONNX_FILE, manifest.to_dict(), time.perf_counter() - start, counts
     )
+
+
+def quant_form(checkpoint_manifest: dict | None, cfg: ExportConfig) -> dict | None:
+    """The export manifest's ``quant`` record for an 8-bit checkpoint (None for a float one):
+    the scheme, its granularity, and the float dtype the wrappers stay in (docs/quant.md)."""
+    scheme = ((checkpoint_manifest or {}).get("quant") or {}).get("scheme")
+    if scheme is None:
+        return None
+    return {
+        "scheme": scheme,
+        "weights": "per-channel",
+        "activations": "per-tensor",
+        "wrappers": cfg.dtype,
+    }
 
 
 def _resolve_limits(cfg: ExportConfig, config) -> Limits:
@@ -254,7 +278,9 @@ def _optimize(model) -> int:
     from armor_export.export.layout import merge_transpose_chains
 
     common.InlinePass()(model)
-    onnxscript.optimizer.fold_constants(model)
+    # an 8-bit core's DequantizeLinear is what TensorRT fuses into its 8-bit GEMM: folding
+    # it (and a tiny model's weights are small enough) would ship the core in float
+    onnxscript.optimizer.fold_constants(model, should_fold=_keep_qdq)
     common.RemoveUnusedNodesPass()(model)  # dead clones would hide single-use chains
     merged = merge_transpose_chains(model.graph)
     for cleanup in (
@@ -269,6 +295,11 @@ def _optimize(model) -> int:
     ):
         cleanup(model)
     return merged
+
+
+def _keep_qdq(node) -> bool | None:
+    """``fold_constants``' verdict: never fold a Q/DQ node; the default rules otherwise."""
+    return False if node.op_type in ("QuantizeLinear", "DequantizeLinear") else None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,16 @@ layout ``[nb, T, b]`` in the plain form: the gate/up ``A`` outputs and the down 
 then need no Transpose, and elementwise maths does not care about layout. Same operations on
 the same numbers, so the outputs are bit-identical; on ORT CPU it halves the MLP wrappers'
 cost (their output transposes of the wide activation were as dear as the block MatMuls).
+
+8-bit cores (``ArmorLinear.quant`` or a baseline's ``QuantLinear``, docs/quant.md) take
+TensorRT's explicit-quantization form; the wrappers stay in the graph's float dtype::
+
+    x ─QuantizeLinear(s_x, 0)─DequantizeLinear(s_x, 0)─┐
+    sparse_core (int8 | float8e4m3fn [K, N]) ─DequantizeLinear(axis=1, s_w [N], 0)─MatMul
+
+The 8-bit core stays the constant input of its DequantizeLinear, whose output is MatMul's B:
+the pattern TensorRT fuses into one 8-bit GEMM, which keeps the 2:4 weight visible to its
+sparse tactics. Eagerly the same maths runs as ``QuantCore`` does (``quant/core.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +37,10 @@ from torch import nn
 
 from armor_export.export import reference
 from armor_export.memory import trim_heap
-from armor_export.prune.linear import ArmorLinear, set_submodule
+from armor_export.prune.linear import ArmorLinear, QuantLinear, set_submodule
 
 CORE_SUFFIX = "sparse_core"
+QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types (and ``saturate``)
 
 
 def blockdiag_matmul(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
@@ -66,6 +77,80 @@ def plugin_blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return blockdiag_matmul(x, weight.transpose(1, 2))
 
 
+def register_core(module: nn.Module, linear: nn.Module) -> None:
+    """Give ``module`` the core of ``linear`` (an ArmorLinear, a masked 2:4 ``nn.Linear`` or
+    a ``QuantLinear``) as the constant buffers of its MatMul, read by :func:`core_matmul`.
+
+    Float: ``sparse_core`` ``[K, N]`` (2:4 along K). 8-bit (``linear.quant``, a QuantCore):
+    ``sparse_core`` holds the stored values ``[K, N]`` (int8 / float8_e4m3fn), with
+    ``weight_scale`` ``[N]`` and ``input_scale`` ``[]`` in the model's float dtype and the zero
+    points ``weight_zero_point`` ``[N]`` / ``input_zero_point`` ``[]`` of the 8-bit type, all 0.
+    """
+    quant = getattr(linear, "quant", None)
+    module.quant_scheme = None if quant is None else quant.scheme
+    if quant is None:
+        core = (
+            linear.core.detach() * linear.mask if isinstance(linear, ArmorLinear) else linear.weight
+        )
+        module.register_buffer(CORE_SUFFIX, core.detach().t().contiguous())
+        return
+    values = quant.values  # [N, K]
+    # transposed as raw bytes (float8 tensors support few kernels), then viewed back
+    raw = values.view(torch.uint8) if values.is_floating_point() else values
+    module.register_buffer(CORE_SUFFIX, raw.t().contiguous().view(values.dtype))
+    module.register_buffer("weight_scale", quant.weight_scale.detach().clone())
+    module.register_buffer("input_scale", quant.act_scale.detach().reshape(()).clone())
+    zeros = torch.zeros(values.shape[0], dtype=torch.int8)
+    zero_point = zeros.view(values.dtype) if values.is_floating_point() else zeros
+    module.register_buffer("weight_zero_point", zero_point)
+    module.register_buffer("input_zero_point", zero_point[0].clone())
+
+
+def core_matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x @ core`` with the buffers of :func:`register_core`: a plain MatMul, or for an
+    8-bit core ``DQ(Q(x)) @ DQ(sparse_core)`` (the Q/DQ nodes while exporting; eagerly the
+    same maths, as ``QuantCore`` runs it)."""
+    if module.quant_scheme is None:
+        return torch.matmul(x, module.sparse_core)
+    if torch.onnx.is_in_onnx_export():
+        return torch.matmul(_qdq_input(module, x), _dq_weight(module, x.dtype))
+    from armor_export.quant.core import dequantize, fake_quant
+
+    weight = dequantize(module.sparse_core, module.weight_scale, x.dtype)  # [K, N] · [N]
+    return torch.matmul(fake_quant(x, module.input_scale, module.quant_scheme), weight)
+
+
+def _qdq_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    scale = module.input_scale.to(x.dtype)
+    q = torch.onnx.ops.symbolic(
+        "QuantizeLinear",
+        (x, scale, module.input_zero_point),
+        {},
+        dtype=module.sparse_core.dtype,
+        shape=x.shape,
+        version=QDQ_OPSET,
+    )
+    return torch.onnx.ops.symbolic(
+        "DequantizeLinear",
+        (q, scale, module.input_zero_point),
+        {},
+        dtype=x.dtype,
+        shape=x.shape,
+        version=QDQ_OPSET,
+    )
+
+
+def _dq_weight(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    return torch.onnx.ops.symbolic(
+        "DequantizeLinear",
+        (module.sparse_core, module.weight_scale.to(dtype), module.weight_zero_point),
+        {"axis": 1},
+        dtype=dtype,
+        shape=module.sparse_core.shape,
+        version=QDQ_OPSET,
+    )
+
+
 class LoweredArmorLinear(nn.Module):
     """``y = A (S (B x)) + bias`` with constant buffers laid out for export."""
 
@@ -76,8 +161,7 @@ class LoweredArmorLinear(nn.Module):
         # plugin nodes take the blocks as stored (y_i = x_i W_iᵀ); MatMuls want W_iᵀ
         self.register_buffer("b_weight", (b if plugin else b.transpose(1, 2)).contiguous())
         self.register_buffer("a_weight", (a if plugin else a.transpose(1, 2)).contiguous())
-        core = linear.core.detach() * linear.mask
-        self.register_buffer(CORE_SUFFIX, core.t().contiguous())  # [K, N], 2:4 along K
+        register_core(self, linear)
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
@@ -90,20 +174,20 @@ class LoweredArmorLinear(nn.Module):
             # lone Transpose that the layout pass can merge with a following head transpose
             return from_blocks(self.forward_to_blocks(x), x.shape[:-1])
         x = self._blockdiag(x, self.b_weight)
-        x = torch.matmul(x, self.sparse_core)
+        x = core_matmul(self, x)
         x = self._blockdiag(x, self.a_weight)
         return x if self.bias is None else x + self.bias
 
     def forward_to_blocks(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` with the output left in block layout ``[n_blocks, tokens, b]``."""
         x = self._blockdiag(x, self.b_weight)
-        y = blockdiag_matmul_to_blocks(torch.matmul(x, self.sparse_core), self.a_weight)
+        y = blockdiag_matmul_to_blocks(core_matmul(self, x), self.a_weight)
         return y if self.bias is None else y + self.bias.reshape(y.shape[0], 1, -1)
 
     def forward_from_blocks(self, blocks: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """``forward`` of an input given in block layout ``[n_blocks, tokens, b]``."""
         x = from_blocks(torch.matmul(blocks, self.b_weight), lead)
-        x = torch.matmul(x, self.sparse_core)
+        x = core_matmul(self, x)
         x = self._blockdiag(x, self.a_weight)
         return x if self.bias is None else x + self.bias
 
@@ -145,16 +229,17 @@ def blocked_mlp_eligible(mlp: nn.Module) -> bool:
 
 
 class LoweredSparseLinear(nn.Module):
-    """A masked 2:4 ``nn.Linear`` (baseline methods) with its weight stored as ``[K, N]``."""
+    """A masked 2:4 ``nn.Linear`` (baseline methods), or its 8-bit ``QuantLinear``, with the
+    weight stored as ``[K, N]``."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Module):
         super().__init__()
-        self.register_buffer(CORE_SUFFIX, linear.weight.detach().t().contiguous())
+        register_core(self, linear)
         bias = linear.bias
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.matmul(x, self.sparse_core)
+        x = core_matmul(self, x)
         return x if self.bias is None else x + self.bias
 
 
@@ -177,7 +262,9 @@ def lower_model_(model: nn.Module, sparse_names: list[str], plugin: bool) -> dic
         if isinstance(model.get_submodule(name), ArmorLinear):
             set_submodule(model, name, LoweredArmorLinear(model.get_submodule(name), plugin))
             trim_heap()
-    sparse = [n for n in sparse_names if isinstance(model.get_submodule(n), nn.Linear)]
+    sparse = [
+        n for n in sparse_names if isinstance(model.get_submodule(n), (nn.Linear, QuantLinear))
+    ]
     for name in sparse:
         set_submodule(model, name, LoweredSparseLinear(model.get_submodule(name)))
         trim_heap()

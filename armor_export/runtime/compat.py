@@ -63,3 +63,46 @@ def check_ort_compatible(
             instead = (alternatives or {}).get(rule.name)
             remedy = f"{rule.re_export}, or {instead}" if instead else rule.re_export
             raise BackendUnavailableError(f"{rule.reason}: {remedy}")
+
+
+# ONNX Runtime fuses an int8 ``DequantizeLinear → MatMul ← DequantizeLinear(QuantizeLinear)``
+# into MatMulIntegerToFloat. On x86 CPUs without VNNI its u8s8 kernel adds pairs of products
+# in int16 (vpmaddubsw), which saturates for full-range int8 operands: 22 % relative error on
+# a 64×32 product measured with ORT 1.32 on an AVX2 CPU, 1e-7 with the fusion off, which
+# leaves the graph's own float maths. VNNI (vpdpbusd) and Arm's dot products add in int32.
+QDQ_FUSION_OFF = {"session.disable_quant_qdq": "1"}
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_fusion_saturates(cpuinfo: str | None = None) -> bool:
+    """True where ORT's fused int8 MatMul is inexact: an x86 CPU without VNNI (an x86 CPU
+    whose flags cannot be read counts as one)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return True
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return not flags & set(VNNI_FLAGS)
+
+
+def quant_session_config(
+    manifest: ExportManifest, providers: Sequence[str], cpuinfo: str | None = None
+) -> tuple[dict[str, str], str | None]:
+    """ONNX Runtime session config entries for an 8-bit export, and the sentence saying why
+    (None: nothing to change). Only int8 on the CPU provider of a CPU without VNNI needs any."""
+    scheme = (manifest.quant or {}).get("scheme")
+    if scheme != "int8" or not _runs_on_cpu(providers) or not int8_fusion_saturates(cpuinfo):
+        return {}, None
+    return dict(QDQ_FUSION_OFF), (
+        "ONNX Runtime's fused int8 MatMul (MatMulIntegerToFloat) saturates int16 sums on this "
+        "CPU (x86 without VNNI): its Q/DQ fusion is off, the graph's MatMuls run in float"
+    )

@@ -12,6 +12,7 @@ the backend is installed.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +23,13 @@ import numpy as np
 from armor_export.config import RUNTIME_BACKENDS
 from armor_export.errors import BackendUnavailableError, ConfigError, CorruptFileError
 from armor_export.export_manifest import MANIFEST, ExportManifest
-from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
+from armor_export.runtime.compat import (
+    CPU_PROVIDER,
+    check_ort_compatible,
+    quant_session_config,
+)
+
+log = logging.getLogger(__name__)
 
 BACKENDS = RUNTIME_BACKENDS  # the names; _OPENERS below opens each
 DEFAULT_PROVIDERS = (CPU_PROVIDER,)
@@ -79,7 +86,11 @@ ORT_UNREADABLE = ("InvalidProtobuf", "NoSuchFile")
 
 
 def inference_session(
-    path: str | Path, providers: Sequence[str], threads: int = 0, optimize: bool = True
+    path: str | Path,
+    providers: Sequence[str],
+    threads: int = 0,
+    optimize: bool = True,
+    config: dict[str, str] | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` on ``path`` (errors only in its log), or one line:
     CorruptFileError for a file that is not a readable model (truncated, not ONNX),
@@ -90,12 +101,14 @@ def inference_session(
     file loads (parsing, external data, a kernel for every node), without the copies of the
     weights that constant folding makes: measured on a float16 export with 0.6 GiB of
     weights, 58 MiB peak and 0.04 s instead of 2.3 GiB and 3 s.
+
+    ``config``: more session config entries (an 8-bit export's, ``compat.quant_session_config``).
     """
     ort = _import_ort()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about unused initialisers
     options.intra_op_num_threads = threads  # 0 = ORT's default (one per core)
-    for key, value in ORT_CONFIG_ENTRIES.items():
+    for key, value in {**ORT_CONFIG_ENTRIES, **(config or {})}.items():
         options.add_session_config_entry(key, value)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -126,9 +139,13 @@ class OrtSession:
     """An ONNX Runtime ``InferenceSession`` behind the ``Session`` interface."""
 
     def __init__(
-        self, path: str | Path, providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int = 0
+        self,
+        path: str | Path,
+        providers: Sequence[str] = DEFAULT_PROVIDERS,
+        threads: int = 0,
+        config: dict[str, str] | None = None,
     ) -> None:
-        self._session = inference_session(path, providers, threads)
+        self._session = inference_session(path, providers, threads, config=config)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.providers = self._session.get_providers()
@@ -172,7 +189,12 @@ def _open_onnxruntime(
     providers = tuple(providers or DEFAULT_PROVIDERS)
     check_ort_compatible(manifest, providers, {"bfloat16-cpu": "run it on TensorRT"})
     past_dtype(manifest)  # the runtime feeds numpy arrays: no bfloat16 on any provider
-    return OrtSession(folder / manifest.onnx, providers, threads or default_decode_threads())
+    config, why = quant_session_config(manifest, providers)
+    if why:
+        log.info("%s", why)
+    return OrtSession(
+        folder / manifest.onnx, providers, threads or default_decode_threads(), config
+    )
 
 
 def _open_tensorrt(

@@ -102,8 +102,18 @@ def _run(
     report.engine_executed = any(isinstance(r, EngineRunner) for r in runners)
     if not report.engine_executed:
         report.engine_not_run_reason = report.skipped.get("tensorrt", "not asked for")
+    quant = (manifest.quant or {}).get("scheme")
+    if quant is not None:
+        from armor_export.verify.tolerances import QUANT_DERIVATION
+
+        report.quant = {"scheme": quant, "tolerance": QUANT_DERIVATION}
+        notes = {r.name: r.note for r in runners if getattr(r, "note", None)}
+        if notes:
+            report.quant["notes"] = notes
     prefill = inputs.prefill_feed(export_dir / manifest.tokenizer, cfg.prompts, manifest)
-    feeds, reference = _pytorch_reference(report.model, manifest, prefill, cfg.decode_steps, model)
+    feeds, reference = _pytorch_reference(
+        report.model, manifest, prefill, cfg.decode_steps, model, report
+    )
     report.inputs = {
         "prompts": len(cfg.prompts),
         "prefill_shape": list(feeds[0]["input_ids"].shape),
@@ -116,17 +126,24 @@ def _run(
     broken = _non_finite(results, feeds)
     if broken:  # no parity to compute with NaN/Inf: a failed check that says where
         report.error = "; ".join(broken.values()) + f": {DAMAGED}"
-    report.rows = _parity_rows(results, manifest.dtype, cfg, set(broken))
+    report.rows = _parity_rows(results, manifest.dtype, cfg, set(broken), quant)
+    if quant is not None and report.rows:
+        report.quant["top1"] = _top1_agreement(results, feeds, manifest.dtype, quant, set(broken))
     task.advance(1, stage="compared")
 
 
-def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_steps: int, model):
+def _pytorch_reference(
+    name: str, manifest: ExportManifest, prefill, decode_steps: int, model, report=None
+):
     """The feeds (``prefill``, then ``decode_steps`` single-token steps fed with PyTorch's
     own outputs) and PyTorch's ``(name, [IterationResult])`` on every one of them.
 
     PyTorch runs to the end before any other backend opens the export, and a model loaded
     here (``model`` None) is released before this returns: the peak is the larger of the
     two, not their sum (#19). A ``model`` passed in stays the caller's, untouched.
+
+    An 8-bit model's activation saturation on these inputs goes into ``report.quant``:
+    values beyond the format's range are reported, not silently clipped.
     """
     from polygraphy.comparator import IterationResult
 
@@ -137,6 +154,11 @@ def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_step
     if loaded_here:
         model = load_reference(name, manifest.dtype)
     runner = TorchRunner(model, manifest)
+    quant = report is not None and report.quant is not None
+    if quant:
+        from armor_export.quant.core import reset_saturation
+
+        reset_saturation(model)
     feeds, iterations = [prefill], []
     with runner:
         for step in range(decode_steps + 1):
@@ -145,12 +167,57 @@ def _pytorch_reference(name: str, manifest: ExportManifest, prefill, decode_step
             outputs = runner.infer(feeds[-1], check_inputs=False)
             iterations.append(IterationResult(outputs, runner.last_inference_time(), runner.name))
     log_memory(log, "running PyTorch")
+    if quant:
+        report.quant["saturation"] = saturation_summary(model)
     reference = (runner.name, iterations)
     del runner, model
     if loaded_here:
         release_freed_memory()
         log_memory(log, "releasing the PyTorch model")
     return feeds, reference
+
+
+def saturation_summary(model) -> dict:
+    """PyTorch's activation saturation (``quant.core.saturation``): totals, the core with the
+    largest share, and every core that saturated anything."""
+    from armor_export.quant.core import saturation
+
+    counts = saturation(model)
+    saturated = sum(s for s, _ in counts.values())
+    seen = sum(n for _, n in counts.values())
+    over = {name: s for name, (s, _) in counts.items() if s}
+    worst = max(over, key=lambda n: counts[n][0] / counts[n][1]) if over else None
+    return {"saturated": saturated, "seen": seen, "worst": worst, "cores": over}
+
+
+def _top1_agreement(results, feeds, dtype: str, scheme: str, broken: set[str]) -> dict:
+    """Per runner: the fraction of real (not padded) positions, over every step, whose
+    top-1 logit is PyTorch's, against what ``tolerances.top1_required`` asks."""
+    from armor_export.export_manifest import LOGITS
+    from armor_export.verify.inputs import valid_positions
+    from armor_export.verify.tolerances import top1_required
+
+    required = top1_required(dtype, scheme)
+    (_, reference), *others = list(results)
+    out = {}
+    for runner, iterations in others:
+        if runner in broken:
+            continue
+        same = total = 0
+        for index, (ref, got) in enumerate(zip(reference, iterations, strict=False)):
+            a, b = ref[LOGITS], got[LOGITS]
+            valid = valid_positions(feeds[index], LOGITS, a.shape)[..., 0]
+            agree = a.argmax(-1) == b.argmax(-1)
+            same += int(agree[valid].sum())
+            total += int(valid.sum())
+        agreement = same / total if total else 0.0
+        out[runner] = {
+            "agreement": agreement,
+            "positions": total,
+            "required": required,
+            "passed": bool(total) and agreement >= required,
+        }
+    return out
 
 
 def load_reference(name: str, dtype: str):
@@ -249,7 +316,9 @@ def _non_finite(results, feeds) -> dict[str, str]:
     return broken
 
 
-def _parity_rows(results, dtype: str, cfg: VerifyConfig, broken: set[str]) -> list[OutputParity]:
+def _parity_rows(
+    results, dtype: str, cfg: VerifyConfig, broken: set[str], quant: str | None = None
+) -> list[OutputParity]:
     """Compare each runner's (padding-masked) outputs to PyTorch's; a runner in ``broken``
     (non-finite outputs) is not compared, and nothing is when PyTorch itself is."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
@@ -260,7 +329,7 @@ def _parity_rows(results, dtype: str, cfg: VerifyConfig, broken: set[str]) -> li
     if results[0][0] in broken or not comparisons:
         return []
     names = list(results[0][1][0].keys())
-    atol, rtol = per_output(dtype, names, cfg.atol, cfg.rtol)
+    atol, rtol = per_output(dtype, names, cfg.atol, cfg.rtol, quant)
     compare = SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
     with _quiet_polygraphy():
         accuracy = Comparator.compare_accuracy(

@@ -56,10 +56,19 @@ class VerifyReport:
     engine_not_run_reason: str | None = None
     versions: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # an 8-bit export: scheme, how the tolerances were derived, PyTorch's activation
+    # saturation counts, each backend's note, and per runner the top-1 agreement on logits
+    quant: dict | None = None
 
     @property
     def passed(self) -> bool:
-        return self.error is None and bool(self.rows) and all(r.passed for r in self.rows)
+        top1 = (self.quant or {}).get("top1", {})
+        return (
+            self.error is None
+            and bool(self.rows)
+            and all(r.passed for r in self.rows)
+            and all(t["passed"] for t in top1.values())
+        )
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -76,7 +85,8 @@ class VerifyReport:
             rows = [r for r in self.rows if r.runner == runner]
             if not rows:
                 continue
-            ok = all(r.passed for r in rows)
+            top1 = (self.quant or {}).get("top1", {}).get(runner)
+            ok = all(r.passed for r in rows) and (top1 is None or top1["passed"])
             worst = max(rows, key=lambda r: (not r.passed, r.max_abs))
             parts.append(
                 f"PyTorch {'=' if ok else '≠'} {display_name(runner)} (max abs err "
@@ -84,10 +94,15 @@ class VerifyReport:
                 + (f" ≤ {worst.atol:g}" if ok and worst.max_abs <= worst.atol else "")
                 + (
                     ""
-                    if ok
+                    if all(r.passed for r in rows)
                     else f"; {worst.output} at {worst.step} beyond atol {worst.atol:g} "
                     f"rtol {worst.rtol:g}"
                 )  # fmt: skip
+                + (
+                    ""
+                    if top1 is None
+                    else f"; top-1 {top1['agreement']:.1%} (≥ {top1['required']:.0%} required)"
+                )
                 + ")"
             )
         if self.engine is None:
@@ -142,6 +157,16 @@ class VerifyReport:
             )
         if self.inputs:
             lines.append(f"- inputs: {self.inputs}")
+        if self.quant:
+            q = self.quant
+            sat = q.get("saturation", {})
+            lines.append(
+                f"- 8-bit ({q['scheme']}): {q['tolerance']}; PyTorch's activations beyond the "
+                f"format's range (saturated, as the graph saturates them): "
+                f"{sat.get('saturated', 0)} of {sat.get('seen', 0)}"
+                + (f", most in {sat['worst']}" if sat.get("worst") else "")
+            )
+            lines += [f"- {display_name(k)}: {v}" for k, v in q.get("notes", {}).items()]
         lines += [
             "",
             "| step | runner | output | max abs err | max rel err | atol | rtol | verdict |",

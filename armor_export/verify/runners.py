@@ -123,6 +123,7 @@ class Float32Runner(BaseRunner):
     def __init__(self, inner: BaseRunner, name: str):
         super().__init__(name=name)
         self.inner = inner
+        self.note: str | None = None  # how the backend was set up differently, for the report
 
     def activate_impl(self):
         self.inner.activate()
@@ -166,7 +167,11 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     deactivates. So ONNX Runtime's copy of the weights is never held while the PyTorch model
     is (#19). A graph that loads only unoptimised fails verify when the runner activates.
     """
-    from armor_export.runtime.compat import CPU_PROVIDER, check_ort_compatible
+    from armor_export.runtime.compat import (
+        CPU_PROVIDER,
+        check_ort_compatible,
+        quant_session_config,
+    )
 
     try:
         import onnxruntime as ort
@@ -180,14 +185,21 @@ def ort_runner(onnx_path: Path, manifest: ExportManifest) -> BaseRunner:
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     _ort_session(onnx_path, providers, optimize=False)  # the refusals, now; closed at once
-    open_session = functools.partial(_ort_session, onnx_path, providers)
-    return Float32Runner(OnnxrtRunner(open_session), name="onnxruntime")
+    # an int8 export on a CPU whose fused int8 MatMul saturates runs without that fusion;
+    # the report says so (``note``)
+    config, note = quant_session_config(manifest, providers)
+    open_session = functools.partial(_ort_session, onnx_path, providers, config=config)
+    runner = Float32Runner(OnnxrtRunner(open_session), name="onnxruntime")
+    runner.note = note
+    return runner
 
 
-def _ort_session(onnx_path: Path, providers: list[str], optimize: bool = True):
+def _ort_session(
+    onnx_path: Path, providers: list[str], optimize: bool = True, config: dict | None = None
+):
     from armor_export.runtime.session import inference_session
 
-    session = inference_session(onnx_path, providers, optimize=optimize)
+    session = inference_session(onnx_path, providers, optimize=optimize, config=config)
     log_memory(log, "opening the ONNX Runtime session" + ("" if optimize else " (unoptimised)"))
     return session
 
