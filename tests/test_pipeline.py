@@ -244,10 +244,10 @@ def test_another_spelling_or_a_moved_build_folder_is_up_to_date(
     stages = ("prune", "export")
     first = build(from_dict(BuildConfig, _prune_build(tiny_model_dir, text_file, tmp_path / "b",
                                                       stages)))  # fmt: skip
-    assert set(statuses(first).values()) == {"done", "not selected"}
+    assert set(statuses(first).values()) == {"done", "not selected", "provided"}
     monkeypatch.chdir(tmp_path)
     again = build(from_dict(BuildConfig, _prune_build("tiny-llama/", "text.txt", "b/", stages)))
-    assert set(statuses(again).values()) == {"skipped (up to date)", "not selected"}
+    assert set(statuses(again).values()) == {"skipped (up to date)", "not selected", "provided"}
     shutil.move(tmp_path / "b", tmp_path / "moved")
     moved = build(from_dict(BuildConfig, _prune_build(tiny_model_dir, text_file, "moved", stages)))
-    assert set(statuses(moved).values()) == {"skipped (up to date)", "not selected"}
+    assert set(statuses(moved).values()) == {"skipped (up to date)", "not selected", "provided"}

@@ -143,7 +143,10 @@ def test_the_cli_lists_registered_stages(stamp, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--stages", "prune,deploy"], "stages must be one of prune, quantize, export, engine, verify"),
+        (
+            ["--stages", "prune,deploy"],
+            "stages must be one of prune, quantize, export, engine, verify",
+        ),
         (["--force", "deploy"], "--force: unknown stage(s) deploy; registered stages: prune, "),
     ],
 )
@@ -156,7 +159,9 @@ def test_an_unknown_stage_names_the_registered_ones(argv, message):
 
 
 def test_build_refuses_an_unknown_forced_stage(tmp_path):
-    with pytest.raises(ConfigError, match="registered stages: prune, quantize, export, engine, verify"):
+    with pytest.raises(
+        ConfigError, match="registered stages: prune, quantize, export, engine, verify"
+    ):
         build(BuildConfig(output_dir=str(tmp_path)), force=("deploy",))
 
 

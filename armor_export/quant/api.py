@@ -159,7 +159,7 @@ def quantize_matrix(
     core: torch.Tensor,
     a_blocks: torch.Tensor | None,
     b_blocks: torch.Tensor | None,
-    channel_amax: torch.Tensor,
+    channel_amax: torch.Tensor | None,
     settings: QuantSettings,
 ) -> MatrixQuant:
     """Quantize one pruned matrix (smoothing, weight quantization, re-fit), in float32."""
@@ -251,8 +251,11 @@ def core_input_amax(
                 probe = _AmaxProbe(torch.zeros(0, mod.in_features))
                 probes[name] = probe
                 handles.append(mod.register_forward_pre_hook(_input_hook(probe)))
+        # the decoder layers only: the LM head's logits (a 49k vocabulary for SmolLM2) would
+        # cost more than the layers and feed no core
+        body = model.get_decoder() if hasattr(model, "get_decoder") else model
         for batch in batches:
-            model(input_ids=batch, use_cache=False)
+            body(input_ids=batch, use_cache=False)
             if progress:
                 progress()
     finally:
@@ -383,8 +386,8 @@ def quantize_checkpoint(
     store = _Store(out, key)
     hdiags = _dense_hdiag(dense, prune_cfg, batches, names, source, out, reporter)
 
-    # pass 1: per-channel maxima of each core's float input (smoothing)
-    first = store.get("_pass1")
+    # pass 1: per-channel maxima of each core's float input (for smoothing only)
+    first = store.get("_pass1") if settings.smoothing is not None else ({}, {})
     if first is None:
         with reporter.task("quantize: calibration (float cores)", len(batches)) as task:
             amax1 = core_input_amax(model, names, batches, progress=lambda: task.advance(1))
@@ -402,7 +405,8 @@ def quantize_checkpoint(
                 mod = model.get_submodule(name)
                 core, a, b = _factors(mod)
                 weight = dense.get_submodule(name).weight.detach()
-                q = quantize_matrix(name, weight, hdiags[name], core, a, b, amax1[name], settings)
+                channel_amax = amax1.get(name)
+                q = quantize_matrix(name, weight, hdiags[name], core, a, b, channel_amax, settings)
                 store.put(name, _pack_quant(q), q.metrics)
                 results[name] = q
             task.advance(1)
