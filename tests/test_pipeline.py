@@ -321,3 +321,7 @@ def test_a_quant_build_runs_resumes_and_redoes_only_what_the_scheme_changes(
     quant = md.split("## Quantization\n", 1)[1].split("\n## ", 1)[0]
     assert f"| 8-bit checkpoint | `{(out / 'quantized').resolve()}` |" in quant
     assert "| scheme | FP8: " in quant and "Re-fit checked: no matrix ended above" in quant
+    # `armor-export report` on the build's checkpoint finds the same 8-bit checkpoint
+    assert main(["report", str(out / "checkpoint"), "-o", str(tmp_path / "rep")]) == 0
+    again = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| 8-bit checkpoint | `{(out / 'quantized').resolve()}` |" in again
