@@ -1,4 +1,5 @@
-"""``armor-export build``: prune → export → engine → verify, resumable stage by stage.
+"""``armor-export build``: prune → quantize → export → engine → verify, resumable stage by
+stage.
 
 Every stage writes its artefacts under ``output_dir`` and a record into
 ``build_manifest.json`` (config hash, input hash, output hashes, versions, seconds). A
