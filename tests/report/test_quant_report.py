@@ -157,3 +157,16 @@ def test_a_float_checkpoint_has_no_quantization_section(tiny_checkpoint, tmp_pat
     assert md.startswith("# Pruning report: ARMOR on ")
     assert "Quantization" not in md and "quant.png" not in md
     assert not (tmp_path / "rep" / "quant.png").exists()
+
+
+def test_8bit_report_without_matplotlib_drops_the_stale_figure(quantized, tmp_path, monkeypatch):
+    import sys
+
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "rep"
+    write_report(quantized["armor"], out)
+    assert (out / "quant.png").is_file()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    quant = section(md_of(quantized["armor"], out), "Quantization")
+    assert "No figure: matplotlib is missing" in quant and "| **all** |" in quant
+    assert not (out / "quant.png").exists()
