@@ -1,4 +1,5 @@
-"""``armor-export build``: prune → export → engine → verify, resumable stage by stage.
+"""``armor-export build``: prune → quantize → export → engine → verify, resumable stage by
+stage.
 
 Every stage writes its artefacts under ``output_dir`` and a record into
 ``build_manifest.json`` (config hash, input hash, output hashes, versions, seconds). A
@@ -10,8 +11,9 @@ The stages and their order come from the registry in ``armor_export/stages/`` (h
 one is written there); this module only knows the skip / run / record logic.
 
 After the stages, run or skipped, failed or not, the build (re)writes one report of every
-stage (``report_dir``): the pruning report plus the export, the engine and the parity
-results, read from the folders the stage registry gives them.
+stage (``report_dir``): the pruning report plus the quantization (when the build
+quantized), the export, the engine and the parity results, read from the folders the stage
+registry gives them.
 """
 
 from __future__ import annotations
@@ -224,9 +226,9 @@ def report_dir(cfg: BuildConfig) -> Path:
 
 
 def report_sources(cfg: BuildConfig, stages: list[StageResult]) -> BuildSources:
-    """The report's view of a build: each stage's status, and the export, engine and verify
-    folders of the stages that ran (done, up to date or failed) in it, at the paths their
-    stage configs hold."""
+    """The report's view of a build: each stage's status, and the 8-bit checkpoint, export,
+    engine and verify folders of the stages that ran (done, up to date or failed) in it, at
+    the paths their stage configs hold (a provided quantize stage wrote nothing)."""
     from armor_export.report.collect import BuildSources, StageRow
 
     rows = [StageRow(s.name, s.status, s.seconds or None, s.detail) for s in stages]
@@ -239,6 +241,11 @@ def report_sources(cfg: BuildConfig, stages: list[StageResult]) -> BuildSources:
     return BuildSources(
         folder=Path(cfg.output_dir),
         stages=rows,
+        quantized_dir=(
+            Path(configs["quantize"].output_dir)
+            if ran("quantize") and status["quantize"] != "provided"
+            else None
+        ),
         export_dir=Path(configs["export"].output_dir) if ran("export") else None,
         engine_dir=Path(configs["engine"].output_dir) if ran("engine") else None,
         verify_report=get("verify").outputs(configs["verify"])[0] if ran("verify") else None,

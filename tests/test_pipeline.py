@@ -251,3 +251,77 @@ def test_another_spelling_or_a_moved_build_folder_is_up_to_date(
     shutil.move(tmp_path / "b", tmp_path / "moved")
     moved = build(from_dict(BuildConfig, _prune_build(tiny_model_dir, text_file, "moved", stages)))
     assert set(statuses(moved).values()) == {"skipped (up to date)", "not selected", "provided"}
+
+
+def _quant_build_toml(path, model, text, out) -> None:
+    path.write_text(
+        f'model = "{model}"\noutput_dir = "{out}"\n'
+        'stages = ["prune", "quantize", "export", "verify"]\n'
+        '[prune]\nmethod = "armor"\nworkers = 1\n'
+        "[prune.armor]\nblock_size = 16\niterations = 2\ncompile = false\n"
+        f'[prune.calibration]\ntext = "{text}"\nn_samples = 4\nseqlen = 32\nbatch_size = 2\n'
+        '[export]\ndtype = "float32"\n'
+    )
+
+
+def _printed_stage(out: str, name: str) -> str:
+    """The summary table's line of the stage ``name``."""
+    return next(line for line in out.splitlines() if line.strip("│┃ ").startswith(f"{name} "))
+
+
+@pytest.mark.fault(
+    "build",
+    "build --quant int8 of a dense model, the same build again, then --quant fp8",
+    "prune, quantize, export and verify done (the summary names the scheme, the export "
+    "records it); then every stage up to date; then quantize and what follows redone, the "
+    "prune kept; the build report holds the 8-bit checkpoint's Quantization section",
+)
+def test_a_quant_build_runs_resumes_and_redoes_only_what_the_scheme_changes(
+    tiny_model_dir, text_file, tmp_path, capsys, monkeypatch
+):
+    from armor_export.quant import schemes
+
+    monkeypatch.setenv("COLUMNS", "400")  # the summary table on one line per stage
+    out = tmp_path / "b"
+    toml = tmp_path / "build.toml"
+    _quant_build_toml(toml, tiny_model_dir, text_file, out)
+    runs = {}
+    for scheme, expected in (
+        ("int8", {"prune": "done", "quantize": "done", "export": "done", "verify": "done"}),
+        ("int8", dict.fromkeys(("prune", "quantize", "export", "verify"), "skipped (up to date)")),
+        ("fp8", {"prune": "skipped (up to date)", "quantize": "done", "export": "done",
+                 "verify": "done"}),
+    ):  # fmt: skip
+        assert main(["build", "--config", str(toml), "--quant", scheme]) == 0
+        printed = capsys.readouterr().out
+        manifest = json.loads((out / MANIFEST).read_text())
+        for name, status in expected.items():
+            assert f" {status} " in _printed_stage(printed, name), (scheme, name)
+        assert " not selected " in _printed_stage(printed, "engine")
+        title = schemes.get(scheme).title
+        quantize = manifest["stages"]["quantize"]["detail"]
+        assert (
+            quantize.startswith(f"14 cores {title}: mean proxy loss ") and " re-fitted" in quantize
+        )
+        assert quantize in _printed_stage(printed, "quantize")
+        assert manifest["stages"]["quantize"]["config_values"]["scheme"] == scheme
+        export = json.loads((out / "onnx" / "export_manifest.json").read_text())
+        assert export["quant"]["scheme"] == scheme and export["counts"]["armor"] == 14
+        verify = json.loads((out / "verify" / "verify_report.json").read_text())
+        assert verify["passed"] and printed.strip().splitlines()[-1].startswith("PASSED: ")
+        quantized = json.loads((out / "quantized" / "armor_manifest.json").read_text())
+        assert quantized["quant"]["scheme"] == scheme
+        assert verify["model"] == str(out / "quantized")  # verify compared the 8-bit model
+        runs[scheme] = manifest
+    # the prune was not redone for the new scheme: the same record, the same checkpoint
+    assert runs["fp8"]["stages"]["prune"] == runs["int8"]["stages"]["prune"]
+    # the build report is the pruned checkpoint's, with the 8-bit checkpoint's section
+    md = (out / "checkpoint" / "report" / "report.md").read_text()
+    assert md.startswith("# Build report: ARMOR + FP8 on ")
+    quant = md.split("## Quantization\n", 1)[1].split("\n## ", 1)[0]
+    assert f"| 8-bit checkpoint | `{(out / 'quantized').resolve()}` |" in quant
+    assert "| scheme | FP8: " in quant and "Re-fit checked: no matrix ended above" in quant
+    # `armor-export report` on the build's checkpoint finds the same 8-bit checkpoint
+    assert main(["report", str(out / "checkpoint"), "-o", str(tmp_path / "rep")]) == 0
+    again = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| 8-bit checkpoint | `{(out / 'quantized').resolve()}` |" in again

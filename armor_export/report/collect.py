@@ -9,10 +9,13 @@ Sources, all optional except the manifest:
   files given by the user;
 - a ``verify_report.json``: given, or found at ``<ckpt>/../verify/`` (the layout of
   ``armor-export build``);
+- an 8-bit checkpoint's quantization (``quant`` in its manifest, per matrix the proxy loss
+  pruned, quantized and re-fitted): the checkpoint's own, or, for a build that quantized,
+  the one its quantize stage wrote;
 - a build's other stages (:class:`BuildSources`): given by ``pipeline.build``, or found
   when the checkpoint's folder sits in a build folder (``build_manifest.json`` beside it):
-  the export manifest, the engine's ``build_report.json`` and the verify report, at the
-  paths the stage registry gives them.
+  the 8-bit checkpoint, the export manifest, the engine's ``build_report.json`` and the
+  verify report, at the paths the stage registry gives them.
 """
 
 from __future__ import annotations
@@ -66,6 +69,86 @@ class MatrixRow:
         if self.proxy_loss is None or self.nowag_loss is None:
             return None
         return self.proxy_loss <= self.nowag_loss
+
+
+@dataclass
+class QuantRow:
+    """One quantized matrix: its proxy loss at each step of ``quant/api.quantize_matrix``."""
+
+    name: str
+    layer: int | None
+    projection: str
+    kind: str  # "armor" | "sparse"
+    loss_pruned: float | None
+    loss_quantized: float | None
+    loss_refit: float | None = None  # ARMOR with the re-fit only
+    loss_smoothed: float | None = None  # with smoothing only
+    refit_rounds: int | None = None
+    seconds: float | None = None
+
+    @property
+    def final(self) -> float | None:
+        """The loss the checkpoint keeps: re-fitted when there was a re-fit."""
+        return self.loss_refit if self.loss_refit is not None else self.loss_quantized
+
+    @property
+    def final_ratio(self) -> float | None:
+        """``final / loss_pruned``: what quantization (and the re-fit) cost this matrix."""
+        if self.final is None or self.loss_pruned is None or self.loss_pruned <= 0:
+            return None
+        return self.final / self.loss_pruned
+
+    @property
+    def quantized_ratio(self) -> float | None:
+        if self.loss_quantized is None or self.loss_pruned is None or self.loss_pruned <= 0:
+            return None
+        return self.loss_quantized / self.loss_pruned
+
+    @property
+    def refit_raised(self) -> bool:
+        """The re-fit ended above the quantized loss (it keeps its best iterate: never)."""
+        return (
+            self.loss_refit is not None
+            and self.loss_quantized is not None
+            and self.loss_refit > self.loss_quantized
+        )
+
+    @property
+    def refit_improved(self) -> bool:
+        return (
+            self.loss_refit is not None
+            and self.loss_quantized is not None
+            and self.loss_refit < self.loss_quantized
+        )
+
+
+@dataclass
+class QuantInfo:
+    """An 8-bit checkpoint's quantization: its manifest's ``quant`` and one row per core."""
+
+    checkpoint: Path
+    settings: dict  # the manifest's "quant": scheme, refit, refit_iterations, smoothing, ...
+    rows: list[QuantRow]
+
+    @property
+    def scheme(self) -> str:
+        return str(self.settings.get("scheme", "?"))
+
+    @property
+    def scheme_title(self) -> str:
+        """The scheme as TensorRT and papers spell it (INT8, FP8)."""
+        from armor_export.quant import schemes
+
+        return schemes.get(self.scheme).title if self.scheme in schemes.names() else self.scheme
+
+    @property
+    def refitted(self) -> list[QuantRow]:
+        return [r for r in self.rows if r.loss_refit is not None]
+
+    @property
+    def raised(self) -> list[QuantRow]:
+        """Matrices whose re-fit ended above their quantized loss (none, by construction)."""
+        return [r for r in self.rows if r.refit_raised]
 
 
 @dataclass
@@ -123,6 +206,7 @@ class BuildSources:
 
     folder: Path
     stages: list[StageRow]
+    quantized_dir: Path | None = None  # the 8-bit checkpoint, when the quantize stage ran
     export_dir: Path | None = None
     engine_dir: Path | None = None
     verify_report: Path | None = None
@@ -176,6 +260,7 @@ class BuildInfo:
     """What a build's stages left on disk; ``problems`` names a file that could not be read."""
 
     sources: BuildSources
+    quantize: QuantInfo | None = None
     export: ExportInfo | None = None
     engine: EngineInfo | None = None
     problems: dict[str, str] = field(default_factory=dict)  # stage -> why it is not shown
@@ -193,6 +278,8 @@ class ReportData:
     # single-process run, one per rank under torchrun
     rank_seconds: list[float] = field(default_factory=list)
     build: BuildInfo | None = None  # the build's other stages, when the checkpoint is a build's
+    # the checkpoint's own quantization when it is 8-bit, else the build's 8-bit checkpoint's
+    quant: QuantInfo | None = None
 
     @property
     def method(self) -> str:
@@ -245,7 +332,7 @@ def collect(
     manifest = read_manifest(ckpt)
     matrices = [_matrix_row(name, info, ckpt) for name, info in manifest["matrices"].items()]
     matrices.sort(key=_matrix_order)
-    history_note = _attach_histories(ckpt, matrices)
+    history_note = _attach_histories(_job_checkpoint(ckpt, manifest), matrices)
     evals = read_eval_results(ckpt) + [row for f in eval_files for row in read_eval_file(f)]
     build = build if build is not None else find_build(ckpt)
     if verify_report is None and build is not None:
@@ -256,8 +343,11 @@ def collect(
         verify_report = found if found.is_file() else None
     parity = read_parity(verify_report) if verify_report is not None else None
     info = read_build(build) if build is not None else None
+    quant = read_quant(ckpt, manifest) if manifest.get("quant") else None
+    if quant is None and info is not None:
+        quant = info.quantize
     return ReportData(
-        ckpt, manifest, matrices, evals, parity, history_note, _rank_seconds(ckpt), info
+        ckpt, manifest, matrices, evals, parity, history_note, _rank_seconds(ckpt), info, quant
     )
 
 
@@ -332,6 +422,26 @@ def _matrix_row(name: str, info, ckpt: Path) -> MatrixRow:
     )
 
 
+def _job_checkpoint(ckpt: Path, manifest: dict) -> Path:
+    """Where the ARMOR jobs' histories are: the checkpoint itself, or for an 8-bit checkpoint
+    without a job store the pruned checkpoint it was quantized from, when that is still the
+    same file (its weights' sha256 is the one the quantization recorded)."""
+    quant = manifest.get("quant")
+    if not isinstance(quant, dict) or (ckpt / JOBS_DIR).is_dir():
+        return ckpt
+    source = quant.get("source") if isinstance(quant.get("source"), dict) else {}
+    path = source.get("checkpoint")
+    if not isinstance(path, str) or not (Path(path) / JOBS_DIR).is_dir():
+        return ckpt
+    from armor_export.prune.checkpoint import MANIFEST, WEIGHTS
+
+    try:
+        recorded = read_json(Path(path) / MANIFEST).get("sha256", {}).get(WEIGHTS)
+    except (UserError, AttributeError):
+        return ckpt
+    return Path(path) if recorded and recorded == source.get("sha256") else ckpt
+
+
 def _attach_histories(ckpt: Path, matrices: list[MatrixRow]) -> str | None:
     """Read each ARMOR job's ``history`` from its job file's metadata.
 
@@ -369,6 +479,62 @@ def _job_history(path: Path, name: str) -> list[float]:
     if not isinstance(history, list):
         raise CorruptFileError(f"{path}: metrics hold no loss history")
     return [v if (v := _finite(x)) is not None else math.nan for x in history]
+
+
+# --- quantization ---------------------------------------------------------------------
+
+
+def read_quant(ckpt: Path, manifest: dict) -> QuantInfo:
+    """The ``quant`` record of an 8-bit checkpoint's manifest and each core's losses; a core
+    without its losses is a corrupt manifest (``quantize_checkpoint`` records every one)."""
+    where = ckpt / "armor_manifest.json"
+    settings = manifest.get("quant")
+    if not isinstance(settings, dict) or not isinstance(settings.get("scheme"), str):
+        raise CorruptFileError(f"{where}: 'quant' names no scheme")
+    rows = []
+    for name, info in manifest["matrices"].items():
+        entry = info.get("quant") if isinstance(info, dict) else None
+        if not isinstance(entry, dict):
+            raise CorruptFileError(f"{where}: matrix {name} has no quantization losses")
+        pruned, quantized = _finite(entry.get("loss_pruned")), _finite(entry.get("loss_quantized"))
+        if pruned is None or quantized is None:
+            raise CorruptFileError(
+                f"{where}: matrix {name}: loss_pruned / loss_quantized missing or not finite"
+            )
+        if "loss_refit" in entry and _finite(entry["loss_refit"]) is None:
+            raise CorruptFileError(f"{where}: matrix {name}: loss_refit is not finite")
+        layer, projection = split_name(name)
+        rounds = entry.get("refit_rounds")
+        rows.append(
+            QuantRow(
+                name=name,
+                layer=layer,
+                projection=projection,
+                kind=str(info.get("kind")),
+                loss_pruned=pruned,
+                loss_quantized=quantized,
+                loss_refit=_finite(entry.get("loss_refit")),
+                loss_smoothed=_finite(entry.get("loss_smoothed")),
+                refit_rounds=rounds if isinstance(rounds, int) else None,
+                seconds=_finite(entry.get("seconds")),
+            )
+        )
+    rows.sort(key=lambda r: (r.layer is None, -1 if r.layer is None else r.layer,
+                             projection_key(r.projection), r.name))  # fmt: skip
+    return QuantInfo(ckpt, settings, rows)
+
+
+def read_quantized(folder: Path) -> QuantInfo | None:
+    """A build's 8-bit checkpoint (the quantize stage's folder), or None when the stage has
+    not finished it."""
+    from armor_export.prune.checkpoint import MANIFEST
+
+    if not (folder / MANIFEST).is_file():
+        return None
+    manifest = read_manifest(folder)
+    if not manifest.get("quant"):
+        raise CorruptFileError(f"{folder / MANIFEST}: not an 8-bit checkpoint (no 'quant')")
+    return read_quant(folder, manifest)
 
 
 # --- perplexity results ---------------------------------------------------------------
@@ -480,10 +646,11 @@ def find_build(ckpt: Path) -> BuildSources | None:
 
 
 def read_build(sources: BuildSources) -> BuildInfo:
-    """The export and engine a build left; an unreadable file is named, never fatal (the
-    report of a failed build shows what exists)."""
+    """The 8-bit checkpoint, export and engine a build left; an unreadable file is named,
+    never fatal (the report of a failed build shows what exists)."""
     info = BuildInfo(sources)
     for stage, folder, read in (
+        ("quantize", sources.quantized_dir, read_quantized),
         ("export", sources.export_dir, read_export),
         ("engine", sources.engine_dir, read_engine),
     ):

@@ -156,10 +156,79 @@ def heatmap_png(data: ReportData) -> bytes | None:
     return _png(fig)
 
 
+def quant_png(data: ReportData) -> bytes | None:
+    """Each core's proxy loss pruned, quantized and re-fitted (log scale), and the quantized
+    and final losses over the pruned one, in layer and projection order; None for a float
+    checkpoint."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    quant = data.quant
+    if quant is None or not quant.rows:
+        return None
+    rows = quant.rows
+    x = list(range(len(rows)))
+    fig = Figure(figsize=(WIDTH_IN, 6.2), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    series = [("pruned", "loss_pruned", "#7f7f7f", "o", 5.5),
+              ("quantized", "loss_quantized", "#ff7f0e", "x", 5.0)]  # fmt: skip
+    if quant.refitted:
+        series.append(("re-fitted", "loss_refit", "#1f77b4", ".", 6.0))
+    for label, attr, colour, marker, size in series:
+        pts = [(i, getattr(r, attr)) for i, r in zip(x, rows, strict=True)]
+        pts = [(i, v) for i, v in pts if v is not None and v > 0]
+        if pts:
+            top.plot(*zip(*pts, strict=True), ls="", marker=marker, ms=size, color=colour,
+                     label=label, alpha=0.85)  # fmt: skip
+    top.set_yscale("log")
+    top.set_ylabel("proxy loss (log scale)")
+    top.set_title(
+        f"{data.method_name} + {quant.scheme_title}: proxy loss per core ({len(rows)} matrices)"
+    )
+    ratios = [("quantized / pruned", "quantized_ratio", "#ff7f0e", "x")]
+    if quant.refitted:
+        ratios.append(("re-fitted / pruned", "final_ratio", "#1f77b4", "."))
+    for label, attr, colour, marker in ratios:
+        pts = [(i, getattr(r, attr)) for i, r in zip(x, rows, strict=True)]
+        pts = [(i, v) for i, v in pts if v is not None]
+        if pts:
+            bottom.plot(*zip(*pts, strict=True), ls="", marker=marker, ms=6, color=colour,
+                        label=label)  # fmt: skip
+    bottom.axhline(1.0, color="#444444", ls="--", lw=1.2)
+    bottom.set_ylabel("loss / pruned loss")
+    raised = [(i, r) for i, r in zip(x, rows, strict=True) if r.refit_raised]
+    for i, r in raised:
+        for ax, value in ((top, r.loss_refit), (bottom, r.final_ratio)):
+            ax.plot([i], [value], ls="", marker="o", ms=12, mfc="none", mec="#d50000", mew=2)
+    # one tick per decoder layer, at its first matrix; faint lines between layers
+    starts = [i for i, r in enumerate(rows) if i == 0 or r.layer != rows[i - 1].layer]
+    for ax in (top, bottom):
+        for i in starts[1:]:
+            ax.axvline(i - 0.5, color="#e0e0e0", lw=0.8)
+        ax.grid(True, axis="y", color="#e5e5e5", lw=0.6)
+    step = max(1, len(starts) // 30)
+    ticks = starts[::step]
+    bottom.set_xticks(ticks, [str(rows[i].layer) if rows[i].layer is not None else rows[i].name
+                              for i in ticks], fontsize=7)  # fmt: skip
+    bottom.set_xlabel("decoder layer (its matrices in projection order)")
+    bottom.set_xlim(-0.5, len(rows) - 0.5)
+    handles, labels = top.get_legend_handles_labels()
+    if raised:
+        handles.append(Line2D([], [], ls="", marker="o", ms=10, mfc="none", mec="#d50000", mew=2))
+        labels.append("re-fit above quantized")
+    top.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _png(fig)
+
+
 def figures(data: ReportData) -> dict[str, bytes]:
     """File name -> PNG of every figure that has data (needs matplotlib)."""
     out = {}
-    for name, draw in (("curves.png", curves_png), ("heatmap.png", heatmap_png)):
+    for name, draw in (
+        ("curves.png", curves_png),
+        ("heatmap.png", heatmap_png),
+        ("quant.png", quant_png),
+    ):
         png = draw(data)
         if png is not None:
             out[name] = png

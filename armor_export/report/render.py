@@ -1,5 +1,6 @@
 """``write_report``: the pruning report of a checkpoint as ``report.html`` + ``report.md``;
-for a build's checkpoint also its stages, export, engine and parity (the build report).
+for an 8-bit checkpoint also its quantization, and for a build's checkpoint also its
+stages, quantization (when the build quantized), export, engine and parity (the build report).
 
 The HTML page is self-contained (figures embedded as base64 PNG); the Markdown file links
 the same figures as PNG files beside it. Without matplotlib both are written without
@@ -22,6 +23,8 @@ from armor_export.report.collect import (
     BuildInfo,
     BuildSources,
     MatrixRow,
+    QuantInfo,
+    QuantRow,
     ReportData,
     collect,
     projection_key,
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 REPORT_DIR = "report"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
-FIGURE_FILES = ("curves.png", "heatmap.png")
+FIGURE_FILES = ("curves.png", "heatmap.png", "quant.png")
 
 
 def write_report(
@@ -67,7 +70,8 @@ def write_report(
     missing = matplotlib_missing()
     figs = {} if missing else figures(data)
     kind = "Build" if data.build is not None else "Pruning"
-    title = f"{kind} report: {data.method_name} on {_model_name(data)}"
+    scheme = f" + {data.quant.scheme_title}" if data.quant is not None else ""
+    title = f"{kind} report: {data.method_name}{scheme} on {_model_name(data)}"
     blocks = build_blocks(data, figs, missing)
     out = Path(output_dir) if output_dir is not None else data.checkpoint / REPORT_DIR
     try:
@@ -92,6 +96,7 @@ def build_blocks(data: ReportData, figs: dict[str, bytes], missing: str | None) 
     blocks += _build_section(data)
     blocks += _curves_section(data, figs, missing)
     blocks += _loss_section(data, figs, missing)
+    blocks += _quant_section(data, figs, missing)
     blocks += _perplexity_section(data)
     blocks += _overhead_section(data)
     blocks += _export_section(data)
@@ -168,6 +173,18 @@ def _headline(data: ReportData, missing: str | None) -> list[Block]:
             Notice(
                 f"All {len(judged)} ARMOR matrices ended at or below their NoWag-P proxy loss.",
                 "ok",
+            )
+        )
+    if data.quant is not None and data.quant.raised:
+        raised = data.quant.raised
+        names = ", ".join(f"`{r.name}`" for r in raised[:8])
+        more = f" and {len(raised) - 8} more" if len(raised) > 8 else ""
+        blocks.append(
+            Notice(
+                f"{len(raised)} of {len(data.quant.refitted)} re-fitted matrices ended ABOVE "
+                f"their quantized proxy loss: {names}{more} (the re-fit keeps its best "
+                "iterate and never should; see “Quantization”).",
+                "bad",
             )
         )
     if data.parity is not None:
@@ -430,6 +447,195 @@ def _loss_table(rows: list[MatrixRow], method: str) -> Table:
         [False, True, True, True, True, True, True],
         bold_last_row=True,
     )
+
+
+def _quant_section(data: ReportData, figs: dict[str, bytes], missing: str | None) -> list[Block]:
+    """An 8-bit checkpoint's scheme and settings, and each core's proxy loss pruned ->
+    quantized -> re-fitted; nothing for a float checkpoint or a build that did not quantize."""
+    quant, build = data.quant, data.build
+    heading = Heading("Quantization", "quantization")
+    if quant is None:
+        if build is None:
+            return []
+        status = build.sources.status("quantize")
+        if "quantize" in build.problems or status not in (
+            "provided",
+            "not selected",
+            "not reached",
+        ):
+            return [heading] + _not_run(build, "quantize")
+        return []
+    blocks: list[Block] = [heading]
+    if build is not None:
+        blocks += _failed(build, "quantize")
+    blocks.append(Table(["", ""], _quant_settings(data, quant)))
+    if quant.refitted:
+        steps = "with the core quantized, and after A and B were re-fitted around it"
+    elif any(r.kind == "armor" for r in quant.rows):
+        steps = "and with the core quantized (the re-fit was off)"
+    else:
+        steps = f"and with the core quantized ({data.method_name} has no wrappers to re-fit)"
+    if any(r.loss_smoothed is not None for r in quant.rows):
+        steps += "; “smoothed”: after the smoothing was folded into B, before quantization"
+    blocks.append(
+        Paragraph(
+            f"Each core's proxy loss (the pruning's, see “Final proxy loss”) as pruned, {steps}. "
+            "Ratios are to the pruned loss: 1 = quantization cost nothing."
+        )
+    )
+    if quant.refitted:
+        raised = quant.raised
+        improved = sum(r.refit_improved for r in quant.refitted)
+        if raised:
+            blocks.append(
+                Notice(
+                    f"Re-fit checked: {len(raised)} of {len(quant.refitted)} matrices ended "
+                    "ABOVE their quantized loss (flagged ✗ below); the re-fit keeps its best "
+                    "iterate, so this checkpoint was not written by this quantizer as is.",
+                    "bad",
+                )
+            )
+        else:
+            blocks.append(
+                Notice(
+                    "Re-fit checked: no matrix ended above its quantized loss; the re-fit "
+                    f"lowered {improved} of {len(quant.refitted)}"
+                    + (" and kept the rest." if improved < len(quant.refitted) else "."),
+                    "ok",
+                )
+            )
+    if "quant.png" in figs:
+        blocks.append(
+            Figure(
+                "quant.png",
+                figs["quant.png"],
+                "proxy loss before and after quantization",
+                "Top: each core's proxy loss pruned (grey), quantized (orange)"
+                + (" and re-fitted (blue)" if quant.refitted else "")
+                + ", in layer and projection order (log scale). Bottom: the quantized"
+                + (" and re-fitted" if quant.refitted else "")
+                + " loss over the pruned loss; dashed: 1 = the pruned loss."
+                + (
+                    " A red ring marks a re-fit that ended above its quantized loss."
+                    if quant.refitted
+                    else ""
+                ),
+            )
+        )
+    elif missing:
+        blocks.append(Paragraph("No figure: matplotlib is missing (see the note above)."))
+    blocks.append(_quant_table(quant))
+    blocks.append(Details(f"All {len(quant.rows)} matrices", [_quant_matrix_table(quant)]))
+    return blocks
+
+
+def _quant_settings(data: ReportData, quant: QuantInfo) -> list[list[str]]:
+    from armor_export.quant import schemes
+
+    cfg = quant.settings
+    summary = schemes.get(quant.scheme).summary if quant.scheme in schemes.names() else ""
+    rows = [
+        ["8-bit checkpoint", f"`{quant.checkpoint.resolve()}`"],
+        ["scheme", f"{quant.scheme_title}" + (f": {summary}" if summary else "")],
+        ["weights / activations",
+         f"{cfg.get('weights', '?')} / {cfg.get('activations', '?')}; symmetric, zero point 0"],
+    ]  # fmt: skip
+    has_wrappers = any(r.kind == "armor" for r in quant.rows)
+    if not has_wrappers:
+        refit = f"none: {data.method_name} has no wrappers (plain quantization)"
+    elif cfg.get("refit"):
+        refit = (
+            f"on: A and B re-solved around the quantized core, "
+            f"{cfg.get('refit_iterations', '?')} rounds at most"
+        )
+    else:
+        refit = "off"
+    rows.append(["re-fit", refit])
+    alpha = cfg.get("smoothing")
+    rows.append(
+        ["smoothing", f"SmoothQuant α = {alpha:g}, folded into B" if isinstance(alpha, (int, float))
+         and not isinstance(alpha, bool) else "off"]
+    )  # fmt: skip
+    source = cfg.get("source")
+    if isinstance(source, dict) and source.get("checkpoint"):
+        sha = str(source.get("sha256") or "")[:12]
+        rows.append(
+            ["quantized from", f"`{source['checkpoint']}`" + (f" (sha256 {sha}…)" if sha else "")]
+        )
+    seconds = [r.seconds for r in quant.rows if r.seconds is not None]
+    if seconds:
+        rows.append(["time", f"{_seconds(sum(seconds))} summed over the matrices"])
+    return rows
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _worst(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{max(values):.4f}" if values else "–"
+
+
+def _quant_table(quant: QuantInfo) -> Table:
+    """Per projection: mean loss at each step, the worst ratio to the pruned loss and how
+    many matrices the re-fit improved."""
+    groups: dict[str, list[QuantRow]] = {}
+    for r in quant.rows:
+        groups.setdefault(r.projection, []).append(r)
+    order = sorted(groups, key=projection_key) + ["all"]
+    groups["all"] = quant.rows
+    refit = bool(quant.refitted)
+    rows = []
+    for name in order:
+        rs = groups[name]
+        row = [name, str(len(rs)), _g(_mean(r.loss_pruned for r in rs)),
+               _g(_mean(r.loss_quantized for r in rs))]  # fmt: skip
+        if refit:
+            row.append(_g(_mean(r.loss_refit for r in rs)))
+        row.append(_worst(r.quantized_ratio for r in rs))
+        if refit:
+            row.append(_worst(r.final_ratio for r in rs))
+            done = [r for r in rs if r.loss_refit is not None]
+            row.append(f"{sum(r.refit_improved for r in done)} / {len(done)}")
+        rows.append(row)
+    headers = ["projection", "matrices", "mean pruned", "mean quantized"]
+    headers += ["mean re-fitted"] if refit else []
+    headers += ["worst quantized / pruned"]
+    headers += ["worst re-fitted / pruned", "re-fit improved"] if refit else []
+    return Table(headers, rows, [False] + [True] * (len(headers) - 1), bold_last_row=True)
+
+
+def _quant_matrix_table(quant: QuantInfo) -> Table:
+    smoothed = any(r.loss_smoothed is not None for r in quant.rows)
+    refit = bool(quant.refitted)
+    headers = ["matrix", "pruned"] + (["smoothed"] if smoothed else []) + ["quantized"]
+    headers += ["re-fitted", "rounds"] if refit else []
+    headers += ["final / pruned"] + (["re-fit"] if refit else [])
+    rows = []
+    for r in quant.rows:
+        row = [f"`{r.name}`", _g(r.loss_pruned)]
+        row += [_g(r.loss_smoothed)] if smoothed else []
+        row.append(_g(r.loss_quantized))
+        if refit:
+            rounds = str(r.refit_rounds) if r.refit_rounds is not None else "–"
+            row += [_g(r.loss_refit), rounds]
+        row.append(f"{r.final_ratio:.4f}" if r.final_ratio is not None else "–")
+        if refit:
+            flag = (
+                "✗ ABOVE quantized"
+                if r.refit_raised
+                else (
+                    "lowered" if r.refit_improved else ("kept" if r.loss_refit is not None else "–")
+                )
+            )
+            row.append(flag)
+        rows.append(row)
+    numeric = [False] + [True] * (len(headers) - 1)
+    if refit:
+        numeric[-1] = False
+    return Table(headers, rows, numeric)
 
 
 def _perplexity_section(data: ReportData) -> list[Block]:

@@ -174,3 +174,29 @@ def test_a_failed_build_still_rewrites_its_report(tiny_checkpoint, tmp_path, cap
     # verify was not reached in this build: its old failed report is not passed off as current
     assert "The verify stage did not run in this build (not reached)." in md
     assert str(build_dir / "verify" / "verify_report.json") not in md
+
+
+@pytest.mark.fault(
+    "build",
+    "build --quant int8 of a given checkpoint whose dense model cannot be loaded",
+    "the quantize stage fails in one line, and the build report's Quantization section says "
+    "so in red (no 8-bit losses from an earlier run)",
+)
+def test_a_failed_quantize_stage_is_shown_in_the_reports_quantization(
+    tiny_checkpoint, tmp_path, capsys
+):
+    build_dir = tmp_path / "b"
+    toml = build_toml(
+        tmp_path / "build.toml", tiny_checkpoint, build_dir, ["quantize", "export"],
+        f'[quantize]\ndense_model = "{tmp_path / "gone"}"\n',
+    )  # fmt: skip
+    assert main(["build", "--config", str(toml), "--quant", "int8"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot be loaded" in err and "--dense-model" in err
+    md = (build_dir / "report" / "report.md").read_text()
+    quant = md.split("## Quantization\n", 1)[1].split("\n## ", 1)[0]
+    assert "> **The quantize stage FAILED: the dense model " in quant
+    assert "| quantize | failed |" in md and "| export | not reached |" in md
+    # a float build of the same checkpoint has no such section
+    assert main(["build", "--config", str(toml), "--quant", "none"]) == 0
+    assert "## Quantization" not in (build_dir / "report" / "report.md").read_text()
