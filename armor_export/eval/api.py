@@ -43,6 +43,9 @@ class EvalResult:
     runtime: str = "pytorch"
     providers: list[str] = field(default_factory=list)  # ONNX Runtime's, in its order
     dtype: str = ""
+    # an 8-bit checkpoint: its scheme, and the activations beyond the format's range that
+    # its cores saturated (quant.core.saturation), never clipped silently
+    quant: dict | None = None
 
     def summary(self) -> str:
         """``perplexity on wikipedia through ONNX Runtime (CPUExecutionProvider, export
@@ -53,7 +56,14 @@ class EvalResult:
             detail = f"{self.dtype}, {what}" if self.dtype else what
         else:
             detail = ", ".join([*self.providers, f"export {self.model}"])
-        return f"perplexity on {self.text} through {runtime} ({detail}): {self.perplexity:.2f}"
+        line = f"perplexity on {self.text} through {runtime} ({detail}): {self.perplexity:.2f}"
+        if self.quant and self.quant.get("saturated"):
+            q = self.quant
+            line += (
+                f"; {q['saturated']} of {q['seen']} core input values were beyond the "
+                f"{q['scheme']} range and saturated (most in {q['worst_core']})"
+            )
+        return line
 
 
 def load_any_model(name_or_path: str, checkpoint_dtype=None):
@@ -118,6 +128,9 @@ def evaluate(
     check_positions(model.config, cfg.seqlen, "eval.seqlen", "--seqlen/--eval-seqlen")
     windows = eval_windows_for(tokenizer, cfg)
     start = time.perf_counter()
+    from armor_export.quant.core import reset_saturation
+
+    reset_saturation(model)
     ppl = perplexity(model, windows, cfg.batch_size, reporter, f"perplexity {cfg.text}")
     result = EvalResult(
         name_or_path,
@@ -129,10 +142,30 @@ def evaluate(
         cfg.seqlen,
         len(windows),
         dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        quant=_saturation_summary(model, manifest),
     )
     if manifest is not None:
         record_result(name_or_path, result)
     return result
+
+
+def _saturation_summary(model, manifest: dict | None) -> dict | None:
+    """The scheme of an 8-bit checkpoint and how many core inputs its cores saturated."""
+    from armor_export.quant.core import QuantCore, saturation
+
+    scheme = ((manifest or {}).get("quant") or {}).get("scheme")
+    cores = [m for m in model.modules() if isinstance(m, QuantCore)]
+    scheme = scheme or (cores[0].scheme_name if cores else None)
+    counts = saturation(model)
+    if scheme is None and not counts:
+        return None
+    worst = max(counts, key=lambda n: counts[n][0]) if counts else None
+    return {
+        "scheme": scheme,
+        "saturated": sum(c[0] for c in counts.values()),
+        "seen": sum(c[1] for c in counts.values()),
+        "worst_core": worst,
+    }
 
 
 def read_recorded(path: str | Path) -> list[dict]:

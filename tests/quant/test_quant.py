@@ -241,3 +241,28 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_result(pruned, quantized, tmp
         assert (work / name).stat().st_mtime_ns == mtime, name
     whole = quantized["armor", "int8"]
     assert sha256_file(out / WEIGHTS) == sha256_file(whole / WEIGHTS)
+
+
+@pytest.mark.fault(
+    "quantize",
+    "an 8-bit checkpoint evaluated on text whose activations exceed its calibrated range",
+    "eval's result and line give how many core inputs were saturated, and where most were",
+)
+def test_eval_reports_saturated_activations(quantized, text_file):
+    from transformers import AutoTokenizer
+
+    from armor_export.config import EvalConfig
+    from armor_export.eval.api import evaluate
+
+    path = quantized["armor", "fp8"]
+    model, _ = load_checkpoint(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    cfg = EvalConfig(str(text_file), 2, 16, 2)
+    clean = evaluate(str(path), cfg, model=model, tokenizer=tokenizer)
+    assert clean.quant["scheme"] == "fp8" and clean.quant["seen"] > 0
+    name, core = next((n, m.quant) for n, m in _cores(model).items())
+    core.act_scale.mul_(1e-3)  # a range far below the text's activations
+    hit = evaluate(str(path), cfg, model=model, tokenizer=tokenizer)
+    assert hit.quant["saturated"] > clean.quant["saturated"]
+    assert hit.quant["worst_core"] == f"{name}.quant"
+    assert "saturated (most in" in hit.summary() and "\n" not in hit.summary()
