@@ -299,6 +299,8 @@ class QuantizeConfig:
     refit_iterations: int = count(20, 0, 1000)
     smoothing: float | None = None  # SmoothQuant alpha folded into B (ARMOR); None: off
     dense_model: str | None = None  # default: the model the checkpoint was pruned from
+    # globs of cores whose input stays in float (weight-only); None: the scheme's default
+    float_activations: list[str] | None = None
     version: int = CONFIG_VERSION
 
     def validate(self) -> None:
@@ -315,7 +317,8 @@ class QuantizeConfig:
         """The ``quant.api.QuantSettings`` this config asks for (the result's key)."""
         from armor_export.quant.api import QuantSettings
 
-        return QuantSettings(self.scheme, self.refit, self.refit_iterations, self.smoothing)
+        globs = None if self.float_activations is None else tuple(self.float_activations)
+        return QuantSettings(self.scheme, self.refit, self.refit_iterations, self.smoothing, globs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -71,6 +71,10 @@ def config_from_args(args):
     for attr, (obj, key) in sets.items():
         if getattr(args, attr) is not None:
             setattr(obj, key, getattr(args, attr))
+    if args.float_activations is not None:
+        from armor_export.cli.quantize import float_activation_globs
+
+        cfg.quantize.float_activations = float_activation_globs(args.float_activations)
     force = tuple(s.strip() for s in args.force.split(",") if s.strip())
     check_names(force, "--force")
     validate_section("prune", cfg.prune)

@@ -24,11 +24,25 @@ def add_quant_arguments(p, scheme_default: str | None) -> None:
         help="skip the ARMOR re-fit of A and B around the quantized core",
     )
     p.add_argument(
+        "--float-activations",
+        action="append",
+        metavar="GLOB",
+        help="cores whose input stays in float, weight-only (repeat; 'none' for none; "
+        "default: the scheme's, int8: *.down_proj)",
+    )
+    p.add_argument(
         "--smoothing",
         type=float,
         metavar="ALPHA",
         help="SmoothQuant alpha in [0, 1] folded into ARMOR's B (off by default)",
     )
+
+
+def float_activation_globs(given: list[str] | None) -> list[str] | None:
+    """``--float-activations``: None (the scheme's default) when not given, [] for 'none'."""
+    if given is None:
+        return None
+    return [g for g in given if g.lower() != "none"]
 
 
 def add_parser(sub):
@@ -53,6 +67,7 @@ def run(args) -> int:
     if args.refit is not None:
         cfg.refit = args.refit
     cfg.smoothing = args.smoothing
+    cfg.float_activations = float_activation_globs(args.float_activations)
     cfg.dense_model = args.dense_model
     validate_section("quantize", cfg)
     check_apart(cfg.output_dir, {"checkpoint": cfg.model}, "quantize")

@@ -172,15 +172,19 @@ def export_onnx(
 def quant_form(checkpoint_manifest: dict | None, cfg: ExportConfig) -> dict | None:
     """The export manifest's ``quant`` record for an 8-bit checkpoint (None for a float one):
     the scheme, its granularity, and the float dtype the wrappers stay in (docs/quant.md)."""
-    scheme = ((checkpoint_manifest or {}).get("quant") or {}).get("scheme")
+    quant = (checkpoint_manifest or {}).get("quant") or {}
+    scheme = quant.get("scheme")
     if scheme is None:
         return None
-    return {
+    form = {
         "scheme": scheme,
         "weights": "per-channel",
         "activations": "per-tensor",
         "wrappers": cfg.dtype,
     }
+    if quant.get("weight_only"):  # cores whose input stays in float (W8A16)
+        form["weight_only"] = list(quant["weight_only"])
+    return form
 
 
 def _resolve_limits(cfg: ExportConfig, config) -> Limits:

@@ -178,7 +178,8 @@ def check_graph(
 def _qdq_problems(init, scheme: str, consumers, producers, graph, base_dir: Path) -> list[str]:
     """What keeps the 8-bit core ``init`` from TensorRT's explicit-quantization form:
     ``init → DequantizeLinear(axis=1, scale [N], zero point 0) → MatMul B``, its ``A``
-    through ``QuantizeLinear → DequantizeLinear`` with one scale and zero point 0."""
+    through ``QuantizeLinear → DequantizeLinear`` with one scale and zero point 0, or in
+    float for a weight-only core (``quant.float_activations``)."""
     from armor_export.quant import schemes
 
     onnx_type = schemes.get(scheme).onnx_type
@@ -200,8 +201,10 @@ def _qdq_problems(init, scheme: str, consumers, producers, graph, base_dir: Path
     if len(matmul) != 1 or matmul[0].op_type != "MatMul" or matmul[0].input[1] != dq.output[0]:
         return problems + [f"{name}: its DequantizeLinear does not feed one MatMul's B input"]
     act_dq = producers.get(matmul[0].input[0])
-    act_q = producers.get(act_dq.input[0]) if act_dq is not None else None
-    if act_dq is None or act_dq.op_type != "DequantizeLinear" or act_q is None:
+    if act_dq is None or act_dq.op_type != "DequantizeLinear":
+        return problems  # a weight-only core: its input stays in float (W8A16)
+    act_q = producers.get(act_dq.input[0])
+    if act_q is None:
         return problems + [f"{name}: its MatMul's A input is not DequantizeLinear(QuantizeLinear)"]
     if act_q.op_type != "QuantizeLinear":
         return problems + [f"{name}: its MatMul's A input is not DequantizeLinear(QuantizeLinear)"]

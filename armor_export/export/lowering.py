@@ -99,7 +99,8 @@ def register_core(module: nn.Module, linear: nn.Module) -> None:
     raw = values.view(torch.uint8) if values.is_floating_point() else values
     module.register_buffer(CORE_SUFFIX, raw.t().contiguous().view(values.dtype))
     module.register_buffer("weight_scale", quant.weight_scale.detach().clone())
-    module.register_buffer("input_scale", quant.act_scale.detach().reshape(()).clone())
+    act = quant.act_scale  # None: a weight-only core, its input stays in float
+    module.register_buffer("input_scale", None if act is None else act.detach().reshape(()).clone())
     zeros = torch.zeros(values.shape[0], dtype=torch.int8)
     zero_point = zeros.view(values.dtype) if values.is_floating_point() else zeros
     module.register_buffer("weight_zero_point", zero_point)
@@ -112,12 +113,16 @@ def core_matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     same maths, as ``QuantCore`` runs it)."""
     if module.quant_scheme is None:
         return torch.matmul(x, module.sparse_core)
+    weight_only = module.input_scale is None
     if torch.onnx.is_in_onnx_export():
-        return torch.matmul(_qdq_input(module, x), _dq_weight(module, x.dtype))
+        x = x if weight_only else _qdq_input(module, x)
+        return torch.matmul(x, _dq_weight(module, x.dtype))
     from armor_export.quant.core import dequantize, fake_quant
 
     weight = dequantize(module.sparse_core, module.weight_scale, x.dtype)  # [K, N] · [N]
-    return torch.matmul(fake_quant(x, module.input_scale, module.quant_scheme), weight)
+    if not weight_only:
+        x = fake_quant(x, module.input_scale, module.quant_scheme)
+    return torch.matmul(x, weight)
 
 
 def _qdq_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

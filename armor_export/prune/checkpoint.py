@@ -154,7 +154,8 @@ def save_quantized_checkpoint(
         state[f"{name}.core_values"] = values.view(q.values.dtype)
         state[f"{name}.core_positions"] = positions
         state[f"{name}.weight_scale"] = q.weight_scale.float().contiguous()
-        state[f"{name}.act_scale"] = act_scales[name].float().reshape(())
+        if act_scales.get(name) is not None:  # absent: a weight-only core (float input)
+            state[f"{name}.act_scale"] = act_scales[name].float().reshape(())
         entry = dict(source_manifest["matrices"][name])
         entry["quant"] = {k: v for k, v in q.metrics.items()}
         matrices[name] = entry
@@ -502,8 +503,9 @@ def _quant_core(name: str, scheme: str, tensors, result: MatrixResult):
     from armor_export.quant.core import QuantCore
 
     weight_scale = tensors.pop(f"{name}.weight_scale")
-    act_scale = tensors.pop(f"{name}.act_scale")
-    return QuantCore(scheme, result.quant_values, weight_scale.float(), act_scale.float(), name)
+    act_scale = tensors.pop(f"{name}.act_scale", None)  # None: weight only (float input)
+    act = None if act_scale is None else act_scale.float()
+    return QuantCore(scheme, result.quant_values, weight_scale.float(), act, name)
 
 
 def _matrix_result(

@@ -54,6 +54,17 @@ class QuantSettings:
     refit: bool = True  # ARMOR: re-fit A and B around the quantized core
     refit_iterations: int = 20  # rounds of (A step, B step) at most
     smoothing: float | None = None  # SmoothQuant α folded into B (ARMOR only); None: off
+    # globs of cores kept weight-only (float input); None: the scheme's default
+    float_activations: tuple[str, ...] | None = None
+
+    def weight_only(self, name: str) -> bool:
+        """Whether core ``name``'s input stays in float (only its weight is 8-bit)."""
+        from fnmatch import fnmatchcase
+
+        globs = self.float_activations
+        if globs is None:
+            globs = schemes.get(self.scheme).float_activations
+        return any(fnmatchcase(name, g) for g in globs)
 
     def validate(self) -> None:
         from armor_export.errors import ConfigError
@@ -280,7 +291,11 @@ def _input_hook(probe: _AmaxProbe):
 
 
 def settings_key(source_sha256: str, settings: QuantSettings, calibration: str) -> str:
-    data = {"source": source_sha256, "settings": asdict(settings), "calibration": calibration}
+    """The key of the per-matrix results and calibration passes: what decides them (which
+    inputs stay in float decides only the activation scales written at the end)."""
+    decides = asdict(settings)
+    decides.pop("float_activations")
+    data = {"source": source_sha256, "settings": decides, "calibration": calibration}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -422,7 +437,14 @@ def quantize_checkpoint(
     else:
         amax2 = second[0]
     spec = schemes.get(settings.scheme)
-    act_scales = {name: activation_scale(float(amax2[name].max()), spec) for name in names}
+    act_scales = {
+        name: None
+        if settings.weight_only(name)
+        else activation_scale(float(amax2[name].max()), spec)
+        for name in names
+    }
+    for name in names:
+        results[name].metrics["activations"] = "float" if act_scales[name] is None else spec.name
     own = ("sha256", "matrices", "format", "format_version", "versions")
     extra = {k: v for k, v in manifest.items() if k not in own}
     extra["quant"] = {
@@ -430,6 +452,12 @@ def quantize_checkpoint(
         "weights": "per-channel",
         "activations": "per-tensor",
         **asdict(settings),
+        "float_activations": list(
+            schemes.get(spec.name).float_activations
+            if settings.float_activations is None
+            else settings.float_activations
+        ),
+        "weight_only": sorted(n for n in names if act_scales[n] is None),
         "source": {"checkpoint": str(source), "sha256": source_sha},
     }
     save_quantized_checkpoint(out, model, tokenizer, manifest, results, act_scales, extra)

@@ -84,7 +84,7 @@ class QuantCore(nn.Module):
         scheme: str,
         values: torch.Tensor,
         weight_scale: torch.Tensor,
-        act_scale: torch.Tensor,
+        act_scale: torch.Tensor | None,
         name: str = "core",
     ):
         super().__init__()
@@ -93,17 +93,22 @@ class QuantCore(nn.Module):
         if values.dtype != spec.torch_dtype:
             raise ValueError(f"{name}: values are {values.dtype}, {scheme} stores {spec.storage}")
         d_out = values.shape[0]
-        if tuple(weight_scale.shape) != (d_out,) or act_scale.numel() != 1:
+        act_shape = None if act_scale is None else tuple(act_scale.shape)
+        bad_act = act_scale is not None and act_scale.numel() != 1
+        if tuple(weight_scale.shape) != (d_out,) or bad_act:
             raise ValueError(
-                f"{name}: scales of shape {tuple(weight_scale.shape)} and "
-                f"{tuple(act_scale.shape)} do not fit a [{d_out}, ...] core"
+                f"{name}: scales of shape {tuple(weight_scale.shape)} and {act_shape} do not "
+                f"fit a [{d_out}, ...] core"
             )
         check_scale(weight_scale, f"{name}.weight_scale")
-        check_scale(act_scale, f"{name}.act_scale")
+        if act_scale is not None:
+            check_scale(act_scale, f"{name}.act_scale")
         bits = values.view(torch.uint8) if values.is_floating_point() else values
         self.register_buffer("q_bits", bits.contiguous())
         self.register_buffer("weight_scale", weight_scale.float().clone())
-        self.register_buffer("act_scale", act_scale.float().reshape(()).clone())
+        # None: a weight-only core (its input stays in float, W8A16)
+        act = None if act_scale is None else act_scale.float().reshape(()).clone()
+        self.register_buffer("act_scale", act)
         self.saturated = 0
         self.seen = 0
 
@@ -121,7 +126,14 @@ class QuantCore(nn.Module):
         """The dequantized core ``[d_out, d_in]`` in ``dtype``."""
         return dequantize(self.values, self.weight_scale[:, None], dtype)
 
+    @property
+    def weight_only(self) -> bool:
+        """True when the core's input stays in float (only its weight is 8-bit)."""
+        return self.act_scale is None
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_scale is None:
+            return x
         if not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling():
             with torch.no_grad():
                 over = (x.detach().float().abs() / self.act_scale.float()) > self.scheme.qmax
@@ -137,11 +149,12 @@ class QuantCore(nn.Module):
 
     def extra_repr(self) -> str:
         d_out, d_in = self.q_bits.shape
-        return f"scheme={self.scheme_name}, shape=({d_out}, {d_in})"
+        only = ", weight only" if self.weight_only else ""
+        return f"scheme={self.scheme_name}, shape=({d_out}, {d_in}){only}"
 
     @classmethod
     def from_float(
-        cls, core: torch.Tensor, act_scale: torch.Tensor, scheme: str, name: str = "core"
+        cls, core: torch.Tensor, act_scale: torch.Tensor | None, scheme: str, name: str = "core"
     ) -> QuantCore:
         """Quantize a float core (its zeros stay zero) with per-row weight scales."""
         spec = schemes.get(scheme)

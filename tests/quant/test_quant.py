@@ -85,7 +85,11 @@ def test_scales_and_values_round_trip_through_the_checkpoint(quantized, scheme, 
             stored = f.get_tensor(f"{name}.weight_scale")
             assert stored.dtype == torch.float32
             assert torch.equal(mod.quant.weight_scale, stored)
-            assert torch.equal(mod.quant.act_scale, f.get_tensor(f"{name}.act_scale"))
+            if mod.quant.weight_only:  # its input stays in float: no activation scale
+                assert f"{name}.act_scale" not in f.keys()
+                assert scheme == "int8" and name.endswith("down_proj")  # the int8 default
+            else:
+                assert torch.equal(mod.quant.act_scale, f.get_tensor(f"{name}.act_scale"))
             values = f.get_tensor(f"{name}.core_values")  # compact: the kept half only
             assert values.dtype == schemes.get(scheme).torch_dtype
             assert values.shape == (mod.out_features, mod.in_features // 2)
@@ -266,3 +270,34 @@ def test_eval_reports_saturated_activations(quantized, text_file):
     assert hit.quant["saturated"] > clean.quant["saturated"]
     assert hit.quant["worst_core"] == f"{name}.quant"
     assert "saturated (most in" in hit.summary() and "\n" not in hit.summary()
+
+
+def test_float_activation_cores_are_weight_only_everywhere(pruned, tmp_path):
+    """``float_activations`` globs keep those cores' inputs in float (W8A16): the manifest
+    names them, their QuantCore does not touch its input, and an empty list quantizes all."""
+    every = api.quantize_checkpoint(
+        pruned["armor"], tmp_path / "all", api.QuantSettings("int8", float_activations=())
+    )
+    some = api.quantize_checkpoint(
+        pruned["armor"],
+        tmp_path / "some",
+        api.QuantSettings("int8", float_activations=("*.o_proj",)),
+    )
+    assert read_json(every / MANIFEST)["quant"]["weight_only"] == []
+    named = read_json(some / MANIFEST)["quant"]["weight_only"]
+    assert named and all(n.endswith("o_proj") for n in named)
+    model, _ = load_checkpoint(some)
+    x = torch.randn(3, 64) * 50
+    for name, mod in _cores(model).items():
+        assert mod.quant.weight_only == (name in named)
+        if mod.quant.weight_only:
+            y = mod.quant(x[:, : mod.in_features])
+            assert torch.equal(y, x[:, : mod.in_features] @ mod.quant.weight(x.dtype).t())
+            assert mod.quant.seen == 0  # nothing to saturate
+    # the per-matrix work is keyed alike: which inputs stay in float decides only the scales
+    from armor_export.io import read_metadata
+
+    keys = {
+        read_metadata(p)["key"] for d in (every, some) for p in (d / api.WORK).glob("*.safetensors")
+    }
+    assert len(keys) == 1

@@ -27,7 +27,10 @@ def quantized(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
     checkpoint = prune_tiny(root)
     return {
-        scheme: quantize_checkpoint(checkpoint, root / f"q-{scheme}", QuantSettings(scheme=scheme))
+        # every core W8A8 (no weight-only default), the form these tests check
+        scheme: quantize_checkpoint(
+            checkpoint, root / f"q-{scheme}", QuantSettings(scheme=scheme, float_activations=())
+        )
         for scheme in CASES
     }
 
@@ -323,3 +326,33 @@ def test_plugin_lowering_works_with_qdq(quantized, tmp_path):
         )
     )
     assert checked.passed, checked.report.verdict()
+
+
+@pytest.mark.fault(
+    "export",
+    "an int8 checkpoint whose down projections are weight-only (the scheme's default: their "
+    "input stays in float)",
+    "those cores' MatMul takes the float input and DQ(int8 weight); the others keep the "
+    "activation Q/DQ; the audit passes and the manifest names the weight-only cores",
+)
+def test_weight_only_cores_export_without_activation_qdq(tmp_path):
+    from armor_export.quant.api import QuantSettings, quantize_checkpoint
+
+    checkpoint = prune_tiny(tmp_path)
+    quantized = quantize_checkpoint(checkpoint, tmp_path / "q", QuantSettings("int8"))
+    folder = export_tiny(quantized, tmp_path / "onnx").output_dir
+    manifest = ExportManifest.read(folder)
+    only = manifest.quant["weight_only"]
+    assert only and all(n.endswith("down_proj") for n in only)
+    model = _graph(folder)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    consumers = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    for init in (i for i in model.graph.initializer if i.name.endswith("sparse_core")):
+        (dq,) = consumers[init.name]
+        (matmul,) = consumers[dq.output[0]]
+        before = producer.get(matmul.input[0])
+        quantized_input = before is not None and before.op_type == "DequantizeLinear"
+        assert quantized_input != ("down_proj" in init.name), init.name

@@ -39,6 +39,9 @@ class QuantScheme:
     min_compute_capability: tuple[int, int] = (8, 0)
     # how TensorRT's engine inspector spells the format of a tensor ("Int8", "FP8")
     trt_type: str = ""
+    # globs of the cores whose input stays in float by default (weight-only, W8A16): the
+    # inputs whose range one per-tensor scale of this format cannot cover (docs/quant.md)
+    float_activations: tuple[str, ...] = ()
 
     @property
     def torch_dtype(self) -> torch.dtype:
