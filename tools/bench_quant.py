@@ -42,6 +42,15 @@ from benchlib import (
 log = logging.getLogger("bench_quant")
 CLI = [sys.executable, "-m", "armor_export"]
 SCHEMES = ("int8", "fp8")
+# the fp32 exports timed, and the fp16 exports whose engines are built (label -> variant)
+SPEED = ("dense", "armor", "armor-int8-refit-wodown", "armor-fp8-refit")
+ENGINES = {
+    "dense": "dense",
+    "ARMOR": "armor",
+    "ARMOR INT8 (down_proj weight-only)": "armor-int8-refit-wodown",
+    "ARMOR INT8 (all W8A8)": "armor-int8-refit",
+    "ARMOR FP8": "armor-fp8-refit",
+}
 
 
 def parse_args(argv=None):
@@ -55,6 +64,12 @@ def parse_args(argv=None):
     p.add_argument("--seqlen", type=int, default=1024)
     p.add_argument("--smoothing", type=float, default=0.5, help="α of the smoothed variant")
     p.add_argument("--skip", action="append", default=[], help="quality|ort|engine|speed")
+    p.add_argument(
+        "--ort",
+        nargs="+",
+        default=["dense", "armor", "armor-int8-refit-wodown", "armor-fp8-refit"],
+        help="variants whose export's perplexity is measured through ONNX Runtime too",
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--prefill", type=int, default=512)
@@ -62,7 +77,16 @@ def parse_args(argv=None):
     p.add_argument("--decode-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--note", action="append", default=[])
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from what state.json holds, running nothing",
+    )
     return p.parse_args(argv)
+
+
+class Missing(Exception):
+    """A step --report-only cannot report: it has not run."""
 
 
 class State:
@@ -72,7 +96,11 @@ class State:
         self.path = path
         self.data = json.loads(path.read_text()) if path.is_file() else {}
 
+    only = False  # --report-only: a missing step is left out, not run
+
     def step(self, key: str, fn):
+        if key not in self.data and self.only:
+            raise Missing(key)
         if key not in self.data:
             start = time.perf_counter()
             result = fn()
@@ -101,29 +129,44 @@ def checkpoints(args, work: Path, state: State) -> dict[str, dict]:
         "sparsegpt": {"path": args.sparsegpt, "method": "SparseGPT"},
         "armor": {"path": args.armor, "method": "ARMOR b=64"},
     }
-    plans = [("sparsegpt", s, True, None) for s in SCHEMES]
-    plans += [("armor", s, refit, None) for s in SCHEMES for refit in (False, True)]
-    plans.append(("armor", "int8", True, args.smoothing))
-    for base, scheme, refit, smoothing in plans:
+    # (base, scheme, refit, smoothing, float-input globs): W8A8 on every core first, then
+    # with the MLP down projections weight-only (int8's default, docs/quant.md)
+    everywhere: list[str] = []
+    down = ["*.down_proj"]
+    plans = [("armor", s, r, None, everywhere) for s in SCHEMES for r in (True, False)]
+    plans.append(("armor", "int8", True, args.smoothing, everywhere))
+    plans += [("sparsegpt", s, True, None, everywhere) for s in SCHEMES]
+    plans += [("armor", s, True, None, down) for s in SCHEMES]
+    plans.append(("armor", "int8", True, args.smoothing, down))
+    plans += [("sparsegpt", s, True, None, down) for s in SCHEMES]
+    for base, scheme, refit, smoothing, float_inputs in plans:
         name = f"{base}-{scheme}" + ("" if base != "armor" else "-refit" if refit else "-posthoc")
         if smoothing is not None:
             name += f"-smooth{smoothing:g}"
+        if float_inputs:
+            name += "-wodown"  # weight-only down projections
         path = work / name
         flags = ["--scheme", scheme] + ([] if refit else ["--no-refit"])
         flags += [] if smoothing is None else ["--smoothing", str(smoothing)]
+        for glob in float_inputs or ["none"]:
+            flags += ["--float-activations", glob]
 
         def quantize(path=path, base=base, flags=flags, name=name):
             start = time.perf_counter()
             run(["quantize", out[base]["path"], "-o", str(path), *flags], f"quantize {name}")
             return {"seconds": round(time.perf_counter() - start, 1)}
 
-        timing = state.step(f"quantize:{name}", quantize)
+        try:
+            timing = state.step(f"quantize:{name}", quantize)
+        except Missing:
+            continue
         out[name] = {
             "path": str(path),
             "method": out[base]["method"],
             "scheme": scheme,
             "refit": refit if base == "armor" else None,
             "smoothing": smoothing,
+            "float_inputs": float_inputs,
             "quantize_seconds": timing["seconds"],
         }
     return out
@@ -185,8 +228,10 @@ def dense_quant_ppl(args, scheme: str) -> dict:
     return {"perplexity": result.perplexity, "tokens": result.tokens}
 
 
-def ensure_export(path: str, out: Path, dtype: str) -> Path:
+def ensure_export(path: str, out: Path, dtype: str, report_only: bool = False) -> Path | None:
     if not (out / "export_manifest.json").is_file():
+        if report_only:
+            return None
         run(["export", path, "-o", str(out), "--dtype", dtype], f"export {out.name}")
     return out
 
@@ -199,48 +244,63 @@ def main(argv=None) -> int:
     state = State(work / "state.json")
     meta = ort_run_meta("bench_quant.py", argv)
     meta["eval"] = {"text": "wikipedia", "windows": args.windows, "seqlen": args.seqlen}
+    state.only = args.report_only
     variants = checkpoints(args, work, state)
     quality: dict[str, dict] = {}
     evals = work / "evals"
     evals.mkdir(exist_ok=True)
 
+    def got(key: str, fn):
+        """The step's result; None when --report-only finds it not run."""
+        try:
+            return state.step(key, fn)
+        except Missing:
+            return None
+
     # --- quality in PyTorch
     if "quality" not in args.skip:
-        quality["dense"] = {"method": "dense", "scheme": None, **state.step(
-            "ppl:dense", lambda: eval_cli(args.dense, args, evals / "dense.json"))}  # fmt: skip
+        dense = got("ppl:dense", lambda: eval_cli(args.dense, args, evals / "dense.json"))
+        if dense:
+            quality["dense"] = {"method": "dense", "scheme": None, **dense}
         for scheme in SCHEMES:
-            quality[f"dense-{scheme}"] = {"method": "dense", "scheme": scheme, **state.step(
-                f"ppl:dense-{scheme}", lambda s=scheme: dense_quant_ppl(args, s))}  # fmt: skip
+            res = got(f"ppl:dense-{scheme}", lambda s=scheme: dense_quant_ppl(args, s))
+            if res:
+                quality[f"dense-{scheme}"] = {"method": "dense", "scheme": scheme, **res}
         for name, v in variants.items():
 
             def ppl(v=v, n=name):
                 return eval_cli(v["path"], args, evals / f"{n}.json")
 
-            res = state.step(f"ppl:{name}", ppl)
-            quality[name] = {**v, **res, "proxy": proxy_losses(v["path"])}
+            res = got(f"ppl:{name}", ppl)
+            if res:
+                quality[name] = {**v, **res, "proxy": proxy_losses(v["path"])}
 
     # --- exports: float32 for ONNX Runtime (quality and speed), float16 for the engines
     exports: dict[str, Path] = {}
     sources = {"dense": args.dense, **{n: v["path"] for n, v in variants.items()}}
     for name, src in sources.items():
-        if "ort" in args.skip and name not in ("dense", "armor", "armor-int8-refit",
-                                               "armor-fp8-refit"):  # fmt: skip
+        if name not in args.ort and name not in SPEED:
             continue
-        exports[name] = ensure_export(src, work / "onnx" / f"{name}-fp32", "float32")
+        folder = ensure_export(src, work / "onnx" / f"{name}-fp32", "float32", args.report_only)
+        if folder:
+            exports[name] = folder
     if "ort" not in args.skip:
         for name, folder in exports.items():
-            res = state.step(f"ort-ppl:{name}", lambda f=folder, n=name: eval_cli(
+            if name not in args.ort:
+                continue
+            res = got(f"ort-ppl:{name}", lambda f=folder, n=name: eval_cli(
                 str(f), args, evals / f"{n}-ort.json"))  # fmt: skip
-            if name in quality:
+            if res and name in quality:
                 quality[name]["ort_perplexity"] = res["perplexity"]
 
     # --- bytes: checkpoint, export, engine
     sizes: dict[str, dict] = {}
-    engine_variants = {"dense": "dense", "armor": "armor", "armor-int8": "armor-int8-refit",
-                       "armor-fp8": "armor-fp8-refit"}  # fmt: skip
-    for label, name in engine_variants.items():
-        src = sources[name]
-        fp16 = ensure_export(src, work / "onnx" / f"{name}-fp16", "float16")
+    for label, name in ENGINES.items():
+        src = sources.get(name)
+        fp16 = src and ensure_export(src, work / "onnx" / f"{name}-fp16", "float16",
+                                     args.report_only)  # fmt: skip
+        if not fp16:
+            continue
         entry = {"export_fp16_bytes": folder_bytes(fp16)}
         if name in exports:
             entry["export_fp32_bytes"] = folder_bytes(exports[name])
@@ -255,13 +315,13 @@ def main(argv=None) -> int:
                 return {"bytes": (engine / "model.engine").stat().st_size,
                         "targets": report.get("compute_capability")}  # fmt: skip
 
-            entry["engine"] = state.step(f"engine:{name}", build)
+            entry["engine"] = got(f"engine:{name}", build)
         sizes[label] = entry
 
     # --- speed on ONNX Runtime CPU
     speed = None
-    if "speed" not in args.skip:
-        speed = state.step("speed", lambda: measure_speed(args, work, exports, sources))
+    if "speed" not in args.skip and all(n in exports for n in SPEED):
+        speed = got("speed", lambda: measure_speed(args, work, exports, sources))
     data = {"meta": meta, "quality": quality, "sizes": sizes, "speed": speed, "notes": args.note}
     write_outputs(Path(args.out), data)
     return 0
@@ -274,7 +334,7 @@ def measure_speed(args, work: Path, exports: dict[str, Path], sources: dict) -> 
         "dense fp32": exports["dense"],
         "dense fp16": ensure_export(sources["dense"], work / "onnx" / "dense-fp16", "float16"),
         "ARMOR fp32": exports["armor"],
-        "ARMOR INT8": exports["armor-int8-refit"],
+        "ARMOR INT8": exports["armor-int8-refit-wodown"],
         "ARMOR FP8": exports["armor-fp8-refit"],
     }
     tok = AutoTokenizer.from_pretrained(folders["dense fp32"])
@@ -317,6 +377,8 @@ def write_outputs(out: Path, data: dict) -> None:
         refit = {True: "yes", False: "no (post-hoc)", None: ""}[r.get("refit")]
         if r.get("smoothing") is not None:
             refit += f", smoothing α={r['smoothing']:g}"
+        if r.get("float_inputs"):
+            refit += ", down_proj weight-only"
         lines.append(f"| {r['method']} | {r.get('scheme') or 'float'} | {refit} | "
                      f"{r['perplexity']:.2f} | {f'{ort:.2f}' if ort else 'not run'} | {ratio} | "
                      f"{loss} |")  # fmt: skip
