@@ -297,7 +297,8 @@ class QuantizeConfig:
     output_dir: str = "runs/armor-int8"
     refit: bool = True  # ARMOR: re-fit A and B around the quantized core
     refit_iterations: int = count(20, 0, 1000)
-    smoothing: float | None = None  # SmoothQuant alpha folded into B (ARMOR); None: off
+    # SmoothQuant alpha folded into B (ARMOR); "none": off; "auto": the scheme's (int8: 0.5)
+    smoothing: float | str | None = "auto"
     dense_model: str | None = None  # default: the model the checkpoint was pruned from
     # globs of cores whose input stays in float (weight-only); None: the scheme's default
     float_activations: list[str] | None = None
@@ -306,8 +307,8 @@ class QuantizeConfig:
     def validate(self) -> None:
         check_counts("", self)
         _check_choice("scheme", self.scheme, (QUANT_NONE, *quant_schemes()))
-        if self.smoothing is not None and not 0.0 <= float(self.smoothing) <= 1.0:
-            raise ConfigError(f"smoothing must lie in [0, 1], got {self.smoothing!r}")
+        if self.enabled:
+            self.settings().validate()
 
     @property
     def enabled(self) -> bool:
@@ -318,7 +319,8 @@ class QuantizeConfig:
         from armor_export.quant.api import QuantSettings
 
         globs = None if self.float_activations is None else tuple(self.float_activations)
-        return QuantSettings(self.scheme, self.refit, self.refit_iterations, self.smoothing, globs)
+        smoothing = None if self.smoothing == "none" else self.smoothing
+        return QuantSettings(self.scheme, self.refit, self.refit_iterations, smoothing, globs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

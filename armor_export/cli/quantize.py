@@ -32,10 +32,23 @@ def add_quant_arguments(p, scheme_default: str | None) -> None:
     )
     p.add_argument(
         "--smoothing",
-        type=float,
+        type=smoothing_value,
         metavar="ALPHA",
-        help="SmoothQuant alpha in [0, 1] folded into ARMOR's B (off by default)",
+        help="SmoothQuant alpha in [0, 1] folded into ARMOR's B, 'none' or 'auto' "
+        "(default: the scheme's, int8: 0.5, fp8: none)",
     )
+
+
+def smoothing_value(text: str) -> float | str:
+    """``--smoothing``: an α, or 'none' / 'auto'."""
+    import argparse
+
+    if text.lower() in ("none", "auto"):
+        return text.lower()
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an α, 'none' or 'auto': {text!r}") from None
 
 
 def float_activation_globs(given: list[str] | None) -> list[str] | None:
@@ -66,7 +79,8 @@ def run(args) -> int:
     cfg = QuantizeConfig(scheme=args.quant, model=args.model, output_dir=args.output_dir)
     if args.refit is not None:
         cfg.refit = args.refit
-    cfg.smoothing = args.smoothing
+    if args.smoothing is not None:
+        cfg.smoothing = args.smoothing
     cfg.float_activations = float_activation_globs(args.float_activations)
     cfg.dense_model = args.dense_model
     validate_section("quantize", cfg)

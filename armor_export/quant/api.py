@@ -42,6 +42,7 @@ from armor_export.quant.core import activation_scale, quantize, weight_scales
 log = logging.getLogger(__name__)
 
 WORK = Path("work") / "quant"
+AUTO = "auto"  # a setting that takes the scheme's default
 # bumped when the same settings would give other results: a build's quantize stage redoes
 QUANT_REVISION = 1
 
@@ -53,9 +54,16 @@ class QuantSettings:
     scheme: str = "int8"
     refit: bool = True  # ARMOR: re-fit A and B around the quantized core
     refit_iterations: int = 20  # rounds of (A step, B step) at most
-    smoothing: float | None = None  # SmoothQuant α folded into B (ARMOR only); None: off
+    # SmoothQuant α folded into B (ARMOR only); None: off; "auto": the scheme's default
+    smoothing: float | str | None = AUTO
     # globs of cores kept weight-only (float input); None: the scheme's default
     float_activations: tuple[str, ...] | None = None
+
+    def alpha(self) -> float | None:
+        """The smoothing α this run uses (None: no smoothing)."""
+        if self.smoothing == AUTO:
+            return schemes.get(self.scheme).smoothing
+        return None if self.smoothing is None else float(self.smoothing)
 
     def weight_only(self, name: str) -> bool:
         """Whether core ``name``'s input stays in float (only its weight is 8-bit)."""
@@ -76,8 +84,12 @@ class QuantSettings:
             )
         if not isinstance(self.refit_iterations, int) or not 0 <= self.refit_iterations <= 1000:
             raise ConfigError("refit_iterations must be an integer in [0, 1000]")
-        if self.smoothing is not None and not 0.0 <= float(self.smoothing) <= 1.0:
-            raise ConfigError(f"smoothing α must lie in [0, 1], got {self.smoothing!r}")
+        if self.smoothing not in (None, AUTO) and not (
+            isinstance(self.smoothing, (int, float)) and 0.0 <= float(self.smoothing) <= 1.0
+        ):
+            raise ConfigError(
+                f"smoothing must be an α in [0, 1], 'none' or 'auto', got {self.smoothing!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -183,8 +195,8 @@ def quantize_matrix(
     if armor:
         a_blocks, b_blocks = a_blocks.float(), b_blocks.float()
         metrics["loss_pruned"] = proxy.armor_loss(a_blocks, core, b_blocks)
-        if settings.smoothing is not None:
-            sigma = smoothing_factors(channel_amax, core, float(settings.smoothing))
+        if settings.alpha() is not None:
+            sigma = smoothing_factors(channel_amax, core, settings.alpha())
             core = core * sigma[None, :]
             b_blocks = b_blocks / sigma.reshape(-1, b_blocks.shape[-1], 1)
             metrics["loss_smoothed"] = proxy.armor_loss(a_blocks, core, b_blocks)
@@ -295,6 +307,7 @@ def settings_key(source_sha256: str, settings: QuantSettings, calibration: str) 
     inputs stay in float decides only the activation scales written at the end)."""
     decides = asdict(settings)
     decides.pop("float_activations")
+    decides["smoothing"] = settings.alpha()  # "auto" and its value are the same run
     data = {"source": source_sha256, "settings": decides, "calibration": calibration}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -402,7 +415,7 @@ def quantize_checkpoint(
     hdiags = _dense_hdiag(dense, prune_cfg, batches, names, source, out, reporter)
 
     # pass 1: per-channel maxima of each core's float input (for smoothing only)
-    first = store.get("_pass1") if settings.smoothing is not None else ({}, {})
+    first = store.get("_pass1") if settings.alpha() is not None else ({}, {})
     if first is None:
         with reporter.task("quantize: calibration (float cores)", len(batches)) as task:
             amax1 = core_input_amax(model, names, batches, progress=lambda: task.advance(1))
@@ -452,6 +465,7 @@ def quantize_checkpoint(
         "weights": "per-channel",
         "activations": "per-tensor",
         **asdict(settings),
+        "smoothing": settings.alpha(),
         "float_activations": list(
             schemes.get(spec.name).float_activations
             if settings.float_activations is None

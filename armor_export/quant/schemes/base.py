@@ -42,6 +42,8 @@ class QuantScheme:
     # globs of the cores whose input stays in float by default (weight-only, W8A16): the
     # inputs whose range one per-tensor scale of this format cannot cover (docs/quant.md)
     float_activations: tuple[str, ...] = ()
+    # SmoothQuant α folded into ARMOR's B by default (None: no smoothing)
+    smoothing: float | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
