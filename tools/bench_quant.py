@@ -378,7 +378,7 @@ def write_outputs(out: Path, data: dict) -> None:
         if r.get("smoothing") is not None:
             refit += f", smoothing α={r['smoothing']:g}"
         if r.get("float_inputs"):
-            refit += ", down_proj weight-only"
+            refit += (", " if refit else "") + "down_proj weight-only"
         lines.append(f"| {r['method']} | {r.get('scheme') or 'float'} | {refit} | "
                      f"{r['perplexity']:.2f} | {f'{ort:.2f}' if ort else 'not run'} | {ratio} | "
                      f"{loss} |")  # fmt: skip
@@ -401,7 +401,8 @@ def write_outputs(out: Path, data: dict) -> None:
                 )
     lines += [
         "",
-        "TensorRT-RTX engines were built on this CPU (ahead of time) and not run: no GPU.",
+        "TensorRT-RTX engines (where listed) were built on this CPU, ahead of time, and not run: "
+        "no GPU.",
     ]
     lines += [f"- {n}" for n in data["notes"]]
     write_report(out, "quant", data, "\n".join(lines) + "\n")
