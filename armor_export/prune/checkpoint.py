@@ -99,18 +99,23 @@ def save_checkpoint(
             state[f"{name}.b_blocks"] = res.b_blocks
         block = int(res.a_blocks.shape[-1]) if res.is_armor else None
         matrices[name] = _matrix_entry(list(res.core.shape), block, res.metrics)
+    return _write_from_state(out, model, tokenizer, state, matrices, manifest_extra)
+
+
+def _write_from_state(out: Path, model, tokenizer, state: dict, matrices: dict, extra: dict):
+    """Config, tokenizer, ``model.safetensors`` from ``state`` and the manifest (last)."""
+    from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
+
     model.config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     # written one tensor at a time from the model's own storage: a copy of the state (and
     # safetensors' bytes of all of it) was the in-memory prune's peak, ~2x the model (#24)
-    from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
-
     entries = [
         TensorEntry(key, t.dtype, tuple(t.shape), (lambda t=t: t)) for key, t in state.items()
     ]
     write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
-    _write_manifest(out, matrices, manifest_extra)
+    _write_manifest(out, matrices, extra)
     return out
 
 
@@ -128,8 +133,6 @@ def save_quantized_checkpoint(
     and weight scales; ``act_scales`` each core's activation scale. The 8-bit values are
     stored compactly like float cores (``core_values`` in the scheme's dtype, 2-bit
     positions), the scales in float32."""
-    from armor_export.prune.lazy import TensorEntry, write_safetensors_streaming
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -159,15 +162,7 @@ def save_quantized_checkpoint(
         entry = dict(source_manifest["matrices"][name])
         entry["quant"] = {k: v for k, v in q.metrics.items()}
         matrices[name] = entry
-    model.config.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    entries = [
-        TensorEntry(key, t.dtype, tuple(t.shape), (lambda t=t: t)) for key, t in state.items()
-    ]
-    write_safetensors_streaming(out / WEIGHTS, entries, {"format": FORMAT})
-    _write_manifest(out, matrices, manifest_extra)
-    return out
+    return _write_from_state(out, model, tokenizer, state, matrices, manifest_extra)
 
 
 def _matrix_entry(shape: list[int], block_size: int | None, metrics: dict) -> dict:

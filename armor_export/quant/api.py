@@ -414,14 +414,18 @@ def quantize_checkpoint(
     store = _Store(out, key)
     hdiags = _dense_hdiag(dense, prune_cfg, batches, names, source, out, reporter)
 
+    def calibrated(key: str, what: str) -> dict[str, torch.Tensor]:
+        """Per core, the per-channel max |input| over the calibration set (stored once)."""
+        done = store.get(key)
+        if done is not None:
+            return done[0]
+        with reporter.task(f"quantize: calibration ({what})", len(batches)) as task:
+            amax = core_input_amax(model, names, batches, progress=lambda: task.advance(1))
+        store.put(key, amax, {})
+        return amax
+
     # pass 1: per-channel maxima of each core's float input (for smoothing only)
-    first = store.get("_pass1") if settings.alpha() is not None else ({}, {})
-    if first is None:
-        with reporter.task("quantize: calibration (float cores)", len(batches)) as task:
-            amax1 = core_input_amax(model, names, batches, progress=lambda: task.advance(1))
-        store.put("_pass1", amax1, {})
-    else:
-        amax1 = first[0]
+    amax1 = calibrated("_pass1", "float cores") if settings.alpha() is not None else {}
 
     results: dict[str, MatrixQuant] = {}
     with reporter.task(f"quantize: {schemes.get(settings.scheme).title} cores", len(names)) as task:
@@ -442,13 +446,7 @@ def quantize_checkpoint(
 
     # pass 2: per-tensor activation maxima with the quantized weights (and smoothed B)
     _apply_weights(model, results)
-    second = store.get("_pass2")
-    if second is None:
-        with reporter.task("quantize: calibration (8-bit cores)", len(batches)) as task:
-            amax2 = core_input_amax(model, names, batches, progress=lambda: task.advance(1))
-        store.put("_pass2", amax2, {})
-    else:
-        amax2 = second[0]
+    amax2 = calibrated("_pass2", "8-bit cores")
     spec = schemes.get(settings.scheme)
     act_scales = {
         name: None
