@@ -82,11 +82,7 @@ def save_checkpoint(
     manifest_extra: dict,
 ) -> Path:
     """Write the pruned model (with ``results`` already applied) into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
+    out, state = _folder_and_state(out_dir, model)
     matrices = {}
     for name, res in results.items():
         for suffix in ("weight", "core", "mask", "a_blocks", "b_blocks"):
@@ -100,6 +96,17 @@ def save_checkpoint(
         block = int(res.a_blocks.shape[-1]) if res.is_armor else None
         matrices[name] = _matrix_entry(list(res.core.shape), block, res.metrics)
     return _write_from_state(out, model, tokenizer, state, matrices, manifest_extra)
+
+
+def _folder_and_state(out_dir: str | Path, model: nn.Module) -> tuple[Path, dict]:
+    """The (created) output folder and the model's state to write: a tied LM head is the
+    embedding, not stored twice."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return out, state
 
 
 def _write_from_state(out: Path, model, tokenizer, state: dict, matrices: dict, extra: dict):
@@ -133,11 +140,7 @@ def save_quantized_checkpoint(
     and weight scales; ``act_scales`` each core's activation scale. The 8-bit values are
     stored compactly like float cores (``core_values`` in the scheme's dtype, 2-bit
     positions), the scales in float32."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
+    out, state = _folder_and_state(out_dir, model)
     matrices = {}
     for name, q in results.items():
         module = model.get_submodule(name)
