@@ -328,8 +328,6 @@ def main(argv=None) -> int:
 
 
 def measure_speed(args, work: Path, exports: dict[str, Path], sources: dict) -> dict:
-    from transformers import AutoTokenizer
-
     folders = {
         "dense fp32": exports["dense"],
         "dense fp16": ensure_export(sources["dense"], work / "onnx" / "dense-fp16", "float16"),
@@ -337,14 +335,14 @@ def measure_speed(args, work: Path, exports: dict[str, Path], sources: dict) -> 
         "ARMOR INT8": exports["armor-int8-refit-wodown"],
         "ARMOR FP8": exports["armor-fp8-refit"],
     }
-    tok = AutoTokenizer.from_pretrained(folders["dense fp32"])
-    prefill_ids = prompt_ids(tok, args.prefill)
-    decode_ids = prompt_ids(tok, args.decode_prompt)
     runners = {}
     for name, folder in folders.items():
         runners[("ours", name)] = ExportRunner(folder, args.threads)
         if "fp16" not in name:  # GenAI's CPU provider runs float32 graphs
             runners[("genai", name)] = GenaiRunner(folder, args.threads)
+    tok = runners[("ours", "dense fp32")].generator.tokenizer  # the export's own tokenizer
+    prefill_ids = prompt_ids(tok, args.prefill)
+    decode_ids = prompt_ids(tok, args.decode_prompt)
     prefill, decode = interleaved_rounds(runners, args, prefill_ids, decode_ids)
     out: dict = {}
     for (runtime, name), times in prefill.items():

@@ -83,7 +83,7 @@ def test_an_unknown_scheme_in_the_manifest_is_one_line(tmp_path):
     from armor_export.export_manifest import ExportManifest
 
     manifest = ExportManifest.read(qdq_export(tmp_path / "int8", "int8", k=64, n=64))
-    manifest = replace(manifest, extra={"quant": {"scheme": "int3"}})
+    manifest = replace(manifest, quant={"scheme": "int3"})
     with pytest.raises(CorruptFileError, match="scheme 'int3'.*registered: int8, fp8"):
         build_targets(fake_rtx(), EngineConfig(), manifest)
 
