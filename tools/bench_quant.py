@@ -392,6 +392,8 @@ def write_outputs(out: Path, data: dict) -> None:
                   "| runtime | export | prefill tok/s | decode tok/s | decode vs dense fp32 |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for runtime, rows in data["speed"].items():
+            if not isinstance(rows, dict):  # the step's "seconds"
+                continue
             for name, r in rows.items():
                 lines.append(
                     f"| {runtime} | {name} | {r['prefill_tokens_per_s']:.0f} | "
