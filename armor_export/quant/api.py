@@ -395,11 +395,8 @@ def quantize_checkpoint(
             f"{source} is already quantized ({manifest['quant'].get('scheme')}): quantize the "
             "pruned checkpoint it came from"
         )
-    from armor_export.prune.checkpoint import check_weights
-
-    check_weights(source, manifest)
     source_sha = manifest.get("sha256", {}).get(WEIGHTS, "")
-    model, _ = load_checkpoint(source, torch.float32)
+    model, _ = load_checkpoint(source, torch.float32)  # checks the weights' sha256 first
     names = list(manifest["matrices"])
     prune_cfg = _prune_config(manifest)
     if dense_model:
