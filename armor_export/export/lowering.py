@@ -96,7 +96,9 @@ def register_core(module: nn.Module, linear: nn.Module) -> None:
         return
     values = quant.values  # [N, K]
     # transposed as raw bytes (float8 tensors support few kernels), then viewed back
-    raw = values.view(torch.uint8) if values.is_floating_point() else values
+    from armor_export.quant.core import stored_bits
+
+    raw = stored_bits(values)
     module.register_buffer(CORE_SUFFIX, raw.t().contiguous().view(values.dtype))
     module.register_buffer("weight_scale", quant.weight_scale.detach().clone())
     act = quant.act_scale  # None: a weight-only core, its input stays in float

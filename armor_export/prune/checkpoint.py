@@ -155,8 +155,9 @@ def save_quantized_checkpoint(
             mask = masks.mask_from_scores(module.weight.detach().abs())
         if bool((q.values.float() != 0)[~mask].any()):
             raise ValueError(f"{name}: quantized values outside the 2:4 mask")
-        bits = q.values.view(torch.uint8) if q.values.is_floating_point() else q.values
-        values, positions = masks.pack(bits, mask)
+        from armor_export.quant.core import stored_bits
+
+        values, positions = masks.pack(stored_bits(q.values), mask)
         state[f"{name}.core_values"] = values.view(q.values.dtype)
         state[f"{name}.core_positions"] = positions
         state[f"{name}.weight_scale"] = q.weight_scale.float().contiguous()

@@ -37,7 +37,7 @@ from armor_export.errors import CorruptFileError, UserError
 from armor_export.io import read_metadata, read_tensors, write_tensors
 from armor_export.progress import NullReporter, Reporter
 from armor_export.quant import schemes
-from armor_export.quant.core import activation_scale, quantize, weight_scales
+from armor_export.quant.core import activation_scale, quantize, stored_bits, weight_scales
 
 log = logging.getLogger(__name__)
 
@@ -343,14 +343,10 @@ class _Store:
 
 
 def _pack_quant(q: MatrixQuant) -> dict[str, torch.Tensor]:
-    out = {"values": _bits(q.values), "weight_scale": q.weight_scale}
+    out = {"values": stored_bits(q.values), "weight_scale": q.weight_scale}
     if q.a_blocks is not None:
         out.update(a_blocks=q.a_blocks.contiguous(), b_blocks=q.b_blocks.contiguous())
     return out
-
-
-def _bits(values: torch.Tensor) -> torch.Tensor:
-    return values.view(torch.uint8) if values.is_floating_point() else values
 
 
 def _unpack_quant(tensors: dict, metrics: dict, scheme: str) -> MatrixQuant:

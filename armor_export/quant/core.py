@@ -24,6 +24,11 @@ from armor_export.quant import schemes
 from armor_export.quant.schemes.base import QuantScheme
 
 
+def stored_bits(values: torch.Tensor) -> torch.Tensor:
+    """8-bit values as the raw bytes kernels handle (float8 viewed as uint8; int8 as is)."""
+    return values.view(torch.uint8) if values.is_floating_point() else values
+
+
 def check_scale(scale: torch.Tensor, what: str) -> torch.Tensor:
     """``scale`` if every entry is finite and positive; one line naming ``what`` otherwise."""
     bad = ~(torch.isfinite(scale) & (scale > 0))
@@ -103,7 +108,7 @@ class QuantCore(nn.Module):
         check_scale(weight_scale, f"{name}.weight_scale")
         if act_scale is not None:
             check_scale(act_scale, f"{name}.act_scale")
-        bits = values.view(torch.uint8) if values.is_floating_point() else values
+        bits = stored_bits(values)
         self.register_buffer("q_bits", bits.contiguous())
         self.register_buffer("weight_scale", weight_scale.float().clone())
         # None: a weight-only core (its input stays in float, W8A16)
